@@ -1,0 +1,478 @@
+//! proxy.yaml: the schema, defaults, `${VAR}` expansion and validation.
+//!
+//! Everything is checked up front, at start and at reload, so that a bad
+//! file is refused with its path, line and key named and the running proxy
+//! keeps its old configuration. Nothing here touches a socket.
+
+mod values;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub use values::{ByteSize, Duration, MissingVar, expand_env};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `${VAR}` without a value in the environment and no default.
+    #[error("{path}:{line}: environment variable {name} is not set (write ${{{name}:-default}} for a default)")]
+    MissingVar { path: PathBuf, line: usize, name: String },
+    /// Not YAML, or YAML that does not fit the schema (unknown key, wrong type).
+    #[error("{path}: {message}")]
+    Schema { path: PathBuf, message: String },
+    /// Valid YAML with a value that makes no sense.
+    #[error("{path}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: u64,
+        column: u64,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole of proxy.yaml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where clients connect.
+    pub listen: Spanned<String>,
+    /// The HTTP admin API.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// How clients authenticate, and the users the proxy knows.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// The PostgreSQL nodes.
+    pub nodes: Spanned<Vec<NodeConfig>>,
+    /// Server connection pools.
+    #[serde(default)]
+    pub pool: PoolConfig,
+    /// Read/write routing policy.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// Credentials of the node monitor.
+    #[serde(default)]
+    pub monitor: Option<MonitorConfig>,
+    /// Replication-lag limits.
+    #[serde(default)]
+    pub lag: LagConfig,
+    /// TLS towards clients (parsed and checked; not served yet).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `admin:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// HTTP listen address.
+    #[serde(default = "default_admin_listen")]
+    pub listen: Spanned<String>,
+    /// Bearer token that POST endpoints require when set.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+fn default_admin_listen() -> Spanned<String> {
+    unspanned("127.0.0.1:9930".to_owned())
+}
+
+fn unspanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(value, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN)
+}
+
+fn default_auth_method() -> Spanned<AuthMethod> {
+    unspanned(AuthMethod::Trust)
+}
+
+/// `auth:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// What clients must do to log in.
+    #[serde(default = "default_auth_method")]
+    pub method: Spanned<AuthMethod>,
+    /// Known users; their passwords also log in to the nodes.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            method: default_auth_method(),
+            users: Vec::new(),
+        }
+    }
+}
+
+/// `auth.method`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    /// No password asked.
+    #[default]
+    Trust,
+    /// MD5 challenge.
+    Md5,
+    /// SCRAM-SHA-256 (not served to clients yet).
+    ScramSha256,
+}
+
+/// One entry of `auth.users`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Role name.
+    pub name: Spanned<String>,
+    /// Plaintext password.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// One entry of `nodes`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Unique node name, used in metrics and the admin API.
+    pub name: Spanned<String>,
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Configured role.
+    pub role: Spanned<Role>,
+    /// Share of reads among replicas.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+/// A node's configured role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Takes writes.
+    Primary,
+    /// Streams from the primary; takes reads.
+    Replica,
+}
+
+/// `pool:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// When a server connection goes back to the pool.
+    pub mode: PoolMode,
+    /// Server connections per node, user and database.
+    pub size: u32,
+    /// How long a client waits for a server connection.
+    pub checkout_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            mode: PoolMode::Transaction,
+            size: 20,
+            checkout_timeout: Duration(std::time::Duration::from_secs(5)),
+        }
+    }
+}
+
+/// `pool.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// Released at the end of each transaction.
+    Transaction,
+    /// Held for the whole client session.
+    Session,
+}
+
+/// `routing:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Weight of the primary among readers; 0 = only when no replica is eligible.
+    pub primary_reads: u32,
+    /// Where reads go when no replica is eligible.
+    pub no_replica: NoReplica,
+    /// Read-your-writes mode (enforced once the lag monitor lands).
+    pub read_your_writes: ReadYourWrites,
+    /// Extra function names that force the primary.
+    pub write_functions: Vec<String>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            primary_reads: 0,
+            no_replica: NoReplica::Primary,
+            read_your_writes: ReadYourWrites::Session,
+            write_functions: Vec::new(),
+        }
+    }
+}
+
+/// `routing.no_replica`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoReplica {
+    /// Send the read to the primary.
+    Primary,
+    /// Fail the read.
+    Error,
+}
+
+/// `routing.read_your_writes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadYourWrites {
+    /// No floor.
+    Off,
+    /// A session sees its own writes.
+    Session,
+    /// A read sees every write acknowledged before it began.
+    Global,
+}
+
+/// `monitor:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Role the monitor logs in as.
+    pub user: String,
+    /// Its password.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// `lag:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LagConfig {
+    /// How often nodes are polled.
+    pub check_interval: Duration,
+    /// A replica at or beyond this gets no reads.
+    pub max_lag: Duration,
+    /// Same, in bytes of WAL.
+    pub max_lag_bytes: ByteSize,
+}
+
+impl Default for LagConfig {
+    fn default() -> Self {
+        LagConfig {
+            check_interval: Duration(std::time::Duration::from_millis(250)),
+            max_lag: Duration(std::time::Duration::from_secs(10)),
+            max_lag_bytes: ByteSize(64 << 20),
+        }
+    }
+}
+
+/// `tls:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: Spanned<PathBuf>,
+    /// PEM private key.
+    pub key: Spanned<PathBuf>,
+}
+
+impl Config {
+    /// Reads, expands, parses and validates a file.
+    ///
+    /// # Errors
+    /// Any [`ConfigError`], naming the file, line and key.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_text(path, &text, |name| std::env::var(name).ok())
+    }
+
+    /// Expands, parses and validates `text` as if read from `path`.
+    ///
+    /// # Errors
+    /// Any [`ConfigError`].
+    pub fn from_text(
+        path: &Path,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let expanded = expand_env(text, env).map_err(|m| ConfigError::MissingVar {
+            path: path.to_owned(),
+            line: m.line,
+            name: m.name,
+        })?;
+        let config: Config = serde_saphyr::from_str(&expanded).map_err(|e| ConfigError::Schema {
+            path: path.to_owned(),
+            message: e.to_string().replace("<input>", &path.display().to_string()),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |loc: &serde_saphyr::Location, key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: loc.line(),
+            column: loc.column(),
+            key: key.to_owned(),
+            message,
+        };
+        if self.listen.value.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                &self.listen.referenced,
+                "listen",
+                format!("{:?} is not an address:port", self.listen.value),
+            ));
+        }
+        if let Some(admin) = &self.admin
+            && admin.listen.value.parse::<SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                &admin.listen.referenced,
+                "admin.listen",
+                format!("{:?} is not an address:port", admin.listen.value),
+            ));
+        }
+        if self.auth.method.value == AuthMethod::ScramSha256 {
+            return Err(invalid(
+                &self.auth.method.referenced,
+                "auth.method",
+                "scram-sha-256 for clients is not implemented yet; use md5 or trust \
+                 (nodes may still require SCRAM: the proxy logs in to them with it)"
+                    .into(),
+            ));
+        }
+        let mut users = HashSet::new();
+        for (i, user) in self.auth.users.iter().enumerate() {
+            if !users.insert(user.name.value.as_str()) {
+                return Err(invalid(
+                    &user.name.referenced,
+                    &format!("auth.users[{i}].name"),
+                    format!("duplicate user {:?}", user.name.value),
+                ));
+            }
+            if self.auth.method.value != AuthMethod::Trust && user.password.is_none() {
+                return Err(invalid(
+                    &user.name.referenced,
+                    &format!("auth.users[{i}].password"),
+                    format!("user {:?} needs a password with auth.method md5", user.name.value),
+                ));
+            }
+        }
+        self.validate_nodes(path)?;
+        let durations = [
+            ("pool.checkout_timeout", self.pool.checkout_timeout),
+            ("lag.check_interval", self.lag.check_interval),
+            ("lag.max_lag", self.lag.max_lag),
+        ];
+        for (key, d) in durations {
+            if d.0.is_zero() {
+                return Err(invalid(&serde_saphyr::Location::UNKNOWN, key, "must be greater than 0".into()));
+            }
+        }
+        if self.pool.size == 0 {
+            return Err(invalid(&serde_saphyr::Location::UNKNOWN, "pool.size", "must be at least 1".into()));
+        }
+        if let Some(tls) = &self.tls {
+            for (key, file) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if !file.value.is_file() {
+                    return Err(invalid(
+                        &file.referenced,
+                        key,
+                        format!("{} is not a readable file", file.value.display()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_nodes(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |loc: &serde_saphyr::Location, key: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: loc.line(),
+            column: loc.column(),
+            key,
+            message,
+        };
+        let nodes = &self.nodes.value;
+        let mut names = HashSet::new();
+        let mut primaries = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            if node.name.value.is_empty() || !names.insert(node.name.value.as_str()) {
+                return Err(invalid(
+                    &node.name.referenced,
+                    format!("nodes[{i}].name"),
+                    format!("duplicate or empty node name {:?}", node.name.value),
+                ));
+            }
+            if node.role.value == Role::Primary {
+                primaries.push((i, node));
+            }
+        }
+        match primaries.as_slice() {
+            [_] => Ok(()),
+            [] => Err(invalid(
+                &self.nodes.referenced,
+                "nodes".into(),
+                "no node has role: primary (exactly one is needed)".into(),
+            )),
+            [_, (i, second), ..] => Err(invalid(
+                &second.role.referenced,
+                format!("nodes[{i}].role"),
+                format!(
+                    "node {:?} is a second primary (exactly one is allowed)",
+                    second.name.value
+                ),
+            )),
+        }
+    }
+
+    /// The primary's configuration.
+    pub fn primary(&self) -> &NodeConfig {
+        self.nodes
+            .value
+            .iter()
+            .find(|n| n.role.value == Role::Primary)
+            .expect("validated: exactly one primary")
+    }
+
+    /// The configured user of that name.
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.auth.users.iter().find(|u| u.name.value == name)
+    }
+
+    /// Listen address (validated).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.value.parse().expect("validated listen address")
+    }
+}
+
+#[cfg(test)]
+mod tests;

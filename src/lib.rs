@@ -1,0 +1,5 @@
+//! pgsplit: a PostgreSQL wire-protocol proxy that sends writes to the
+//! primary and spreads reads over streaming replicas.
+
+pub mod config;
+pub mod protocol;

@@ -1,0 +1,211 @@
+//! Messages a server (backend) sends: writers for the ones pgsplit speaks
+//! itself to clients, and readers for the few it acts on when relaying.
+
+use bytes::{BufMut, BytesMut};
+
+use super::codec::{ProtocolError, take_cstr};
+
+/// Authentication request ('R').
+pub const AUTHENTICATION_TAG: u8 = b'R';
+/// ParameterStatus ('S').
+pub const PARAMETER_STATUS_TAG: u8 = b'S';
+/// BackendKeyData ('K').
+pub const BACKEND_KEY_DATA_TAG: u8 = b'K';
+/// ReadyForQuery ('Z').
+pub const READY_FOR_QUERY_TAG: u8 = b'Z';
+/// ErrorResponse ('E').
+pub const ERROR_RESPONSE_TAG: u8 = b'E';
+/// NoticeResponse ('N').
+pub const NOTICE_RESPONSE_TAG: u8 = b'N';
+/// CopyInResponse ('G').
+pub const COPY_IN_RESPONSE_TAG: u8 = b'G';
+/// CopyOutResponse ('H').
+pub const COPY_OUT_RESPONSE_TAG: u8 = b'H';
+/// CopyBothResponse ('W').
+pub const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
+/// NegotiateProtocolVersion ('v').
+pub const NEGOTIATE_PROTOCOL_VERSION_TAG: u8 = b'v';
+
+/// Transaction status carried by ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnStatus {
+    /// 'I': not in a transaction.
+    Idle,
+    /// 'T': inside a transaction block.
+    InTransaction,
+    /// 'E': inside a failed transaction block.
+    Failed,
+}
+
+impl TxnStatus {
+    /// The status byte on the wire.
+    pub fn byte(self) -> u8 {
+        match self {
+            TxnStatus::Idle => b'I',
+            TxnStatus::InTransaction => b'T',
+            TxnStatus::Failed => b'E',
+        }
+    }
+
+    /// Reads a ReadyForQuery body.
+    pub fn from_body(body: &[u8]) -> Option<Self> {
+        match body {
+            [b'I'] => Some(TxnStatus::Idle),
+            [b'T'] => Some(TxnStatus::InTransaction),
+            [b'E'] => Some(TxnStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+fn with_frame(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+    buf.put_u8(tag);
+    let at = buf.len();
+    buf.put_i32(0);
+    body(buf);
+    let len = (buf.len() - at) as i32;
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_cstr(buf: &mut BytesMut, s: &str) {
+    buf.put_slice(s.as_bytes());
+    buf.put_u8(0);
+}
+
+/// AuthenticationOk.
+pub fn authentication_ok(buf: &mut BytesMut) {
+    with_frame(buf, AUTHENTICATION_TAG, |b| b.put_i32(0));
+}
+
+/// AuthenticationCleartextPassword.
+pub fn authentication_cleartext(buf: &mut BytesMut) {
+    with_frame(buf, AUTHENTICATION_TAG, |b| b.put_i32(3));
+}
+
+/// AuthenticationMD5Password with its salt.
+pub fn authentication_md5(buf: &mut BytesMut, salt: [u8; 4]) {
+    with_frame(buf, AUTHENTICATION_TAG, |b| {
+        b.put_i32(5);
+        b.put_slice(&salt);
+    });
+}
+
+/// ParameterStatus.
+pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+    with_frame(buf, PARAMETER_STATUS_TAG, |b| {
+        put_cstr(b, name);
+        put_cstr(b, value);
+    });
+}
+
+/// BackendKeyData (protocol 3.0: 4-byte secret).
+pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
+    with_frame(buf, BACKEND_KEY_DATA_TAG, |b| {
+        b.put_i32(pid);
+        b.put_i32(secret);
+    });
+}
+
+/// ReadyForQuery.
+pub fn ready_for_query(buf: &mut BytesMut, status: TxnStatus) {
+    with_frame(buf, READY_FOR_QUERY_TAG, |b| b.put_u8(status.byte()));
+}
+
+/// Severity of an ErrorResponse or NoticeResponse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Ends the statement; the session goes on.
+    Error,
+    /// Ends the session.
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+/// ErrorResponse with severity, SQLSTATE and message, as PostgreSQL sends
+/// them (both 'S' and the untranslated 'V' severity).
+pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, message: &str) {
+    with_frame(buf, ERROR_RESPONSE_TAG, |b| {
+        for (field, value) in [
+            (b'S', severity.as_str()),
+            (b'V', severity.as_str()),
+            (b'C', code),
+            (b'M', message),
+        ] {
+            b.put_u8(field);
+            put_cstr(b, value);
+        }
+        b.put_u8(0);
+    });
+}
+
+/// A Query message (pgsplit sends these to nodes for resets).
+pub fn query(buf: &mut BytesMut, sql: &str) {
+    with_frame(buf, b'Q', |b| put_cstr(b, sql));
+}
+
+/// The fields of an ErrorResponse or NoticeResponse body.
+///
+/// # Errors
+/// A body that is not a list of typed NUL-terminated strings.
+pub fn error_fields(body: &[u8]) -> Result<Vec<(u8, &str)>, ProtocolError> {
+    let mut rest = body;
+    let mut fields = Vec::new();
+    loop {
+        let Some((&kind, tail)) = rest.split_first() else {
+            return Err(ProtocolError::Malformed { what: "ErrorResponse" });
+        };
+        if kind == 0 {
+            return Ok(fields);
+        }
+        rest = tail;
+        let value = take_cstr(&mut rest).ok_or(ProtocolError::Malformed {
+            what: "ErrorResponse",
+        })?;
+        fields.push((kind, value));
+    }
+}
+
+/// The SQLSTATE and message of an ErrorResponse body, if well formed.
+pub fn error_code_and_message(body: &[u8]) -> Option<(String, String)> {
+    let fields = error_fields(body).ok()?;
+    let find = |k: u8| fields.iter().find(|(f, _)| *f == k).map(|(_, v)| v.to_string());
+    Some((find(b'C')?, find(b'M').unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::codec::decode_frame;
+
+    #[test]
+    fn error_response_round_trip() {
+        let mut buf = BytesMut::new();
+        error_response(&mut buf, Severity::Error, "08P01", "bad message");
+        let frame = decode_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!(frame.tag, ERROR_RESPONSE_TAG);
+        assert_eq!(
+            error_code_and_message(frame.body()),
+            Some(("08P01".into(), "bad message".into()))
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn ready_for_query_and_key_data() {
+        let mut buf = BytesMut::new();
+        ready_for_query(&mut buf, TxnStatus::InTransaction);
+        assert_eq!(&buf[..], &[b'Z', 0, 0, 0, 5, b'T']);
+        let frame = decode_frame(&mut buf, 64).unwrap().unwrap();
+        assert_eq!(TxnStatus::from_body(frame.body()), Some(TxnStatus::InTransaction));
+        backend_key_data(&mut buf, 1, 2);
+        assert_eq!(&buf[..], &[b'K', 0, 0, 0, 12, 0, 0, 0, 1, 0, 0, 0, 2]);
+    }
+}

@@ -1,0 +1,290 @@
+//! Framing: splits a byte stream into whole protocol messages.
+//!
+//! Regular messages are a tag byte plus a big-endian i32 length that counts
+//! itself; the first message a client sends (startup, SSL/GSSENC request,
+//! cancel) has no tag. Lengths are checked before anything is buffered for
+//! them, so a lying length costs nothing. An incomplete message is
+//! `Ok(None)`: the caller reads more bytes and calls again.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// SSLRequest code in place of a protocol version.
+pub const SSL_REQUEST_CODE: i32 = 80877103;
+/// GSSENCRequest code.
+pub const GSSENC_REQUEST_CODE: i32 = 80877104;
+/// CancelRequest code.
+pub const CANCEL_REQUEST_CODE: i32 = 80877102;
+/// Protocol 3.0, the only version pgsplit speaks.
+pub const PROTOCOL_3_0: i32 = 196608;
+/// PostgreSQL's own cap on a startup packet.
+pub const MAX_STARTUP_LEN: usize = 10_000;
+/// Upper bound for any regular message (PostgreSQL caps most at 1 GiB).
+pub const MAX_MESSAGE_LEN: usize = 1 << 30;
+
+/// A framing failure: the peer sent bytes that are not the protocol.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// A length field below its minimum.
+    #[error("invalid message length {len}")]
+    BadLength { len: i64 },
+    /// A message longer than the configured maximum.
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    /// Message contents do not match its type.
+    #[error("malformed {what} message")]
+    Malformed { what: &'static str },
+    /// The peer closed the connection partway through a message.
+    #[error("connection closed in the middle of a message")]
+    Truncated,
+}
+
+/// One whole message, tag and length included, ready to forward untouched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The message type byte.
+    pub tag: u8,
+    /// The whole frame: tag, length and body.
+    pub bytes: Bytes,
+}
+
+impl Frame {
+    /// The body after the tag and length.
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[5..]
+    }
+}
+
+/// The untagged first message of a client connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupPacket {
+    /// StartupMessage with its protocol version and parameters.
+    Startup {
+        version: i32,
+        params: Vec<(String, String)>,
+    },
+    /// SSLRequest.
+    Ssl,
+    /// GSSENCRequest.
+    GssEnc,
+    /// CancelRequest with the key the client was given (variable length
+    /// since protocol 3.2).
+    Cancel { pid: i32, secret: Bytes },
+}
+
+/// Decodes the untagged first message.
+///
+/// # Errors
+/// A length under 8 or over [`MAX_STARTUP_LEN`], or a body that is not a
+/// valid startup packet.
+pub fn decode_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, ProtocolError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if len < 8 {
+        return Err(ProtocolError::BadLength { len: len.into() });
+    }
+    let len = len as usize;
+    if len > MAX_STARTUP_LEN {
+        return Err(ProtocolError::TooLarge {
+            len,
+            max: MAX_STARTUP_LEN,
+        });
+    }
+    if buf.len() < len {
+        buf.reserve(len - buf.len());
+        return Ok(None);
+    }
+    let mut packet = buf.split_to(len).freeze();
+    packet.advance(4);
+    let code = packet.get_i32();
+    let decoded = match code {
+        SSL_REQUEST_CODE => StartupPacket::Ssl,
+        GSSENC_REQUEST_CODE => StartupPacket::GssEnc,
+        CANCEL_REQUEST_CODE => {
+            if packet.len() < 8 {
+                return Err(ProtocolError::Malformed { what: "cancel" });
+            }
+            let pid = packet.get_i32();
+            StartupPacket::Cancel {
+                pid,
+                secret: packet,
+            }
+        }
+        version => StartupPacket::Startup {
+            version,
+            params: decode_params(&packet)?,
+        },
+    };
+    Ok(Some(decoded))
+}
+
+fn decode_params(mut body: &[u8]) -> Result<Vec<(String, String)>, ProtocolError> {
+    const WHAT: ProtocolError = ProtocolError::Malformed { what: "startup" };
+    let mut params = Vec::new();
+    loop {
+        let key = take_cstr(&mut body).ok_or(WHAT)?;
+        if key.is_empty() {
+            break;
+        }
+        let value = take_cstr(&mut body).ok_or(WHAT)?;
+        params.push((key.to_owned(), value.to_owned()));
+    }
+    if !body.is_empty() {
+        return Err(WHAT);
+    }
+    Ok(params)
+}
+
+/// Splits one NUL-terminated UTF-8 string off the front of `body`.
+pub fn take_cstr<'a>(body: &mut &'a [u8]) -> Option<&'a str> {
+    let end = body.iter().position(|&b| b == 0)?;
+    let s = std::str::from_utf8(&body[..end]).ok()?;
+    *body = &body[end + 1..];
+    Some(s)
+}
+
+/// Decodes one tagged message (either direction).
+///
+/// # Errors
+/// A length below 4 or above `max`.
+pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, ProtocolError> {
+    let Some(len) = peek_frame_len(buf, max)? else {
+        return Ok(None);
+    };
+    if buf.len() < len {
+        buf.reserve(len - buf.len());
+        return Ok(None);
+    }
+    let tag = buf[0];
+    Ok(Some(Frame {
+        tag,
+        bytes: buf.split_to(len).freeze(),
+    }))
+}
+
+/// The total size (tag included) of the frame at the front of `buf`, once
+/// its header has arrived.
+///
+/// # Errors
+/// A length below 4 or above `max`.
+pub fn peek_frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ProtocolError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 {
+        return Err(ProtocolError::BadLength { len: len.into() });
+    }
+    let len = len as usize;
+    if len > max {
+        return Err(ProtocolError::TooLarge { len, max });
+    }
+    Ok(Some(len + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    fn startup_bytes(params: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.put_i32(PROTOCOL_3_0);
+        for (k, v) in params {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut out = Vec::new();
+        out.put_i32(body.len() as i32 + 4);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn startup_fed_one_byte_at_a_time() {
+        let bytes = startup_bytes(&[("user", "app"), ("database", "db")]);
+        let mut buf = BytesMut::new();
+        for (i, b) in bytes.iter().enumerate() {
+            buf.put_u8(*b);
+            let got = decode_startup(&mut buf).unwrap();
+            if i + 1 < bytes.len() {
+                assert!(got.is_none());
+            } else {
+                assert_eq!(
+                    got,
+                    Some(StartupPacket::Startup {
+                        version: PROTOCOL_3_0,
+                        params: vec![("user".into(), "app".into()), ("database".into(), "db".into())]
+                    })
+                );
+            }
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn ssl_gss_and_cancel_requests() {
+        let mut buf = BytesMut::from(&[0, 0, 0, 8, 4, 210, 22, 47][..]);
+        assert_eq!(decode_startup(&mut buf).unwrap(), Some(StartupPacket::Ssl));
+        let mut buf = BytesMut::from(&[0, 0, 0, 8, 4, 210, 22, 48][..]);
+        assert_eq!(decode_startup(&mut buf).unwrap(), Some(StartupPacket::GssEnc));
+        let mut buf = BytesMut::new();
+        buf.put_i32(16);
+        buf.put_i32(CANCEL_REQUEST_CODE);
+        buf.put_i32(42);
+        buf.put_i32(7);
+        assert_eq!(
+            decode_startup(&mut buf).unwrap(),
+            Some(StartupPacket::Cancel {
+                pid: 42,
+                secret: Bytes::from_static(&[0, 0, 0, 7])
+            })
+        );
+    }
+
+    #[test]
+    fn lying_startup_lengths_are_refused_before_buffering() {
+        let mut buf = BytesMut::from(&[0, 0, 0, 3][..]);
+        assert!(matches!(decode_startup(&mut buf), Err(ProtocolError::BadLength { .. })));
+        let mut buf = BytesMut::from(&[0x7f, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(decode_startup(&mut buf), Err(ProtocolError::TooLarge { .. })));
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(decode_startup(&mut buf), Err(ProtocolError::BadLength { .. })));
+        // parameters without the final terminator
+        let mut bad = startup_bytes(&[("user", "app")]);
+        bad.pop();
+        bad.pop();
+        bad[3] -= 2;
+        let mut buf = BytesMut::from(&bad[..]);
+        assert!(matches!(decode_startup(&mut buf), Err(ProtocolError::Malformed { .. })));
+    }
+
+    #[test]
+    fn frames_one_byte_at_a_time_and_limits() {
+        let msg = [b'Q', 0, 0, 0, 13, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1', 0];
+        let mut stream = msg.to_vec();
+        stream.extend_from_slice(&msg);
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for b in stream {
+            buf.put_u8(b);
+            while let Some(f) = decode_frame(&mut buf, 1024).unwrap() {
+                frames.push(f);
+            }
+        }
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].tag, b'Q');
+        assert_eq!(frames[0].body(), b"SELECT 1\0");
+        let mut buf = BytesMut::from(&[b'Q', 0, 0, 0, 2][..]);
+        assert!(matches!(decode_frame(&mut buf, 1024), Err(ProtocolError::BadLength { len: 2 })));
+        let mut buf = BytesMut::from(&[b'Q', 0x40, 0, 0, 1][..]);
+        assert!(matches!(
+            decode_frame(&mut buf, MAX_MESSAGE_LEN),
+            Err(ProtocolError::TooLarge { .. })
+        ));
+    }
+}
