@@ -1,0 +1,206 @@
+//! Statement routing: SQL text in, [`Route`] out.
+//!
+//! Pure and socket-free. A cheap scan of the leading comments and first
+//! keyword routes obvious writes without parsing; everything else is parsed
+//! with sqlparser (PostgreSQL dialect) and walked. Anything that cannot be
+//! classified goes to the primary. Results are kept in a bounded cache keyed
+//! by the statement text. What depends on the session (an open transaction,
+//! a pinned connection) is the session's business, not the router's.
+
+mod classify;
+mod functions;
+mod scan;
+
+use std::collections::HashSet;
+
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
+
+/// Where a statement must run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// The primary (writes, and anything unclassifiable).
+    Primary,
+    /// Any eligible replica.
+    Replica,
+}
+
+impl Target {
+    /// Label value for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Primary => "primary",
+            Target::Replica => "replica",
+        }
+    }
+}
+
+/// Why a statement goes where it goes. Bounded set: used as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// DML, DDL, COPY FROM or any other statement that changes something.
+    Write,
+    /// A plain read.
+    Read,
+    /// An explicit read-write transaction, or transaction control.
+    Transaction,
+    /// `BEGIN READ ONLY` / `START TRANSACTION READ ONLY`.
+    ReadOnlyTransaction,
+    /// A `/* pgsplit:... */` hint.
+    Hint,
+    /// A function with side effects or session state.
+    Function,
+    /// Row or table locks (`FOR UPDATE`, `LOCK`).
+    Lock,
+    /// Session state that lives on one server connection (SET, LISTEN,
+    /// temporary tables, SQL PREPARE, cursors).
+    Session,
+    /// sqlparser could not parse it.
+    ParseError,
+    /// A read that found no eligible replica.
+    NoReplica,
+}
+
+impl Reason {
+    /// Every reason, for pre-creating metric series.
+    pub const ALL: [Reason; 10] = [
+        Reason::Write,
+        Reason::Read,
+        Reason::Transaction,
+        Reason::ReadOnlyTransaction,
+        Reason::Hint,
+        Reason::Function,
+        Reason::Lock,
+        Reason::Session,
+        Reason::ParseError,
+        Reason::NoReplica,
+    ];
+
+    /// Label value for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Write => "write",
+            Reason::Read => "read",
+            Reason::Transaction => "transaction",
+            Reason::ReadOnlyTransaction => "read_only_transaction",
+            Reason::Hint => "hint",
+            Reason::Function => "function",
+            Reason::Lock => "lock",
+            Reason::Session => "session",
+            Reason::ParseError => "parse_error",
+            Reason::NoReplica => "no_replica",
+        }
+    }
+}
+
+/// The router's verdict on one query string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Where it runs.
+    pub target: Target,
+    /// Why.
+    pub reason: Reason,
+    /// It leaves state on its server connection (SET, LISTEN, temp table,
+    /// session advisory lock, SQL PREPARE): the session must keep that
+    /// connection from now on.
+    pub pins: bool,
+}
+
+impl Route {
+    pub(crate) const fn primary(reason: Reason) -> Route {
+        Route {
+            target: Target::Primary,
+            reason,
+            pins: false,
+        }
+    }
+
+    pub(crate) const fn replica(reason: Reason) -> Route {
+        Route {
+            target: Target::Replica,
+            reason,
+            pins: false,
+        }
+    }
+
+    pub(crate) const fn pinned(reason: Reason) -> Route {
+        Route {
+            target: Target::Primary,
+            reason,
+            pins: true,
+        }
+    }
+}
+
+/// Statements longer than this are classified but not cached.
+const MAX_CACHED_SQL: usize = 16 * 1024;
+
+#[derive(Clone)]
+struct TextWeight;
+
+impl Weighter<Box<str>, Route> for TextWeight {
+    fn weight(&self, key: &Box<str>, _: &Route) -> u64 {
+        key.len() as u64 + 64
+    }
+}
+
+/// Classifies statements, with a bounded cache. Built from the routing
+/// config; rebuilt on reload.
+pub struct Router {
+    write_functions: HashSet<String>,
+    cache: Cache<Box<str>, Route, TextWeight>,
+}
+
+impl Router {
+    /// A router whose cache holds about `cache_bytes` of statement text.
+    pub fn new(write_functions: &[String], cache_bytes: u64) -> Router {
+        Router {
+            write_functions: write_functions.iter().map(|f| f.to_ascii_lowercase()).collect(),
+            cache: Cache::with_weighter(
+                (cache_bytes / 256).max(16) as usize,
+                cache_bytes.max(4096),
+                TextWeight,
+            ),
+        }
+    }
+
+    /// Routes one query string (which may hold several statements).
+    pub fn classify(&self, sql: &str) -> Route {
+        if let Some(route) = self.cache.get(sql) {
+            return route;
+        }
+        let route = classify_text(sql, &self.write_functions);
+        if sql.len() <= MAX_CACHED_SQL {
+            self.cache.insert(sql.into(), route);
+        }
+        route
+    }
+}
+
+/// Routes a query string without a cache.
+pub fn classify_text(sql: &str, write_functions: &HashSet<String>) -> Route {
+    let hint = scan::leading_hint(sql);
+    let route = match scan::fast_path(sql) {
+        Some(route) => route,
+        None => classify::parsed(sql, write_functions),
+    };
+    match hint {
+        Some(Target::Primary) => Route {
+            reason: Reason::Hint,
+            target: Target::Primary,
+            ..route
+        },
+        // A replica hint moves what the router was merely unsure of; it
+        // never sends a write, a lock or session state to a replica.
+        Some(Target::Replica)
+            if matches!(route.reason, Reason::Read | Reason::ParseError | Reason::Function)
+                && !route.pins =>
+        {
+            Route::replica(Reason::Hint)
+        }
+        _ => route,
+    }
+}
+
+#[cfg(test)]
+mod tests;
