@@ -4,3 +4,7 @@
 pub mod config;
 pub mod protocol;
 pub mod router;
+pub mod auth;
+pub mod wire;
+pub mod topology;
+pub mod pool;

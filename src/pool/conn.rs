@@ -1,0 +1,165 @@
+//! One logged-in connection to a node, with its read buffer and the
+//! transaction status of its last ReadyForQuery.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::PoolError;
+use crate::auth::backend::{LoginInfo, login};
+use crate::protocol::backend::{self as be, TxnStatus};
+use crate::protocol::codec::{self, Frame, MAX_MESSAGE_LEN};
+use crate::wire::{self, WireError};
+
+/// A server connection (to a "backend" in PostgreSQL's words).
+#[derive(Debug)]
+pub struct BackendConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read and not yet consumed.
+    pub rbuf: BytesMut,
+    /// Name of the node it talks to.
+    pub node: Arc<str>,
+    /// `host:port` of the node, for cancel requests.
+    pub address: String,
+    /// What the node said at login.
+    pub login: LoginInfo,
+    /// Transaction status from the last ReadyForQuery.
+    pub status: TxnStatus,
+    /// Session state was changed on it (SET, LISTEN, temp table...): reset
+    /// with DISCARD ALL before anyone else uses it.
+    pub dirty: bool,
+    broken: bool,
+}
+
+impl BackendConn {
+    /// Connects and logs in.
+    ///
+    /// # Errors
+    /// [`PoolError::Connect`] when the node cannot be reached in time,
+    /// [`PoolError::Login`] when it refuses the login.
+    pub async fn connect(
+        node: Arc<str>,
+        address: String,
+        user: &str,
+        database: &str,
+        password: Option<&str>,
+        timeout: Duration,
+    ) -> Result<BackendConn, PoolError> {
+        let connect_error = |e: std::io::Error| PoolError::Connect {
+            node: node.clone(),
+            source: e,
+        };
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(&address))
+            .await
+            .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
+            .map_err(connect_error)?;
+        stream.set_nodelay(true).map_err(connect_error)?;
+        let mut conn = BackendConn {
+            stream,
+            rbuf: BytesMut::with_capacity(8192),
+            node: node.clone(),
+            address,
+            login: LoginInfo::default(),
+            status: TxnStatus::Idle,
+            dirty: false,
+            broken: false,
+        };
+        let login = tokio::time::timeout(
+            timeout,
+            login(&mut conn.stream, &mut conn.rbuf, user, database, password, &[]),
+        )
+        .await
+        .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(|source| PoolError::Login { node, source })?;
+        conn.login = login;
+        Ok(conn)
+    }
+
+    /// Marks it unusable: the pool drops it instead of reusing it.
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Whether it was marked unusable.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// A complete frame already buffered, if any.
+    ///
+    /// # Errors
+    /// The node sent bytes that are not the protocol.
+    pub fn buffered_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        Ok(codec::decode_frame(&mut self.rbuf, MAX_MESSAGE_LEN)?)
+    }
+
+    /// Reads the next frame, waiting for it.
+    ///
+    /// # Errors
+    /// The connection failed or closed.
+    pub async fn read_frame(&mut self) -> Result<Frame, WireError> {
+        wire::read_frame(&mut self.stream, &mut self.rbuf, MAX_MESSAGE_LEN).await
+    }
+
+    /// Sends bytes as they are.
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// Runs a utility command and waits for ReadyForQuery; an
+    /// ErrorResponse marks the connection broken.
+    ///
+    /// # Errors
+    /// The connection failed or the command failed.
+    pub async fn simple_command(&mut self, sql: &str) -> Result<(), WireError> {
+        let mut out = BytesMut::new();
+        be::query(&mut out, sql);
+        self.send(&out).await?;
+        let mut failed = false;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                be::ERROR_RESPONSE_TAG => failed = true,
+                be::READY_FOR_QUERY_TAG => {
+                    self.status = TxnStatus::from_body(frame.body()).unwrap_or(TxnStatus::Failed);
+                    if failed {
+                        self.mark_broken();
+                    }
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Makes it fit for another client: ROLLBACK an open transaction,
+    /// DISCARD ALL changed session state. Anything odd marks it broken.
+    pub async fn reset(&mut self) {
+        if self.status != TxnStatus::Idle && self.simple_command("ROLLBACK").await.is_err() {
+            self.mark_broken();
+        }
+        if self.dirty && !self.broken {
+            match self.simple_command("DISCARD ALL").await {
+                Ok(()) => self.dirty = false,
+                Err(_) => self.mark_broken(),
+            }
+        }
+        if self.status != TxnStatus::Idle || !self.rbuf.is_empty() {
+            self.mark_broken();
+        }
+    }
+
+    /// Whether an idle connection is still open: any byte or EOF waiting
+    /// on an idle connection means the node closed or is closing it.
+    pub fn idle_and_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
