@@ -1,10 +1,15 @@
 //! pgsplit: a PostgreSQL wire-protocol proxy that sends writes to the
 //! primary and spreads reads over streaming replicas.
 
+pub mod app;
+pub mod auth;
+pub mod cluster;
 pub mod config;
+pub mod demo;
+pub mod pool;
 pub mod protocol;
 pub mod router;
-pub mod auth;
-pub mod wire;
+pub mod session;
+pub mod state;
 pub mod topology;
-pub mod pool;
+pub mod wire;

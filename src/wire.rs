@@ -42,7 +42,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 ///
 /// # Cancel safety
 /// Cancel safe.
-pub async fn fill<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut BytesMut) -> Result<(), WireError> {
+pub async fn fill<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+) -> Result<(), WireError> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(8192);
     }
@@ -53,7 +56,10 @@ pub async fn fill<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut BytesMut) -> R
 }
 
 /// Writes and clears `buf`.
-pub async fn flush<W: AsyncWrite + Unpin>(stream: &mut W, buf: &mut BytesMut) -> std::io::Result<()> {
+pub async fn flush<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    buf: &mut BytesMut,
+) -> std::io::Result<()> {
     if !buf.is_empty() {
         stream.write_all(buf).await?;
         buf.clear();

@@ -42,7 +42,8 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     let mut out = BytesMut::new();
     let mut params = vec![("user", user), ("database", database)];
     params.extend_from_slice(extra);
-    fe::startup_message(params.iter().copied(), &mut out).map_err(|e| unsupported(e.to_string()))?;
+    fe::startup_message(params.iter().copied(), &mut out)
+        .map_err(|e| unsupported(e.to_string()))?;
     send(stream, &mut out).await?;
     let mut scram: Option<ScramSha256> = None;
     let need_password = || password.ok_or_else(|| AuthError::NoPassword { user: user.into() });
@@ -74,34 +75,53 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                             .map_err(|e| unsupported(e.to_string()))?;
                     }
                     10 => {
-                        let offers_scram = body
-                            .split(|&b| b == 0)
-                            .any(|m| m == b"SCRAM-SHA-256");
+                        let offers_scram = body.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
                         if !offers_scram {
-                            return Err(unsupported("node offers no SASL mechanism pgsplit speaks"));
+                            return Err(unsupported(
+                                "node offers no SASL mechanism pgsplit speaks",
+                            ));
                         }
-                        let s = ScramSha256::new(need_password()?.as_bytes(), ChannelBinding::unsupported());
+                        let s = ScramSha256::new(
+                            need_password()?.as_bytes(),
+                            ChannelBinding::unsupported(),
+                        );
                         fe::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)
                             .map_err(|e| unsupported(e.to_string()))?;
                         scram = Some(s);
                     }
                     11 => {
-                        let s = scram.as_mut().ok_or_else(|| unsupported("SASLContinue out of order"))?;
-                        s.update(body).map_err(|e| unsupported(format!("SCRAM: {e}")))?;
-                        fe::sasl_response(s.message(), &mut out).map_err(|e| unsupported(e.to_string()))?;
+                        let s = scram
+                            .as_mut()
+                            .ok_or_else(|| unsupported("SASLContinue out of order"))?;
+                        s.update(body)
+                            .map_err(|e| unsupported(format!("SCRAM: {e}")))?;
+                        fe::sasl_response(s.message(), &mut out)
+                            .map_err(|e| unsupported(e.to_string()))?;
                     }
                     12 => {
-                        let mut s = scram.take().ok_or_else(|| unsupported("SASLFinal out of order"))?;
-                        s.finish(body).map_err(|e| unsupported(format!("SCRAM: {e}")))?;
+                        let mut s = scram
+                            .take()
+                            .ok_or_else(|| unsupported("SASLFinal out of order"))?;
+                        s.finish(body)
+                            .map_err(|e| unsupported(format!("SCRAM: {e}")))?;
                         continue;
                     }
-                    other => return Err(unsupported(format!("authentication method {other} is not supported"))),
+                    other => {
+                        return Err(unsupported(format!(
+                            "authentication method {other} is not supported"
+                        )));
+                    }
                 }
                 send(stream, &mut out).await?;
             }
             be::ERROR_RESPONSE_TAG => return Err(rejected(body)),
             be::NEGOTIATE_PROTOCOL_VERSION_TAG | be::NOTICE_RESPONSE_TAG => {}
-            other => return Err(unsupported(format!("unexpected message {:?} during login", other as char))),
+            other => {
+                return Err(unsupported(format!(
+                    "unexpected message {:?} during login",
+                    other as char
+                )));
+            }
         }
     }
 }
@@ -145,7 +165,9 @@ fn rejected(body: &[u8]) -> AuthError {
 }
 
 async fn send<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut BytesMut) -> Result<(), AuthError> {
-    wire::flush(stream, out).await.map_err(|e| AuthError::Wire(WireError::Io(e)))
+    wire::flush(stream, out)
+        .await
+        .map_err(|e| AuthError::Wire(WireError::Io(e)))
 }
 
 /// Writes a CancelRequest (protocol 3.0 keys).

@@ -46,7 +46,9 @@ async fn md5<S: AsyncRead + AsyncWrite + Unpin>(
     let salt: [u8; 4] = rand::random();
     let mut out = BytesMut::new();
     backend::authentication_md5(&mut out, salt);
-    wire::flush(stream, &mut out).await.map_err(wire::WireError::Io)?;
+    wire::flush(stream, &mut out)
+        .await
+        .map_err(wire::WireError::Io)?;
     let frame = wire::read_frame(stream, rbuf, 4096).await?;
     if frame.tag != frontend::PASSWORD_TAG {
         return Err(AuthError::BadPassword { user: user.into() });
@@ -57,7 +59,8 @@ async fn md5<S: AsyncRead + AsyncWrite + Unpin>(
         .user(user)
         .and_then(|u| u.password.clone())
         .unwrap_or_else(|| format!("{:x}", rand::random::<u128>()));
-    let expected = postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt);
+    let expected =
+        postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt);
     let known = config.user(user).is_some();
     if constant_time_eq(expected.as_bytes(), answer.as_bytes()) && known {
         Ok(())

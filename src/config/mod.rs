@@ -26,8 +26,14 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// A `${VAR}` without a value in the environment and no default.
-    #[error("{path}:{line}: environment variable {name} is not set (write ${{{name}:-default}} for a default)")]
-    MissingVar { path: PathBuf, line: usize, name: String },
+    #[error(
+        "{path}:{line}: environment variable {name} is not set (write ${{{name}:-default}} for a default)"
+    )]
+    MissingVar {
+        path: PathBuf,
+        line: usize,
+        name: String,
+    },
     /// Not YAML, or YAML that does not fit the schema (unknown key, wrong type).
     #[error("{path}: {message}")]
     Schema { path: PathBuf, message: String },
@@ -90,7 +96,11 @@ fn default_admin_listen() -> Spanned<String> {
 }
 
 fn unspanned<T>(value: T) -> Spanned<T> {
-    Spanned::new(value, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN)
+    Spanned::new(
+        value,
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
 }
 
 fn default_auth_method() -> Spanned<AuthMethod> {
@@ -327,22 +337,26 @@ impl Config {
             line: m.line,
             name: m.name,
         })?;
-        let config: Config = serde_saphyr::from_str(&expanded).map_err(|e| ConfigError::Schema {
-            path: path.to_owned(),
-            message: e.to_string().replace("<input>", &path.display().to_string()),
-        })?;
+        let config: Config =
+            serde_saphyr::from_str(&expanded).map_err(|e| ConfigError::Schema {
+                path: path.to_owned(),
+                message: e
+                    .to_string()
+                    .replace("<input>", &path.display().to_string()),
+            })?;
         config.validate(path)?;
         Ok(config)
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |loc: &serde_saphyr::Location, key: &str, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            line: loc.line(),
-            column: loc.column(),
-            key: key.to_owned(),
-            message,
-        };
+        let invalid =
+            |loc: &serde_saphyr::Location, key: &str, message: String| ConfigError::Invalid {
+                path: path.to_owned(),
+                line: loc.line(),
+                column: loc.column(),
+                key: key.to_owned(),
+                message,
+            };
         if self.listen.value.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 &self.listen.referenced,
@@ -381,7 +395,10 @@ impl Config {
                 return Err(invalid(
                     &user.name.referenced,
                     &format!("auth.users[{i}].password"),
-                    format!("user {:?} needs a password with auth.method md5", user.name.value),
+                    format!(
+                        "user {:?} needs a password with auth.method md5",
+                        user.name.value
+                    ),
                 ));
             }
         }
@@ -393,11 +410,19 @@ impl Config {
         ];
         for (key, d) in durations {
             if d.0.is_zero() {
-                return Err(invalid(&serde_saphyr::Location::UNKNOWN, key, "must be greater than 0".into()));
+                return Err(invalid(
+                    &serde_saphyr::Location::UNKNOWN,
+                    key,
+                    "must be greater than 0".into(),
+                ));
             }
         }
         if self.pool.size == 0 {
-            return Err(invalid(&serde_saphyr::Location::UNKNOWN, "pool.size", "must be at least 1".into()));
+            return Err(invalid(
+                &serde_saphyr::Location::UNKNOWN,
+                "pool.size",
+                "must be at least 1".into(),
+            ));
         }
         if let Some(tls) = &self.tls {
             for (key, file) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
@@ -414,13 +439,14 @@ impl Config {
     }
 
     fn validate_nodes(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |loc: &serde_saphyr::Location, key: String, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            line: loc.line(),
-            column: loc.column(),
-            key,
-            message,
-        };
+        let invalid =
+            |loc: &serde_saphyr::Location, key: String, message: String| ConfigError::Invalid {
+                path: path.to_owned(),
+                line: loc.line(),
+                column: loc.column(),
+                key,
+                message,
+            };
         let nodes = &self.nodes.value;
         let mut names = HashSet::new();
         let mut primaries = Vec::new();

@@ -50,7 +50,10 @@ fn full_example_parses() {
     assert_eq!(c.primary().name.value, "pg1");
     assert_eq!(c.nodes.value[2].weight, 50);
     assert_eq!(c.pool.checkout_timeout.0, std::time::Duration::from_secs(5));
-    assert_eq!(c.lag.check_interval.0, std::time::Duration::from_millis(250));
+    assert_eq!(
+        c.lag.check_interval.0,
+        std::time::Duration::from_millis(250)
+    );
     assert_eq!(c.lag.max_lag_bytes, ByteSize(64 << 20));
     assert_eq!(c.routing.write_functions, vec!["audit_log".to_owned()]);
 }
@@ -83,7 +86,10 @@ fn wrong_type_is_refused() {
     let e = error_of(&GOOD.replace("size: 20", "size: lots"));
     assert!(e.contains("proxy.yaml") && e.contains("line 17"), "{e}");
     let e = error_of(&GOOD.replace("max_lag: 10s", "max_lag: ten"));
-    assert!(e.contains("invalid duration") && e.contains("line 28"), "{e}");
+    assert!(
+        e.contains("invalid duration") && e.contains("line 28"),
+        "{e}"
+    );
     let e = error_of(&GOOD.replace("64MB", "64MiBs"));
     assert!(e.contains("invalid size"), "{e}");
 }
@@ -92,17 +98,34 @@ fn wrong_type_is_refused() {
 fn duplicate_names_and_primaries() {
     let e = error_of(&GOOD.replace("name: pg3", "name: pg2"));
     assert!(e.starts_with("proxy.yaml:14:"), "{e}");
-    assert!(e.contains("nodes[2].name") && e.contains("duplicate"), "{e}");
-    let e = error_of(&GOOD.replace("weight: 50", "weight: 50 }\n  - { name: pg4, host: h, role: primary"));
-    assert!(e.starts_with("proxy.yaml:15:") && e.contains("nodes[3].role"), "{e}");
+    assert!(
+        e.contains("nodes[2].name") && e.contains("duplicate"),
+        "{e}"
+    );
+    let e = error_of(&GOOD.replace(
+        "weight: 50",
+        "weight: 50 }\n  - { name: pg4, host: h, role: primary",
+    ));
+    assert!(
+        e.starts_with("proxy.yaml:15:") && e.contains("nodes[3].role"),
+        "{e}"
+    );
     let e = error_of(&GOOD.replace("role: primary", "role: replica"));
-    assert!(e.contains("no node has role: primary") && e.starts_with("proxy.yaml:12:"), "{e}");
+    assert!(
+        e.contains("no node has role: primary") && e.starts_with("proxy.yaml:12:"),
+        "{e}"
+    );
 }
 
 #[test]
 fn missing_variable_names_line() {
-    let e = Config::from_text(Path::new("p.yaml"), GOOD, |_| None).unwrap_err().to_string();
-    assert!(e.starts_with("p.yaml:10:") && e.contains("APP_PASSWORD"), "{e}");
+    let e = Config::from_text(Path::new("p.yaml"), GOOD, |_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("p.yaml:10:") && e.contains("APP_PASSWORD"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -110,7 +133,10 @@ fn md5_needs_passwords_and_bad_addresses_are_refused() {
     let e = error_of(&GOOD.replace("      password: ${APP_PASSWORD}\n", ""));
     assert!(e.contains("auth.users[0].password"), "{e}");
     let e = error_of(&GOOD.replace("listen: 127.0.0.1:6432", "listen: nowhere"));
-    assert!(e.starts_with("proxy.yaml:2:") && e.contains("listen"), "{e}");
+    assert!(
+        e.starts_with("proxy.yaml:2:") && e.contains("listen"),
+        "{e}"
+    );
     let e = error_of(&GOOD.replace("role: primary }", "role: boss }"));
     assert!(e.contains("boss"), "{e}");
 }

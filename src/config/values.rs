@@ -15,7 +15,11 @@ impl<'de> Deserialize<'de> for Duration {
         let text = String::deserialize(d)?;
         humantime::parse_duration(text.trim())
             .map(Duration)
-            .map_err(|e| de::Error::custom(format!("invalid duration {text:?} ({e}); write e.g. 250ms, 10s, 5m")))
+            .map_err(|e| {
+                de::Error::custom(format!(
+                    "invalid duration {text:?} ({e}); write e.g. 250ms, 10s, 5m"
+                ))
+            })
     }
 }
 
@@ -59,8 +63,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::Num(n) => Ok(ByteSize(n)),
-            Raw::Text(t) => ByteSize::parse(&t)
-                .ok_or_else(|| de::Error::custom(format!("invalid size {t:?}; write e.g. 64MB, 512kB, 1GB"))),
+            Raw::Text(t) => ByteSize::parse(&t).ok_or_else(|| {
+                de::Error::custom(format!("invalid size {t:?}; write e.g. 64MB, 512kB, 1GB"))
+            }),
         }
     }
 }
@@ -79,7 +84,10 @@ pub struct MissingVar {
 ///
 /// # Errors
 /// The first variable that is unset and has no default.
-pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, MissingVar> {
+pub fn expand_env(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, MissingVar> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("${") {
@@ -138,7 +146,10 @@ mod tests {
         assert_eq!(expand_env("a: $${PW}", lookup).unwrap(), "a: ${PW}");
         assert_eq!(
             expand_env("x: 1\ny: ${NOPE}\n", lookup),
-            Err(MissingVar { line: 2, name: "NOPE".into() })
+            Err(MissingVar {
+                line: 2,
+                name: "NOPE".into()
+            })
         );
     }
 }

@@ -70,7 +70,14 @@ impl BackendConn {
         };
         let login = tokio::time::timeout(
             timeout,
-            login(&mut conn.stream, &mut conn.rbuf, user, database, password, &[]),
+            login(
+                &mut conn.stream,
+                &mut conn.rbuf,
+                user,
+                database,
+                password,
+                &[],
+            ),
         )
         .await
         .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?

@@ -129,9 +129,10 @@ impl ErrorSink<PoolError> for FailureSink {
         let failure = match error {
             PoolError::Closed { .. } | PoolError::Timeout { .. } => return,
             PoolError::Connect { source, .. } => Failure::Unreachable(source.to_string()),
-            PoolError::Login { source: AuthError::Rejected { code, message }, .. } => {
-                Failure::Login { code, message }
-            }
+            PoolError::Login {
+                source: AuthError::Rejected { code, message },
+                ..
+            } => Failure::Login { code, message },
             PoolError::Login { source, .. } => Failure::Login {
                 code: crate::protocol::sqlstate::REJECTED_CONNECTION.into(),
                 message: source.to_string(),
@@ -191,7 +192,13 @@ impl Pools {
         }
     }
 
-    fn pool_for(&self, node: &Node, user: &str, database: &str, password: Option<&str>) -> Arc<NodePool> {
+    fn pool_for(
+        &self,
+        node: &Node,
+        user: &str,
+        database: &str,
+        password: Option<&str>,
+    ) -> Arc<NodePool> {
         let key = PoolKey {
             address: node.address(),
             node: node.name.clone(),
@@ -268,7 +275,13 @@ impl Pools {
 
     /// Active and idle connection counts per node name.
     pub fn counts(&self) -> HashMap<Arc<str>, PoolCounts> {
-        let pools: Vec<Arc<NodePool>> = self.pools.lock().expect("poisoned").values().cloned().collect();
+        let pools: Vec<Arc<NodePool>> = self
+            .pools
+            .lock()
+            .expect("poisoned")
+            .values()
+            .cloned()
+            .collect();
         let mut out: HashMap<Arc<str>, PoolCounts> = HashMap::new();
         for np in pools {
             let state = np.pool.state();

@@ -160,7 +160,9 @@ pub fn error_fields(body: &[u8]) -> Result<Vec<(u8, &str)>, ProtocolError> {
     let mut fields = Vec::new();
     loop {
         let Some((&kind, tail)) = rest.split_first() else {
-            return Err(ProtocolError::Malformed { what: "ErrorResponse" });
+            return Err(ProtocolError::Malformed {
+                what: "ErrorResponse",
+            });
         };
         if kind == 0 {
             return Ok(fields);
@@ -176,7 +178,12 @@ pub fn error_fields(body: &[u8]) -> Result<Vec<(u8, &str)>, ProtocolError> {
 /// The SQLSTATE and message of an ErrorResponse body, if well formed.
 pub fn error_code_and_message(body: &[u8]) -> Option<(String, String)> {
     let fields = error_fields(body).ok()?;
-    let find = |k: u8| fields.iter().find(|(f, _)| *f == k).map(|(_, v)| v.to_string());
+    let find = |k: u8| {
+        fields
+            .iter()
+            .find(|(f, _)| *f == k)
+            .map(|(_, v)| v.to_string())
+    };
     Some((find(b'C')?, find(b'M').unwrap_or_default()))
 }
 
@@ -204,7 +211,10 @@ mod tests {
         ready_for_query(&mut buf, TxnStatus::InTransaction);
         assert_eq!(&buf[..], &[b'Z', 0, 0, 0, 5, b'T']);
         let frame = decode_frame(&mut buf, 64).unwrap().unwrap();
-        assert_eq!(TxnStatus::from_body(frame.body()), Some(TxnStatus::InTransaction));
+        assert_eq!(
+            TxnStatus::from_body(frame.body()),
+            Some(TxnStatus::InTransaction)
+        );
         backend_key_data(&mut buf, 1, 2);
         assert_eq!(&buf[..], &[b'K', 0, 0, 0, 12, 0, 0, 0, 1, 0, 0, 0, 2]);
     }

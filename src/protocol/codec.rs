@@ -218,7 +218,10 @@ mod tests {
                     got,
                     Some(StartupPacket::Startup {
                         version: PROTOCOL_3_0,
-                        params: vec![("user".into(), "app".into()), ("database".into(), "db".into())]
+                        params: vec![
+                            ("user".into(), "app".into()),
+                            ("database".into(), "db".into())
+                        ]
                     })
                 );
             }
@@ -231,7 +234,10 @@ mod tests {
         let mut buf = BytesMut::from(&[0, 0, 0, 8, 4, 210, 22, 47][..]);
         assert_eq!(decode_startup(&mut buf).unwrap(), Some(StartupPacket::Ssl));
         let mut buf = BytesMut::from(&[0, 0, 0, 8, 4, 210, 22, 48][..]);
-        assert_eq!(decode_startup(&mut buf).unwrap(), Some(StartupPacket::GssEnc));
+        assert_eq!(
+            decode_startup(&mut buf).unwrap(),
+            Some(StartupPacket::GssEnc)
+        );
         let mut buf = BytesMut::new();
         buf.put_i32(16);
         buf.put_i32(CANCEL_REQUEST_CODE);
@@ -249,23 +255,37 @@ mod tests {
     #[test]
     fn lying_startup_lengths_are_refused_before_buffering() {
         let mut buf = BytesMut::from(&[0, 0, 0, 3][..]);
-        assert!(matches!(decode_startup(&mut buf), Err(ProtocolError::BadLength { .. })));
+        assert!(matches!(
+            decode_startup(&mut buf),
+            Err(ProtocolError::BadLength { .. })
+        ));
         let mut buf = BytesMut::from(&[0x7f, 0xff, 0xff, 0xff][..]);
-        assert!(matches!(decode_startup(&mut buf), Err(ProtocolError::TooLarge { .. })));
+        assert!(matches!(
+            decode_startup(&mut buf),
+            Err(ProtocolError::TooLarge { .. })
+        ));
         let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
-        assert!(matches!(decode_startup(&mut buf), Err(ProtocolError::BadLength { .. })));
+        assert!(matches!(
+            decode_startup(&mut buf),
+            Err(ProtocolError::BadLength { .. })
+        ));
         // parameters without the final terminator
         let mut bad = startup_bytes(&[("user", "app")]);
         bad.pop();
         bad.pop();
         bad[3] -= 2;
         let mut buf = BytesMut::from(&bad[..]);
-        assert!(matches!(decode_startup(&mut buf), Err(ProtocolError::Malformed { .. })));
+        assert!(matches!(
+            decode_startup(&mut buf),
+            Err(ProtocolError::Malformed { .. })
+        ));
     }
 
     #[test]
     fn frames_one_byte_at_a_time_and_limits() {
-        let msg = [b'Q', 0, 0, 0, 13, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1', 0];
+        let msg = [
+            b'Q', 0, 0, 0, 13, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1', 0,
+        ];
         let mut stream = msg.to_vec();
         stream.extend_from_slice(&msg);
         let mut buf = BytesMut::new();
@@ -280,7 +300,10 @@ mod tests {
         assert_eq!(frames[0].tag, b'Q');
         assert_eq!(frames[0].body(), b"SELECT 1\0");
         let mut buf = BytesMut::from(&[b'Q', 0, 0, 0, 2][..]);
-        assert!(matches!(decode_frame(&mut buf, 1024), Err(ProtocolError::BadLength { len: 2 })));
+        assert!(matches!(
+            decode_frame(&mut buf, 1024),
+            Err(ProtocolError::BadLength { len: 2 })
+        ));
         let mut buf = BytesMut::from(&[b'Q', 0x40, 0, 0, 1][..]);
         assert!(matches!(
             decode_frame(&mut buf, MAX_MESSAGE_LEN),

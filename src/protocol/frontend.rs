@@ -110,7 +110,13 @@ mod tests {
     #[test]
     fn parse_and_bind() {
         let p = parse(b"s1\0SELECT $1\0\0\0").unwrap();
-        assert_eq!(p, Parse { name: "s1", sql: "SELECT $1" });
+        assert_eq!(
+            p,
+            Parse {
+                name: "s1",
+                sql: "SELECT $1"
+            }
+        );
         assert!(parse(b"s1\0SELECT\0").is_err());
         assert_eq!(bind_statement(b"\0s1\0\0\0").unwrap(), "s1");
         assert!(bind_statement(b"portal").is_err());

@@ -51,16 +51,8 @@ pub fn parsed(sql: &str, write_functions: &HashSet<String>) -> Route {
     combined
 }
 
-/// Several statements in one string: the primary wins, and so does a pin.
 fn merge(a: Route, b: Route) -> Route {
-    let pins = a.pins || b.pins;
-    let pick = match (a.target, b.target) {
-        (Target::Replica, Target::Primary) => b,
-        (Target::Primary, _) => a,
-        (Target::Replica, Target::Replica) if a.reason == Reason::ReadOnlyTransaction => a,
-        _ => b,
-    };
-    Route { pins, ..pick }
+    a.merge(b)
 }
 
 fn statement_route(statement: &Statement, write_functions: &HashSet<String>) -> Route {
@@ -128,9 +120,12 @@ fn statement_route(statement: &Statement, write_functions: &HashSet<String>) -> 
 }
 
 fn transaction_route(modes: &[TransactionMode]) -> Route {
-    let read_only = modes
-        .iter()
-        .any(|m| matches!(m, TransactionMode::AccessMode(TransactionAccessMode::ReadOnly)));
+    let read_only = modes.iter().any(|m| {
+        matches!(
+            m,
+            TransactionMode::AccessMode(TransactionAccessMode::ReadOnly)
+        )
+    });
     // A hot standby refuses SERIALIZABLE; keep those on the primary.
     let serializable = modes.iter().any(|m| {
         matches!(
@@ -212,7 +207,10 @@ fn third_arg_is_false(args: &FunctionArguments) -> bool {
         ))) => match &v.value {
             Value::Boolean(b) => !b,
             Value::SingleQuotedString(s) => {
-                matches!(s.to_ascii_lowercase().as_str(), "f" | "false" | "off" | "no" | "0")
+                matches!(
+                    s.to_ascii_lowercase().as_str(),
+                    "f" | "false" | "off" | "no" | "0"
+                )
             }
             _ => true,
         },

@@ -123,6 +123,20 @@ impl Route {
         }
     }
 
+    /// Several statements sent together: the primary wins, and so does a pin.
+    pub fn merge(self, other: Route) -> Route {
+        let pins = self.pins || other.pins;
+        let pick = match (self.target, other.target) {
+            (Target::Replica, Target::Primary) => other,
+            (Target::Primary, _) => self,
+            (Target::Replica, Target::Replica) if self.reason == Reason::ReadOnlyTransaction => {
+                self
+            }
+            _ => other,
+        };
+        Route { pins, ..pick }
+    }
+
     pub(crate) const fn pinned(reason: Reason) -> Route {
         Route {
             target: Target::Primary,
@@ -155,7 +169,10 @@ impl Router {
     /// A router whose cache holds about `cache_bytes` of statement text.
     pub fn new(write_functions: &[String], cache_bytes: u64) -> Router {
         Router {
-            write_functions: write_functions.iter().map(|f| f.to_ascii_lowercase()).collect(),
+            write_functions: write_functions
+                .iter()
+                .map(|f| f.to_ascii_lowercase())
+                .collect(),
             cache: Cache::with_weighter(
                 (cache_bytes / 256).max(16) as usize,
                 cache_bytes.max(4096),
@@ -193,8 +210,10 @@ pub fn classify_text(sql: &str, write_functions: &HashSet<String>) -> Route {
         // A replica hint moves what the router was merely unsure of; it
         // never sends a write, a lock or session state to a replica.
         Some(Target::Replica)
-            if matches!(route.reason, Reason::Read | Reason::ParseError | Reason::Function)
-                && !route.pins =>
+            if matches!(
+                route.reason,
+                Reason::Read | Reason::ParseError | Reason::Function
+            ) && !route.pins =>
         {
             Route::replica(Reason::Hint)
         }

@@ -135,8 +135,14 @@ mod tests {
 
     #[test]
     fn hints_only_before_the_first_keyword() {
-        assert_eq!(leading_hint("/* pgsplit:replica */ SELECT 1"), Some(Target::Replica));
-        assert_eq!(leading_hint("-- pgsplit:primary\nSELECT 1"), Some(Target::Primary));
+        assert_eq!(
+            leading_hint("/* pgsplit:replica */ SELECT 1"),
+            Some(Target::Replica)
+        );
+        assert_eq!(
+            leading_hint("-- pgsplit:primary\nSELECT 1"),
+            Some(Target::Primary)
+        );
         assert_eq!(
             leading_hint("/* app:x */ /* /* nested */ pgsplit:primary */ SELECT 1"),
             Some(Target::Primary)
@@ -147,7 +153,10 @@ mod tests {
 
     #[test]
     fn first_keyword_skips_comments() {
-        assert_eq!(first_keyword("  /* x */ -- y\n InSeRt INTO t").unwrap().0, "insert");
+        assert_eq!(
+            first_keyword("  /* x */ -- y\n InSeRt INTO t").unwrap().0,
+            "insert"
+        );
         assert_eq!(first_keyword("(SELECT 1)"), None);
         assert!(fast_path("INSERT INTO t VALUES (1); SELECT 1").is_none());
         assert!(fast_path("insert into t values (1);").is_some());

@@ -14,29 +14,104 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
     ("select * from users", R, Read, false),
     ("SeLeCt id FROM users WHERE id = $1", R, Read, false),
     ("SELECT inet_server_port()", R, Read, false),
-    ("SELECT count(*) FROM orders o JOIN users u ON u.id = o.user_id GROUP BY u.id", R, Read, false),
-    ("SELECT * FROM t WHERE a IN (SELECT b FROM u WHERE c > 3)", R, Read, false),
-    ("SELECT * FROM t ORDER BY a DESC LIMIT 10 OFFSET 20", R, Read, false),
-    ("SELECT DISTINCT ON (a) a, b FROM t ORDER BY a, b", R, Read, false),
+    (
+        "SELECT count(*) FROM orders o JOIN users u ON u.id = o.user_id GROUP BY u.id",
+        R,
+        Read,
+        false,
+    ),
+    (
+        "SELECT * FROM t WHERE a IN (SELECT b FROM u WHERE c > 3)",
+        R,
+        Read,
+        false,
+    ),
+    (
+        "SELECT * FROM t ORDER BY a DESC LIMIT 10 OFFSET 20",
+        R,
+        Read,
+        false,
+    ),
+    (
+        "SELECT DISTINCT ON (a) a, b FROM t ORDER BY a, b",
+        R,
+        Read,
+        false,
+    ),
     ("SELECT a::text, b::int[] FROM t", R, Read, false),
-    ("SELECT data->>'name', data#>>'{a,b}' FROM docs WHERE data @> '{\"x\":1}'", R, Read, false),
-    ("SELECT data ? 'k', data ?| array['a'], data ?& array['b'] FROM docs", R, Read, false),
+    (
+        "SELECT data->>'name', data#>>'{a,b}' FROM docs WHERE data @> '{\"x\":1}'",
+        R,
+        Read,
+        false,
+    ),
+    (
+        "SELECT data ? 'k', data ?| array['a'], data ?& array['b'] FROM docs",
+        R,
+        Read,
+        false,
+    ),
     ("SELECT arr[1:2], arr[:2] FROM t", R, Read, false),
-    ("SELECT E'a\\nb', U&'d\\0061t\\+000061', $$dollar 'quoted'$$", R, Read, false),
-    ("SELECT now(), random(), clock_timestamp(), gen_random_uuid()", R, Read, false),
+    (
+        "SELECT E'a\\nb', U&'d\\0061t\\+000061', $$dollar 'quoted'$$",
+        R,
+        Read,
+        false,
+    ),
+    (
+        "SELECT now(), random(), clock_timestamp(), gen_random_uuid()",
+        R,
+        Read,
+        false,
+    ),
     ("SELECT pg_sleep(0.1)", R, Read, false),
-    ("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()", R, Read, false),
+    (
+        "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()",
+        R,
+        Read,
+        false,
+    ),
     ("WITH x AS (SELECT 1 AS a) SELECT * FROM x", R, Read, false),
-    ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM r WHERE n < 5) SELECT * FROM r", R, Read, false),
+    (
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM r WHERE n < 5) SELECT * FROM r",
+        R,
+        Read,
+        false,
+    ),
     ("SELECT 1 UNION SELECT 2 EXCEPT SELECT 3", R, Read, false),
     ("VALUES (1, 'a'), (2, 'b')", R, Read, false),
     ("(SELECT 1)", R, Read, false),
     ("SELECT * FROM generate_series(1, 10)", R, Read, false),
-    ("SELECT * FROM t1, LATERAL (SELECT * FROM t2 WHERE t2.a = t1.a) s", R, Read, false),
-    ("SELECT a, rank() OVER (PARTITION BY b ORDER BY c) FROM t", R, Read, false),
-    ("SELECT CASE WHEN a > 1 THEN 'x' ELSE 'y' END FROM t", R, Read, false),
-    ("SELECT coalesce(a, b), nullif(c, 0), greatest(1, 2) FROM t", R, Read, false),
-    ("SELECT * FROM t WHERE ts > now() - interval '1 day'", R, Read, false),
+    (
+        "SELECT * FROM t1, LATERAL (SELECT * FROM t2 WHERE t2.a = t1.a) s",
+        R,
+        Read,
+        false,
+    ),
+    (
+        "SELECT a, rank() OVER (PARTITION BY b ORDER BY c) FROM t",
+        R,
+        Read,
+        false,
+    ),
+    (
+        "SELECT CASE WHEN a > 1 THEN 'x' ELSE 'y' END FROM t",
+        R,
+        Read,
+        false,
+    ),
+    (
+        "SELECT coalesce(a, b), nullif(c, 0), greatest(1, 2) FROM t",
+        R,
+        Read,
+        false,
+    ),
+    (
+        "SELECT * FROM t WHERE ts > now() - interval '1 day'",
+        R,
+        Read,
+        false,
+    ),
     ("SELECT 1; SELECT 2", R, Read, false),
     ("SELECT 1;", R, Read, false),
     ("", R, Read, false),
@@ -70,13 +145,33 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
     ("EXPLAIN (FORMAT JSON) SELECT 1", R, Read, false),
     ("EXPLAIN ANALYZE SELECT * FROM t", R, Read, false),
     ("EXPLAIN ANALYZE UPDATE t SET a = 1", P, Write, false),
-    ("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) DELETE FROM t", P, Write, false),
+    (
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) DELETE FROM t",
+        P,
+        Write,
+        false,
+    ),
     ("EXPLAIN (ANALYZE) SELECT nextval('s')", P, Function, false),
-    ("EXPLAIN (ANALYZE false) INSERT INTO t VALUES (1)", R, Read, false),
+    (
+        "EXPLAIN (ANALYZE false) INSERT INTO t VALUES (1)",
+        R,
+        Read,
+        false,
+    ),
     // COPY
     ("COPY t TO STDOUT", R, Read, false),
-    ("COPY t (a, b) TO STDOUT WITH (FORMAT csv, HEADER)", R, Read, false),
-    ("COPY (SELECT * FROM t WHERE a > 1) TO STDOUT", R, Read, false),
+    (
+        "COPY t (a, b) TO STDOUT WITH (FORMAT csv, HEADER)",
+        R,
+        Read,
+        false,
+    ),
+    (
+        "COPY (SELECT * FROM t WHERE a > 1) TO STDOUT",
+        R,
+        Read,
+        false,
+    ),
     ("COPY (SELECT nextval('s')) TO STDOUT", P, Function, false),
     ("COPY t FROM STDIN", P, Write, false),
     ("COPY t FROM STDIN WITH (FORMAT binary)", P, Write, false),
@@ -84,19 +179,44 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
     // writes, fast path
     ("INSERT INTO t VALUES (1)", P, Write, false),
     ("insert into t (a) select a from u", P, Write, false),
-    ("  -- leading\n  UPDATE t SET a = a + 1 WHERE id = 3", P, Write, false),
+    (
+        "  -- leading\n  UPDATE t SET a = a + 1 WHERE id = 3",
+        P,
+        Write,
+        false,
+    ),
     ("/* pgsplit:replica */ DELETE FROM t", P, Write, false),
     ("DELETE FROM t USING u WHERE t.a = u.a", P, Write, false),
-    ("UPDATE t SET a = u.a FROM u WHERE t.id = u.id", P, Write, false),
-    ("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET a = excluded.a", P, Write, false),
+    (
+        "UPDATE t SET a = u.a FROM u WHERE t.id = u.id",
+        P,
+        Write,
+        false,
+    ),
+    (
+        "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET a = excluded.a",
+        P,
+        Write,
+        false,
+    ),
     ("INSERT INTO t VALUES (1) RETURNING id", P, Write, false),
-    ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET a = s.a", P, Write, false),
+    (
+        "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET a = s.a",
+        P,
+        Write,
+        false,
+    ),
     ("TRUNCATE t", P, Write, false),
     ("CREATE TABLE t (id int primary key)", P, Write, false),
     ("CREATE INDEX CONCURRENTLY i ON t (a)", P, Write, false),
     ("CREATE VIEW v AS SELECT 1", P, Write, false),
     ("CREATE MATERIALIZED VIEW mv AS SELECT 1", P, Write, false),
-    ("CREATE FUNCTION f() RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql", P, Write, false),
+    (
+        "CREATE FUNCTION f() RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql",
+        P,
+        Write,
+        false,
+    ),
     ("CREATE EXTENSION pgcrypto", P, Write, false),
     ("CREATE SEQUENCE s", P, Write, false),
     ("CREATE SCHEMA s", P, Write, false),
@@ -115,18 +235,48 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
     ("CLUSTER t USING i", P, Write, false),
     ("CHECKPOINT", P, Write, false),
     ("DO $$ BEGIN PERFORM 1; END $$", P, Write, false),
-    ("DO LANGUAGE plpgsql $b$ BEGIN NULL; END $b$", P, Write, false),
+    (
+        "DO LANGUAGE plpgsql $b$ BEGIN NULL; END $b$",
+        P,
+        Write,
+        false,
+    ),
     ("CALL proc(1)", P, Write, false),
     ("SECURITY LABEL ON TABLE t IS 'x'", P, Write, false),
     ("INSERT INTO t VALUES (1); SELECT 1", P, Write, false),
     ("SELECT 1; INSERT INTO t VALUES (1)", P, Write, false),
     ("SELECT 1; UPDATE t SET a = 1; SELECT 2", P, Write, false),
     // writing CTEs and SELECT INTO
-    ("WITH x AS (INSERT INTO t VALUES (1) RETURNING id) SELECT * FROM x", P, Write, false),
-    ("WITH x AS (UPDATE t SET a = 1 RETURNING id) SELECT count(*) FROM x", P, Write, false),
-    ("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", P, Write, false),
-    ("WITH a AS (SELECT 1), b AS (INSERT INTO t SELECT * FROM a RETURNING 1) SELECT * FROM b", P, Write, false),
-    ("WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x", P, Write, false),
+    (
+        "WITH x AS (INSERT INTO t VALUES (1) RETURNING id) SELECT * FROM x",
+        P,
+        Write,
+        false,
+    ),
+    (
+        "WITH x AS (UPDATE t SET a = 1 RETURNING id) SELECT count(*) FROM x",
+        P,
+        Write,
+        false,
+    ),
+    (
+        "WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x",
+        P,
+        Write,
+        false,
+    ),
+    (
+        "WITH a AS (SELECT 1), b AS (INSERT INTO t SELECT * FROM a RETURNING 1) SELECT * FROM b",
+        P,
+        Write,
+        false,
+    ),
+    (
+        "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
+        P,
+        Write,
+        false,
+    ),
     ("SELECT * INTO newtable FROM t", P, Write, false),
     ("SELECT * INTO TEMP tmp FROM t", P, Session, true),
     // locks
@@ -136,9 +286,24 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
     ("SELECT * FROM t FOR UPDATE SKIP LOCKED", P, Lock, false),
     ("SELECT * FROM t FOR NO KEY UPDATE", P, ParseError, false),
     ("SELECT * FROM t FOR KEY SHARE", P, ParseError, false),
-    ("select * from t for no key update skip locked", P, ParseError, false),
-    ("SELECT * FROM (SELECT * FROM t FOR UPDATE) s", P, Lock, false),
-    ("LOCK TABLE t IN ACCESS EXCLUSIVE MODE NOWAIT", P, Lock, false),
+    (
+        "select * from t for no key update skip locked",
+        P,
+        ParseError,
+        false,
+    ),
+    (
+        "SELECT * FROM (SELECT * FROM t FOR UPDATE) s",
+        P,
+        Lock,
+        false,
+    ),
+    (
+        "LOCK TABLE t IN ACCESS EXCLUSIVE MODE NOWAIT",
+        P,
+        Lock,
+        false,
+    ),
     ("lock t", P, Lock, false),
     // functions with side effects anywhere in the tree
     ("SELECT nextval('s')", P, Function, false),
@@ -148,12 +313,37 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
     ("SELECT currval('s')", P, Function, false),
     ("SELECT lastval()", P, Function, false),
     ("SELECT id, nextval('s') FROM t", P, Function, false),
-    ("SELECT * FROM t WHERE id = coalesce(nextval('s'), 1)", P, Function, false),
-    ("SELECT * FROM t WHERE id IN (SELECT a FROM u WHERE b = abs(nextval('s')))", P, Function, false),
-    ("SELECT CASE WHEN x THEN upper(lower(setval('s', 1)::text)) END FROM t", P, Function, false),
+    (
+        "SELECT * FROM t WHERE id = coalesce(nextval('s'), 1)",
+        P,
+        Function,
+        false,
+    ),
+    (
+        "SELECT * FROM t WHERE id IN (SELECT a FROM u WHERE b = abs(nextval('s')))",
+        P,
+        Function,
+        false,
+    ),
+    (
+        "SELECT CASE WHEN x THEN upper(lower(setval('s', 1)::text)) END FROM t",
+        P,
+        Function,
+        false,
+    ),
     ("SELECT * FROM t ORDER BY nextval('s')", P, Function, false),
-    ("SELECT array_agg(x) FILTER (WHERE nextval('s') > 0) FROM t", P, Function, false),
-    ("WITH x AS (SELECT nextval('s')) SELECT * FROM x", P, Function, false),
+    (
+        "SELECT array_agg(x) FILTER (WHERE nextval('s') > 0) FROM t",
+        P,
+        Function,
+        false,
+    ),
+    (
+        "WITH x AS (SELECT nextval('s')) SELECT * FROM x",
+        P,
+        Function,
+        false,
+    ),
     ("SELECT 1 UNION SELECT nextval('s')", P, Function, false),
     ("SELECT * FROM nextval('s')", P, Function, false),
     ("SELECT pg_notify('ch', 'msg')", P, Function, false),
@@ -168,9 +358,24 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
     ("SELECT pg_advisory_lock(1)", P, Function, true),
     ("SELECT pg_try_advisory_lock(1, 2)", P, Function, true),
     ("SELECT pg_terminate_backend(123)", P, Function, false),
-    ("SELECT pg_create_logical_replication_slot('s', 'pgoutput')", P, Function, false),
-    ("SELECT set_config('search_path', 'a', true)", P, Function, false),
-    ("SELECT set_config('search_path', 'a', false)", P, Function, true),
+    (
+        "SELECT pg_create_logical_replication_slot('s', 'pgoutput')",
+        P,
+        Function,
+        false,
+    ),
+    (
+        "SELECT set_config('search_path', 'a', true)",
+        P,
+        Function,
+        false,
+    ),
+    (
+        "SELECT set_config('search_path', 'a', false)",
+        P,
+        Function,
+        true,
+    ),
     ("SELECT audit_log('x')", P, Function, false),
     ("SELECT public.Audit_Log('x')", P, Function, false),
     // transactions
@@ -182,12 +387,37 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
     ("BEGIN READ ONLY", R, ReadOnlyTransaction, false),
     ("begin transaction read only", R, ReadOnlyTransaction, false),
     ("START TRANSACTION READ ONLY", R, ReadOnlyTransaction, false),
-    ("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", R, ReadOnlyTransaction, false),
-    ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", P, Transaction, false),
-    ("BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE", P, ParseError, false),
-    ("BEGIN READ ONLY; SELECT 1; COMMIT", R, ReadOnlyTransaction, false),
+    (
+        "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        R,
+        ReadOnlyTransaction,
+        false,
+    ),
+    (
+        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+        P,
+        Transaction,
+        false,
+    ),
+    (
+        "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE",
+        P,
+        ParseError,
+        false,
+    ),
+    (
+        "BEGIN READ ONLY; SELECT 1; COMMIT",
+        R,
+        ReadOnlyTransaction,
+        false,
+    ),
     ("BEGIN; SELECT 1; COMMIT", P, Transaction, false),
-    ("BEGIN READ ONLY; INSERT INTO t VALUES (1); COMMIT", P, Write, false),
+    (
+        "BEGIN READ ONLY; INSERT INTO t VALUES (1); COMMIT",
+        P,
+        Write,
+        false,
+    ),
     ("COMMIT", P, Transaction, false),
     ("END", P, Transaction, false),
     ("ROLLBACK", P, Transaction, false),
@@ -195,7 +425,12 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
     ("SAVEPOINT sp1", P, Transaction, false),
     ("RELEASE sp1", P, Transaction, false),
     ("ROLLBACK TO SAVEPOINT sp1", P, Transaction, false),
-    ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", P, Transaction, false),
+    (
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        P,
+        Transaction,
+        false,
+    ),
     ("PREPARE TRANSACTION 'gid'", P, ParseError, false),
     ("COMMIT PREPARED 'gid'", P, Transaction, false),
     // session state
@@ -234,11 +469,31 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
     ("/* pgsplit:primary */ SELECT 1", P, Hint, false),
     ("-- pgsplit:primary\nSELECT * FROM t", P, Hint, false),
     ("/* pgsplit:replica */ TABLE users", R, Hint, false),
-    ("/* pgsplit:replica */ SELECT my_volatile(1), nextval('s')", R, Hint, false),
-    ("/* pgsplit:replica */ SELECT * FROM t FOR UPDATE", P, Lock, false),
-    ("/* pgsplit:replica */ SET search_path = a", P, Session, true),
+    (
+        "/* pgsplit:replica */ SELECT my_volatile(1), nextval('s')",
+        R,
+        Hint,
+        false,
+    ),
+    (
+        "/* pgsplit:replica */ SELECT * FROM t FOR UPDATE",
+        P,
+        Lock,
+        false,
+    ),
+    (
+        "/* pgsplit:replica */ SET search_path = a",
+        P,
+        Session,
+        true,
+    ),
     ("/* pgsplit:replica */ BEGIN", P, Transaction, false),
-    ("/* controller:users,action:index */ /* pgsplit:replica */ SELECT 1", R, Hint, false),
+    (
+        "/* controller:users,action:index */ /* pgsplit:replica */ SELECT 1",
+        R,
+        Hint,
+        false,
+    ),
 ];
 
 #[test]
@@ -249,13 +504,22 @@ fn routing_table() {
         // twice: the second answer comes from the cache
         for _ in 0..2 {
             let got = router.classify(sql);
-            let want = Route { target, reason, pins };
+            let want = Route {
+                target,
+                reason,
+                pins,
+            };
             if got != want {
                 failures.push(format!("{sql:?}: got {got:?}, want {want:?}"));
             }
         }
     }
-    assert!(failures.is_empty(), "{} misroutes:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} misroutes:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(TABLE.len() >= 150, "the table has {} rows", TABLE.len());
 }
 
@@ -264,7 +528,11 @@ fn deep_nesting_parses_or_goes_to_the_primary() {
     let router = Router::new(&[], 1 << 20);
     let deep = format!("SELECT {}1{}", "(".repeat(200), ")".repeat(200));
     assert_eq!(router.classify(&deep), Route::replica(Read));
-    let deeper = format!("SELECT {}nextval('s'){}", "abs(".repeat(150), ")".repeat(150));
+    let deeper = format!(
+        "SELECT {}nextval('s'){}",
+        "abs(".repeat(150),
+        ")".repeat(150)
+    );
     assert_eq!(router.classify(&deeper).target, Target::Primary);
     let absurd = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
     assert_eq!(router.classify(&absurd).target, Target::Primary);
@@ -273,7 +541,12 @@ fn deep_nesting_parses_or_goes_to_the_primary() {
 #[test]
 fn a_write_never_goes_to_a_replica_whatever_the_comments() {
     let router = Router::new(&[], 1 << 20);
-    for prefix in ["", "/* pgsplit:replica */ ", "-- pgsplit:replica\n", "/* x */ -- y\n"] {
+    for prefix in [
+        "",
+        "/* pgsplit:replica */ ",
+        "-- pgsplit:replica\n",
+        "/* x */ -- y\n",
+    ] {
         for write in [
             "INSERT INTO t VALUES (1)",
             "WITH x AS (DELETE FROM t RETURNING 1) SELECT 1",

@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 use super::{Node, Topology};
 
 /// Probes down nodes until `shutdown` fires.
-pub async fn run(topology: Arc<ArcSwap<Topology>>, interval: Duration, shutdown: CancellationToken) {
+pub async fn run(
+    topology: Arc<ArcSwap<Topology>>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

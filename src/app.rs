@@ -1,0 +1,200 @@
+//! Builds the shared [`State`], binds the listener, spawns the accept loop
+//! and background tasks, and runs shutdown and reload.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::router::Router;
+use crate::state::{ROUTER_CACHE_BYTES, State};
+use crate::topology::{Topology, prober};
+
+/// Lifecycle of a proxy, for probes and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Binding and spawning.
+    Starting,
+    /// Accepting clients.
+    Ready,
+    /// No longer accepting; open transactions may finish.
+    Draining,
+    /// Everything stopped.
+    Stopped,
+}
+
+/// How long open transactions may run on after shutdown begins.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running proxy.
+pub struct Proxy {
+    /// Where clients connect (the real port when `listen` said 0).
+    pub addr: SocketAddr,
+    /// The shared state, for inspection.
+    pub state: Arc<State>,
+    phase: watch::Receiver<Phase>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Binds and starts serving `config`.
+    ///
+    /// # Errors
+    /// The listen address cannot be bound.
+    pub async fn start(config: Config) -> anyhow::Result<Proxy> {
+        let listen = config.listen_addr();
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        if config.tls.is_some() {
+            tracing::warn!(
+                "tls: is configured but TLS is not served yet; SSLRequest is answered 'N'"
+            );
+        }
+        let shutdown = CancellationToken::new();
+        let state = Arc::new(State::new(config, shutdown.clone()));
+        let (phase_tx, phase) = watch::channel(Phase::Starting);
+        let tasks = TaskTracker::new();
+        let interval = state.config.load().lag.check_interval.0;
+        tasks.spawn(prober::run(
+            state.topology.clone(),
+            interval,
+            shutdown.clone(),
+        ));
+        let done = tokio::spawn(accept_loop(listener, state.clone(), tasks, phase_tx));
+        tracing::info!(%addr, "pgsplit listening");
+        Ok(Proxy {
+            addr,
+            state,
+            phase,
+            done,
+        })
+    }
+
+    /// Waits until the proxy reaches `phase` or a later one.
+    pub async fn reached(&mut self, phase: Phase) {
+        let rank = |p: Phase| p as u8;
+        let _ = self.phase.wait_for(|p| rank(*p) >= rank(phase)).await;
+    }
+
+    /// Starts a graceful shutdown.
+    pub fn shutdown(&self) {
+        self.state.shutdown.cancel();
+    }
+
+    /// Shuts down and waits until every session has ended.
+    pub async fn stop(self) {
+        self.shutdown();
+        let _ = self.done.await;
+    }
+
+    /// Waits for the proxy to stop by itself (after [`Proxy::shutdown`]).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    tasks: TaskTracker,
+    phase: watch::Sender<Phase>,
+) {
+    phase.send_replace(Phase::Ready);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    tasks.spawn(crate::session::serve(state.clone(), socket, peer));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    phase.send_replace(Phase::Draining);
+    tasks.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sessions still open after the drain timeout; closing them");
+    }
+    phase.send_replace(Phase::Stopped);
+}
+
+/// Re-reads the configuration file and swaps it in; a bad file is refused
+/// and the running configuration stays.
+///
+/// # Errors
+/// The new file does not validate.
+pub fn reload(state: &State, path: &Path) -> Result<(), crate::config::ConfigError> {
+    let config = Config::load(path)?;
+    let previous = state.topology.load_full();
+    state
+        .topology
+        .store(Arc::new(Topology::from_config(&config, Some(&previous))));
+    state.router.store(Arc::new(Router::new(
+        &config.routing.write_functions,
+        ROUTER_CACHE_BYTES,
+    )));
+    state.config.store(Arc::new(config));
+    Ok(())
+}
+
+/// Serves `path` until SIGINT/SIGTERM (a second one exits at once); SIGHUP
+/// reloads the file.
+///
+/// # Errors
+/// The configuration is invalid or the listener cannot be bound.
+pub async fn run(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let proxy = Proxy::start(config).await?;
+    serve_until_signal(proxy, Some(path)).await
+}
+
+/// Runs a started proxy until a signal stops it.
+///
+/// # Errors
+/// Signal handlers cannot be installed.
+pub async fn serve_until_signal(proxy: Proxy, path: Option<PathBuf>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                if let Some(path) = &path {
+                    match reload(&proxy.state, path) {
+                        Ok(()) => tracing::info!(path = %path.display(), result = "ok", "configuration reloaded"),
+                        Err(e) => tracing::error!(error = %e, result = "error", "reload refused; keeping the running configuration"),
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down; a second signal exits at once");
+    proxy.shutdown();
+    tokio::select! {
+        _ = proxy.wait() => {}
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

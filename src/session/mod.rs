@@ -1,0 +1,132 @@
+//! One client connection: its task, its state machine and its errors.
+//!
+//! `handshake` gets the client to ReadyForQuery; `relay` then routes each
+//! batch of messages to a server connection and streams the replies back.
+//! The task owns all of the session's state; an error ends this session
+//! only.
+
+mod batch;
+pub mod cancel;
+mod handshake;
+mod relay;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use crate::pool::PoolError;
+use crate::protocol::ProtocolError;
+use crate::protocol::sqlstate;
+use crate::state::State;
+use crate::wire::{self, WireError};
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The client's socket failed or closed.
+    #[error("client: {0}")]
+    Client(#[source] WireError),
+    /// The client sent bytes that are not the protocol.
+    #[error("client protocol violation: {0}")]
+    ClientProtocol(#[source] ProtocolError),
+    /// pgsplit refused the client (auth, version...).
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
+    /// A node refused the client's login (database missing, role...).
+    #[error("{message}")]
+    BackendRefused { code: String, message: String },
+    /// No node could serve the session.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// A server connection failed when the session could not go on
+    /// without it (open transaction, pinned state).
+    #[error("connection to node {node} lost: {source}")]
+    Backend {
+        node: Arc<str>,
+        #[source]
+        source: WireError,
+    },
+    /// The proxy is shutting down.
+    #[error("terminating connection due to administrator command")]
+    Shutdown,
+}
+
+impl SessionError {
+    /// The SQLSTATE the client is told, if it is told anything.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            SessionError::Client(_) => None,
+            SessionError::ClientProtocol(_) => Some(sqlstate::PROTOCOL_VIOLATION),
+            SessionError::Refused { code, .. } => Some(code),
+            SessionError::BackendRefused { code, .. } => Some(code),
+            SessionError::Pool(PoolError::Timeout { .. }) => Some(sqlstate::TOO_MANY_CONNECTIONS),
+            SessionError::Pool(_) | SessionError::Backend { .. } => {
+                Some(sqlstate::CONNECTION_FAILURE)
+            }
+            SessionError::Shutdown => Some(sqlstate::ADMIN_SHUTDOWN),
+        }
+    }
+}
+
+/// Serves one client until it leaves, fails, or the proxy shuts down.
+pub async fn serve(state: Arc<State>, mut socket: TcpStream, peer: SocketAddr) {
+    let session_id = state.next_session_id();
+    let span = tracing::info_span!("session", session_id, %peer, user = tracing::field::Empty, db = tracing::field::Empty);
+    async move {
+        let _ = socket.set_nodelay(true);
+        match run(&state, &mut socket, session_id).await {
+            Ok(()) => tracing::debug!("session ended"),
+            Err(e) => {
+                if let Some(code) = e.sqlstate() {
+                    let mut out = BytesMut::new();
+                    handshake::refusal(&mut out, code, &e.to_string());
+                    let _ = wire::flush(&mut socket, &mut out).await;
+                }
+                match e {
+                    SessionError::Client(_) | SessionError::Shutdown => {
+                        tracing::debug!(error = %e, "session ended")
+                    }
+                    _ => tracing::info!(error = %e, "session failed"),
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn run(
+    state: &Arc<State>,
+    socket: &mut TcpStream,
+    session_id: i32,
+) -> Result<(), SessionError> {
+    let mut rbuf = BytesMut::with_capacity(8192);
+    let handshake_deadline = std::time::Duration::from_secs(30);
+    let startup = tokio::time::timeout(handshake_deadline, async {
+        let opening = handshake::read_startup(state, socket, &mut rbuf).await?;
+        let handshake::Opening::Session(startup) = opening else {
+            return Ok(None);
+        };
+        let config = state.config.load();
+        handshake::login(&config, socket, &mut rbuf, &startup).await?;
+        Ok::<_, SessionError>(Some(startup))
+    })
+    .await
+    .map_err(|_| SessionError::Refused {
+        code: sqlstate::PROTOCOL_VIOLATION,
+        message: "startup and authentication took too long".into(),
+    })??;
+    let Some(startup) = startup else {
+        return Ok(());
+    };
+    let span = tracing::Span::current();
+    span.record("user", startup.user.as_str());
+    span.record("db", startup.database.as_str());
+    relay::Session::start(state.clone(), socket, rbuf, startup, session_id)
+        .await?
+        .run()
+        .await
+}

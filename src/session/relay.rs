@@ -1,0 +1,528 @@
+//! The session loop after the handshake: gathers client messages into
+//! batches, routes each batch to a server connection, and streams the
+//! replies back, holding the connection until ReadyForQuery says the
+//! transaction is over and every Sync has been answered.
+//!
+//! Both sockets are read in one `select!`, so pipelined batches, COPY,
+//! Flush and asynchronous notifications all flow without special modes.
+//! A read whose node fails before any reply byte reached the client is
+//! sent again to another node; nothing else is ever re-sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+
+use super::SessionError;
+use super::batch::Batch;
+use super::cancel::{CancelSlot, CancelTarget};
+use super::handshake::{self, Startup};
+use crate::config::{NoReplica, PoolMode};
+use crate::pool::{PoolError, Pooled};
+use crate::protocol::backend::{self as be, Severity, TxnStatus};
+use crate::protocol::codec::{self, MAX_MESSAGE_LEN};
+use crate::protocol::frontend as fe;
+use crate::protocol::sqlstate;
+use crate::router::{Reason, Route, Target};
+use crate::state::State;
+use crate::topology::Node;
+use crate::wire::{self, WireError};
+
+/// Nodes a read may be tried on before the client is told it failed.
+const MAX_READ_TRIES: usize = 3;
+/// Client output is flushed at this size even mid-result.
+const FLUSH_AT: usize = 64 * 1024;
+/// A batch without a boundary is sent on once it reaches this size.
+const MAX_BATCH: usize = 1 << 20;
+/// How long resetting a server connection at session end may take.
+const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Held {
+    conn: Pooled,
+    node: Arc<Node>,
+    target: Target,
+}
+
+/// A batch that may be sent again elsewhere: a read whose replies have not
+/// started reaching the client.
+struct Retry {
+    bytes: Bytes,
+    syncs: usize,
+    route: Route,
+    tried: Vec<Arc<str>>,
+}
+
+/// A client session after its handshake.
+pub struct Session<'s> {
+    state: Arc<State>,
+    client: &'s mut TcpStream,
+    crbuf: BytesMut,
+    cwbuf: BytesMut,
+    startup: Startup,
+    password: Option<String>,
+    mode: PoolMode,
+    held: Option<Held>,
+    spare: Vec<Held>,
+    pinned: bool,
+    /// Queries and Syncs sent to the held connection, not yet answered.
+    outstanding: usize,
+    /// A batch was sent without a Sync; the rest must follow it.
+    open_batch: bool,
+    batch: Batch,
+    /// A batch that waits for the held replica connection to drain.
+    waiting: Option<(Bytes, usize, Route)>,
+    retry: Option<Retry>,
+    slot: Arc<CancelSlot>,
+    pid: i32,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.state.cancels.unregister(self.pid);
+    }
+}
+
+fn backend_error(node: &Arc<str>, source: WireError) -> SessionError {
+    SessionError::Backend {
+        node: node.clone(),
+        source,
+    }
+}
+
+impl<'s> Session<'s> {
+    /// Finds a node for the session's first server connection (which also
+    /// proves the user and database exist), greets the client.
+    ///
+    /// # Errors
+    /// The node's refusal (e.g. 3D000 for a missing database), or no
+    /// reachable node.
+    pub async fn start(
+        state: Arc<State>,
+        client: &'s mut TcpStream,
+        crbuf: BytesMut,
+        startup: Startup,
+        pid: i32,
+    ) -> Result<Session<'s>, SessionError> {
+        let config = state.config.load_full();
+        let password = config.user(&startup.user).and_then(|u| u.password.clone());
+        let secret: i32 = rand::random();
+        let slot = Arc::new(CancelSlot::default());
+        state.cancels.register(pid, secret, slot.clone());
+        let mut session = Session {
+            state,
+            client,
+            crbuf,
+            cwbuf: BytesMut::with_capacity(8192),
+            startup,
+            password,
+            mode: config.pool.mode,
+            held: None,
+            spare: Vec::new(),
+            pinned: false,
+            outstanding: 0,
+            open_batch: false,
+            batch: Batch::default(),
+            waiting: None,
+            retry: None,
+            slot,
+            pid,
+        };
+        let first = session.first_connection().await?;
+        handshake::greeting(
+            &mut session.cwbuf,
+            &first.conn.login.params,
+            &session.startup,
+            pid,
+            secret,
+        );
+        session.put_back(first);
+        session.flush().await?;
+        Ok(session)
+    }
+
+    async fn first_connection(&mut self) -> Result<Held, SessionError> {
+        let topology = self.state.topology.load_full();
+        let mut candidates = vec![topology.primary().clone()];
+        candidates.extend(topology.nodes.iter().filter(|n| n.health.is_up()).cloned());
+        let mut last = None;
+        for node in candidates {
+            match self.checkout(&node).await {
+                Ok(conn) => {
+                    return Ok(Held {
+                        conn,
+                        target: if Arc::ptr_eq(&node, topology.primary()) {
+                            Target::Primary
+                        } else {
+                            Target::Replica
+                        },
+                        node,
+                    });
+                }
+                Err(PoolError::Login {
+                    source: crate::auth::AuthError::Rejected { code, message },
+                    ..
+                }) => return Err(SessionError::BackendRefused { code, message }),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map_or(SessionError::Shutdown, SessionError::Pool))
+    }
+
+    async fn checkout(&self, node: &Arc<Node>) -> Result<Pooled, PoolError> {
+        let result = self
+            .state
+            .pools
+            .checkout(
+                node,
+                &self.startup.user,
+                &self.startup.database,
+                self.password.as_deref(),
+            )
+            .await;
+        if let Err(e) = &result
+            && e.is_unreachable()
+            && node.health.mark_down()
+        {
+            tracing::warn!(node = %node.name, error = %e, state = "down", "node unreachable");
+        }
+        result
+    }
+
+    /// Serves the client until it leaves.
+    ///
+    /// # Errors
+    /// Whatever ended the session; the caller tells the client.
+    pub async fn run(mut self) -> Result<(), SessionError> {
+        let result = self.serve().await;
+        self.finish().await;
+        result
+    }
+
+    async fn serve(&mut self) -> Result<(), SessionError> {
+        loop {
+            self.drain_backend().await?;
+            if self.held.is_none() {
+                if let Some((bytes, syncs, route)) = self.waiting.take() {
+                    self.send_fresh(bytes, syncs, route, Vec::new()).await?;
+                    continue;
+                }
+                if self.state.shutdown.is_cancelled() {
+                    return Err(SessionError::Shutdown);
+                }
+            }
+            if !self.drain_client().await? {
+                return Ok(());
+            }
+            self.flush().await?;
+            let shutdown = self.state.shutdown.clone();
+            let reading_client = self.waiting.is_none();
+            let holding = self.held.is_some();
+            tokio::select! {
+                _ = shutdown.cancelled(), if !holding => return Err(SessionError::Shutdown),
+                read = wire::fill(&mut *self.client, &mut self.crbuf), if reading_client => match read {
+                    Ok(()) => {}
+                    Err(WireError::Closed) => return Ok(()),
+                    Err(e) => return Err(SessionError::Client(e)),
+                },
+                read = fill_held(&mut self.held), if holding => {
+                    if let Err(e) = read {
+                        self.backend_failed(e).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forwards every complete frame the held connection has buffered.
+    async fn drain_backend(&mut self) -> Result<(), SessionError> {
+        loop {
+            let Some(held) = self.held.as_mut() else {
+                return Ok(());
+            };
+            let frame = match held.conn.buffered_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => return self.backend_failed(e).await,
+            };
+            self.retry = None;
+            self.cwbuf.extend_from_slice(&frame.bytes);
+            if frame.tag == be::READY_FOR_QUERY_TAG {
+                held.conn.status = TxnStatus::from_body(frame.body()).unwrap_or(TxnStatus::Failed);
+                self.outstanding = self.outstanding.saturating_sub(1);
+                let done = self.outstanding == 0
+                    && !self.open_batch
+                    && !self.pinned
+                    && held.conn.status == TxnStatus::Idle;
+                if done {
+                    let held = self.held.take().expect("held");
+                    self.put_back(held);
+                }
+            }
+            if self.cwbuf.len() >= FLUSH_AT {
+                self.flush().await?;
+            }
+        }
+    }
+
+    /// Consumes complete client frames; false when the client said goodbye.
+    async fn drain_client(&mut self) -> Result<bool, SessionError> {
+        while self.waiting.is_none() {
+            let Some(frame) = codec::decode_frame(&mut self.crbuf, MAX_MESSAGE_LEN)
+                .map_err(SessionError::ClientProtocol)?
+            else {
+                return Ok(true);
+            };
+            match frame.tag {
+                fe::TERMINATE_TAG => return Ok(false),
+                fe::COPY_DATA_TAG | fe::COPY_DONE_TAG | fe::COPY_FAIL_TAG => {
+                    // COPY FROM STDIN data goes straight to the connection
+                    // running the COPY; outside COPY it is dropped, as
+                    // PostgreSQL itself ignores it.
+                    if let Some(held) = self.held.as_mut()
+                        && let Err(e) = held.conn.send(&frame.bytes).await
+                    {
+                        self.backend_failed(e.into()).await?;
+                    }
+                }
+                _ => {
+                    let boundary = self
+                        .batch
+                        .push(&frame)
+                        .map_err(SessionError::ClientProtocol)?;
+                    // A huge batch without a Sync (a driver's bulk insert) is
+                    // sent on in pieces; the rest follows on the same connection.
+                    if boundary || self.batch.len() > MAX_BATCH {
+                        self.dispatch().await?;
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sends the gathered batch where it belongs.
+    async fn dispatch(&mut self) -> Result<(), SessionError> {
+        let route = self.batch.route(&self.state.router.load());
+        let (bytes, syncs) = self.batch.take();
+        let Some(held) = self.held.as_mut() else {
+            return self.send_fresh(bytes, syncs, route, Vec::new()).await;
+        };
+        let must_stay = self.pinned || self.open_batch || held.conn.status != TxnStatus::Idle;
+        let fits =
+            held.target == Target::Primary || (route.target == Target::Replica && !route.pins);
+        if must_stay || fits {
+            if route.pins && held.target == Target::Primary {
+                self.pinned = true;
+                held.conn.dirty = true;
+            }
+            tracing::debug!(node = %held.node.name, in_txn = must_stay, "statement on held connection");
+            self.retry = None;
+            self.outstanding += syncs;
+            self.open_batch = syncs == 0;
+            if let Err(e) = held.conn.send(&bytes).await {
+                return self.backend_failed(e.into()).await;
+            }
+            return Ok(());
+        }
+        // Pipelined batch that needs the primary behind reads on a replica:
+        // wait until the replica has answered them.
+        self.waiting = Some((bytes, syncs, route));
+        Ok(())
+    }
+
+    /// Routes a batch when no connection is held, and sends it.
+    async fn send_fresh(
+        &mut self,
+        bytes: Bytes,
+        syncs: usize,
+        route: Route,
+        mut tried: Vec<Arc<str>>,
+    ) -> Result<(), SessionError> {
+        let config = self.state.config.load_full();
+        loop {
+            let topology = self.state.topology.load_full();
+            let (node, reason) = match route.target {
+                Target::Primary => (topology.primary().clone(), route.reason),
+                Target::Replica => {
+                    let pick = topology
+                        .pick_reader(config.routing.primary_reads, &tried, &mut rand::rng())
+                        .cloned();
+                    match (pick, config.routing.no_replica) {
+                        (Some(n), _) => (n, route.reason),
+                        (None, NoReplica::Primary) => {
+                            (topology.primary().clone(), Reason::NoReplica)
+                        }
+                        (None, NoReplica::Error) => {
+                            self.fail_batch(
+                                sqlstate::CONNECTION_FAILURE,
+                                "no replica is available for this read",
+                                syncs,
+                            );
+                            return Ok(());
+                        }
+                    }
+                }
+            };
+            let is_primary = Arc::ptr_eq(&node, topology.primary());
+            let conn = match self.take_spare(&node) {
+                Some(conn) => Ok(conn),
+                None => self.checkout(&node).await,
+            };
+            let mut conn = match conn {
+                Ok(conn) => conn,
+                Err(e) => {
+                    if route.target == Target::Replica
+                        && !is_primary
+                        && tried.len() < MAX_READ_TRIES
+                    {
+                        tried.push(node.name.clone());
+                        continue;
+                    }
+                    let code = match &e {
+                        PoolError::Timeout { .. } => sqlstate::TOO_MANY_CONNECTIONS.to_owned(),
+                        PoolError::Login {
+                            source: crate::auth::AuthError::Rejected { code, .. },
+                            ..
+                        } => code.clone(),
+                        _ => sqlstate::CONNECTION_FAILURE.to_owned(),
+                    };
+                    self.fail_batch(&code, &e.to_string(), syncs);
+                    return Ok(());
+                }
+            };
+            tracing::debug!(
+                route = route.target.as_str(),
+                reason = reason.as_str(),
+                node = %node.name,
+                in_txn = false,
+                "statement routed"
+            );
+            if route.pins {
+                self.pinned = true;
+                conn.dirty = true;
+            }
+            self.slot.set(Some(CancelTarget {
+                address: conn.address.clone(),
+                pid: conn.login.pid,
+                secret: conn.login.secret,
+            }));
+            let send = conn.send(&bytes).await;
+            self.held = Some(Held {
+                conn,
+                target: if is_primary {
+                    Target::Primary
+                } else {
+                    Target::Replica
+                },
+                node,
+            });
+            self.outstanding += syncs;
+            self.open_batch = syncs == 0;
+            self.retry = (route.target == Target::Replica).then(|| Retry {
+                bytes: bytes.clone(),
+                syncs,
+                route,
+                tried: tried.clone(),
+            });
+            return match send {
+                Ok(()) => Ok(()),
+                Err(e) => self.backend_failed(e.into()).await,
+            };
+        }
+    }
+
+    fn take_spare(&mut self, node: &Arc<Node>) -> Option<Pooled> {
+        let at = self.spare.iter().position(|h| Arc::ptr_eq(&h.node, node))?;
+        Some(self.spare.swap_remove(at).conn)
+    }
+
+    /// Tells the client a batch failed before reaching any node.
+    fn fail_batch(&mut self, code: &str, message: &str, syncs: usize) {
+        tracing::info!(code, error = message, "statement failed at the proxy");
+        be::error_response(&mut self.cwbuf, Severity::Error, code, message);
+        for _ in 0..syncs {
+            be::ready_for_query(&mut self.cwbuf, TxnStatus::Idle);
+        }
+    }
+
+    /// The held connection failed: retry a read elsewhere, report a failed
+    /// statement, or end the session when its state is gone.
+    async fn backend_failed(&mut self, error: WireError) -> Result<(), SessionError> {
+        let Some(mut held) = self.held.take() else {
+            return Ok(());
+        };
+        held.conn.mark_broken();
+        self.slot.set(None);
+        if matches!(error, WireError::Io(_) | WireError::Closed) && held.node.health.mark_down() {
+            tracing::warn!(node = %held.node.name, error = %error, state = "down", "node connection lost");
+        }
+        let in_txn = held.conn.status != TxnStatus::Idle;
+        let node = held.node.name.clone();
+        drop(held);
+        if let Some(mut retry) = self.retry.take()
+            && !in_txn
+            && !self.pinned
+        {
+            tracing::info!(node = %node, "read failed before any reply; trying another node");
+            retry.tried.push(node);
+            self.outstanding = 0;
+            self.open_batch = false;
+            return Box::pin(self.send_fresh(retry.bytes, retry.syncs, retry.route, retry.tried))
+                .await;
+        }
+        if in_txn || self.pinned || self.open_batch {
+            return Err(backend_error(&node, error));
+        }
+        let message = format!("connection to node {node} lost: {error}");
+        let syncs = std::mem::take(&mut self.outstanding);
+        self.fail_batch(sqlstate::CONNECTION_FAILURE, &message, syncs);
+        Ok(())
+    }
+
+    /// Returns a connection the session no longer needs.
+    fn put_back(&mut self, held: Held) {
+        self.slot.set(None);
+        match self.mode {
+            PoolMode::Session => self.spare.push(held),
+            PoolMode::Transaction => drop(held),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), SessionError> {
+        wire::flush(&mut *self.client, &mut self.cwbuf)
+            .await
+            .map_err(|e| SessionError::Client(WireError::Io(e)))
+    }
+
+    /// Resets or drops every connection still held when the session ends.
+    async fn finish(&mut self) {
+        let mut conns: Vec<Held> = self.spare.drain(..).collect();
+        if let Some(mut held) = self.held.take() {
+            if self.outstanding > 0 || self.open_batch || !held.conn.rbuf.is_empty() {
+                held.conn.mark_broken();
+            }
+            conns.push(held);
+        }
+        for mut held in conns {
+            if !held.conn.is_broken()
+                && tokio::time::timeout(RESET_TIMEOUT, held.conn.reset())
+                    .await
+                    .is_err()
+            {
+                held.conn.mark_broken();
+            }
+        }
+        self.slot.set(None);
+    }
+}
+
+async fn fill_held(held: &mut Option<Held>) -> Result<(), WireError> {
+    match held {
+        Some(h) => {
+            let conn = &mut *h.conn;
+            wire::fill(&mut conn.stream, &mut conn.rbuf).await
+        }
+        None => std::future::pending().await,
+    }
+}
