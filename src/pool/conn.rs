@@ -81,7 +81,14 @@ impl BackendConn {
         )
         .await
         .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
-        .map_err(|source| PoolError::Login { node, source })?;
+        .map_err(|source| match source {
+            // A connection that dies during login is an unreachable node.
+            crate::auth::AuthError::Wire(w) => PoolError::Connect {
+                node: node.clone(),
+                source: std::io::Error::other(w.to_string()),
+            },
+            source => PoolError::Login { node, source },
+        })?;
         conn.login = login;
         Ok(conn)
     }

@@ -342,9 +342,21 @@ impl<'s> Session<'s> {
         let config = self.state.config.load_full();
         loop {
             let topology = self.state.topology.load_full();
-            let (node, reason) = match route.target {
-                Target::Primary => (topology.primary().clone(), route.reason),
-                Target::Replica => {
+            // Session pooling: a read keeps using the replica connection the
+            // session already has.
+            let kept = (route.target == Target::Replica)
+                .then(|| {
+                    self.spare.iter().position(|h| {
+                        h.target == Target::Replica
+                            && h.node.health.is_up()
+                            && !tried.contains(&h.node.name)
+                    })
+                })
+                .flatten();
+            let (node, reason) = match (kept, route.target) {
+                (Some(i), _) => (self.spare[i].node.clone(), route.reason),
+                (None, Target::Primary) => (topology.primary().clone(), route.reason),
+                (None, Target::Replica) => {
                     let pick = topology
                         .pick_reader(config.routing.primary_reads, &tried, &mut rand::rng())
                         .cloned();

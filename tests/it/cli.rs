@@ -1,0 +1,80 @@
+//! The `pgsplit` binary's `check` subcommand.
+
+use std::process::Command;
+
+fn check(text: &str) -> (bool, String) {
+    let file = std::env::temp_dir().join(format!(
+        "pgsplit-check-{}-{}.yaml",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+        .args(["check", "-c"])
+        .arg(&file)
+        .env_remove("NOPE_UNSET")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.success(),
+        text.replace(&file.display().to_string(), "FILE"),
+    )
+}
+
+#[test]
+fn check_accepts_the_shipped_proxy_yaml() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+        .args([
+            "check",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.yaml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (3 nodes"));
+}
+
+#[test]
+fn check_refuses_bad_files_with_file_line_and_key() {
+    let base = "listen: 127.0.0.1:6432\nnodes:\n  - { name: a, host: h, role: primary }\n  - { name: b, host: h, role: replica }\n";
+    let (ok, out) = check(base);
+    assert!(ok, "{out}");
+    let (ok, out) = check(&base.replace("listen:", "lisen:"));
+    assert!(
+        !ok && out.contains("FILE") && out.contains("lisen") && out.contains("line 1"),
+        "{out}"
+    );
+    let (ok, out) = check(&base.replace("name: b", "name: a"));
+    assert!(
+        !ok && out.contains("FILE:4:") && out.contains("nodes[1].name"),
+        "{out}"
+    );
+    let (ok, out) = check(&base.replace("role: replica", "role: primary"));
+    assert!(
+        !ok && out.contains("FILE:4:") && out.contains("second primary"),
+        "{out}"
+    );
+    let (ok, out) = check(&format!("{base}pool:\n  checkout_timeout: soon\n"));
+    assert!(
+        !ok && out.contains("invalid duration") && out.contains("line 6"),
+        "{out}"
+    );
+    let (ok, out) = check(&format!(
+        "{base}auth:\n  users:\n    - name: x\n      password: ${{NOPE_UNSET}}\n"
+    ));
+    assert!(
+        !ok && out.contains("FILE:8:") && out.contains("NOPE_UNSET"),
+        "{out}"
+    );
+}

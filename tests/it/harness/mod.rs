@@ -1,0 +1,195 @@
+//! Test harness: one real PostgreSQL primary and two streaming replicas per
+//! test binary, a proxy per test, tokio-postgres clients, and a TCP relay
+//! that can cut a node off.
+
+pub mod relay;
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pgsplit::app::{Phase, Proxy};
+use pgsplit::cluster::{ClusterOptions, ClusterUser, LocalCluster};
+use pgsplit::config::Config;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
+
+/// The shared cluster, started on first use. Users: `app` (SCRAM on the
+/// nodes) and `app_md5` (MD5 on the nodes), each with a database.
+pub fn cluster() -> &'static LocalCluster {
+    CLUSTER.get_or_init(|| {
+        let options = ClusterOptions {
+            users: vec![
+                ClusterUser {
+                    name: "app".into(),
+                    password: "app".into(),
+                    md5: false,
+                },
+                ClusterUser {
+                    name: "app_md5".into(),
+                    password: "md5pw".into(),
+                    md5: true,
+                },
+            ],
+            ..ClusterOptions::default()
+        };
+        let cluster = LocalCluster::start(&options).expect("starting the test cluster");
+        cluster
+            .psql(0, "app", "CREATE TABLE IF NOT EXISTS items (id serial PRIMARY KEY, v text); INSERT INTO items (v) VALUES ('seed'); CREATE SEQUENCE IF NOT EXISTS seq")
+            .expect("schema");
+        wait_replicated(&cluster);
+        cluster
+    })
+}
+
+/// The primary's port.
+pub fn primary_port() -> u16 {
+    cluster().nodes[0].port
+}
+
+/// The replicas' ports.
+pub fn replica_ports() -> Vec<u16> {
+    cluster().nodes[1..].iter().map(|n| n.port).collect()
+}
+
+/// Waits until every replica has replayed what the primary has written.
+pub fn wait_replicated(cluster: &LocalCluster) {
+    let target = cluster
+        .psql(0, "postgres", "SELECT pg_current_wal_lsn()")
+        .expect("primary lsn");
+    let target = target.trim();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 1..cluster.nodes.len() {
+        loop {
+            let caught_up = cluster
+                .psql(
+                    i,
+                    "postgres",
+                    &format!("SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"),
+                )
+                .expect("replica lsn");
+            if caught_up.trim() == "t" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replica {i} did not catch up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// proxy.yaml text for the shared cluster: md5 for clients, the three
+/// nodes (ports overridable), plus `extra` top-level YAML.
+pub fn config_text(ports: &[u16], extra: &str) -> String {
+    let mut nodes = String::new();
+    for (i, port) in ports.iter().enumerate() {
+        let role = if i == 0 { "primary" } else { "replica" };
+        nodes.push_str(&format!(
+            "  - {{ name: pg{}, host: 127.0.0.1, port: {port}, role: {role} }}\n",
+            i + 1
+        ));
+    }
+    let auth = if extra.contains("auth:") {
+        String::new()
+    } else {
+        "auth:\n  method: md5\n  users:\n    - { name: app, password: app }\n    - { name: app_md5, password: md5pw }\n".to_owned()
+    };
+    format!("listen: 127.0.0.1:0\n{auth}nodes:\n{nodes}{extra}\nlag:\n  check_interval: 100ms\n")
+}
+
+/// The cluster's real ports: primary first.
+pub fn ports() -> Vec<u16> {
+    cluster().nodes.iter().map(|n| n.port).collect()
+}
+
+/// Parses a config text as the proxy would.
+pub fn parse_config(text: &str) -> Config {
+    Config::from_text(Path::new("test.yaml"), text, |_| None).expect("test config")
+}
+
+/// Starts a proxy on port 0 and waits until it accepts clients.
+pub async fn start_proxy(text: &str) -> Proxy {
+    let _ = cluster();
+    let mut proxy = Proxy::start(parse_config(text)).await.expect("proxy start");
+    proxy.reached(Phase::Ready).await;
+    proxy
+}
+
+/// A proxy in front of the shared cluster with default settings.
+pub async fn default_proxy() -> Proxy {
+    start_proxy(&config_text(&ports(), "")).await
+}
+
+/// A tokio-postgres client through the proxy.
+pub async fn connect(
+    proxy: &Proxy,
+    user: &str,
+    password: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let conn_str = format!(
+        "host=127.0.0.1 port={} user={user} password={password} dbname={user} connect_timeout=10",
+        proxy.addr.port()
+    );
+    let (client, connection) = tokio_postgres::connect(&conn_str, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// `app`'s client through the proxy.
+pub async fn app(proxy: &Proxy) -> Client {
+    connect(proxy, "app", "app").await.expect("connect as app")
+}
+
+/// Rows of a simple query as text.
+pub async fn rows(
+    client: &Client,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, tokio_postgres::Error> {
+    let messages = client.simple_query(sql).await?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// The first column of the first row, parsed.
+pub async fn scalar<T: std::str::FromStr>(client: &Client, sql: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    let rows = rows(client, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows[0][0]
+        .as_deref()
+        .expect("not null")
+        .parse()
+        .expect("parse")
+}
+
+/// The port of the node that answered `sql` (which must return
+/// `inet_server_port()` in the last column of its last row).
+pub async fn served_by(client: &Client, sql: &str) -> u16 {
+    let rows = rows(client, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let row = rows.last().expect("a row");
+    row.last()
+        .expect("a column")
+        .as_deref()
+        .expect("port")
+        .parse()
+        .expect("port number")
+}
+
+/// The SQLSTATE of an error, if it came from the server side.
+pub fn code(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_owned())
+}

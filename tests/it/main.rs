@@ -1,0 +1,9 @@
+//! Integration tests against a real PostgreSQL primary and two streaming
+//! replicas (see `harness`).
+
+mod cli;
+mod faults;
+mod harness;
+mod protocol;
+mod routing;
+mod tools;
