@@ -311,3 +311,39 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod random_input {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Random bytes, and random bytes behind plausible headers, never panic
+    /// the decoders and never make them buffer what a lying length claims.
+    #[test]
+    fn decoders_survive_random_bytes() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..64);
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            if rng.random_bool(0.5) && bytes.len() >= 5 {
+                bytes[0] = *[b'Q', b'P', b'B', b'D', b'E', b'S', b'p']
+                    .get(rng.random_range(0..7))
+                    .unwrap();
+                let claimed = rng.random_range(0..len as i32 + 8);
+                bytes[1..5].copy_from_slice(&claimed.to_be_bytes());
+            }
+            let mut buf = BytesMut::from(&bytes[..]);
+            let _ = decode_startup(&mut buf);
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(frame)) = decode_frame(&mut buf, 1 << 20) {
+                let body = frame.body();
+                let _ = crate::protocol::frontend::query_text(body);
+                let _ = crate::protocol::frontend::parse(body);
+                let _ = crate::protocol::frontend::bind_statement(body);
+                let _ = crate::protocol::frontend::password(body);
+                let _ = crate::protocol::backend::error_fields(body);
+            }
+            assert!(buf.capacity() < (1 << 21), "buffered for a lying length");
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! replicas (see `harness`).
 
 mod cli;
+mod demo;
 mod faults;
 mod harness;
 mod protocol;
