@@ -323,13 +323,13 @@ mod random_input {
     fn decoders_survive_random_bytes() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
         for _ in 0..20_000 {
-            let len = rng.random_range(0..64);
-            let mut bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            let len: i32 = rng.random_range(0..64);
+            let mut bytes: Vec<u8> = (0..len as usize).map(|_| rng.random()).collect();
             if rng.random_bool(0.5) && bytes.len() >= 5 {
                 bytes[0] = *[b'Q', b'P', b'B', b'D', b'E', b'S', b'p']
                     .get(rng.random_range(0..7))
                     .unwrap();
-                let claimed = rng.random_range(0..len as i32 + 8);
+                let claimed: i32 = rng.random_range(0..len + 8);
                 bytes[1..5].copy_from_slice(&claimed.to_be_bytes());
             }
             let mut buf = BytesMut::from(&bytes[..]);
