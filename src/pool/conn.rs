@@ -9,6 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::PoolError;
+use super::prepared::PreparedSet;
 use crate::auth::backend::{LoginInfo, login};
 use crate::protocol::backend::{self as be, TxnStatus};
 use crate::protocol::codec::{self, Frame, MAX_MESSAGE_LEN};
@@ -32,6 +33,13 @@ pub struct BackendConn {
     /// Session state was changed on it (SET, LISTEN, temp table...): reset
     /// with DISCARD ALL before anyone else uses it.
     pub dirty: bool,
+    /// Unique among this proxy's connections.
+    pub id: u64,
+    /// Statements prepared on it under pgsplit's names.
+    pub prepared: PreparedSet,
+    /// Fingerprint of the session settings applied on it (`None`: the
+    /// node's defaults).
+    pub settings: Option<u64>,
     broken: bool,
 }
 
@@ -48,6 +56,7 @@ impl BackendConn {
         database: &str,
         password: Option<&str>,
         timeout: Duration,
+        id: u64,
     ) -> Result<BackendConn, PoolError> {
         let connect_error = |e: std::io::Error| PoolError::Connect {
             node: node.clone(),
@@ -66,6 +75,9 @@ impl BackendConn {
             login: LoginInfo::default(),
             status: TxnStatus::Idle,
             dirty: false,
+            id,
+            prepared: PreparedSet::default(),
+            settings: None,
             broken: false,
         };
         let login = tokio::time::timeout(
@@ -161,7 +173,11 @@ impl BackendConn {
         }
         if self.dirty && !self.broken {
             match self.simple_command("DISCARD ALL").await {
-                Ok(()) => self.dirty = false,
+                Ok(()) => {
+                    self.dirty = false;
+                    self.prepared.clear();
+                    self.settings = None;
+                }
                 Err(_) => self.mark_broken(),
             }
         }

@@ -8,8 +8,10 @@
 //! while it waits gives up at once with that error.
 
 mod conn;
+pub mod prepared;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +63,7 @@ pub struct Manager {
     database: String,
     password: Option<String>,
     timeout: Duration,
+    ids: Arc<AtomicU64>,
 }
 
 impl ManageConnection for Manager {
@@ -75,6 +78,7 @@ impl ManageConnection for Manager {
             &self.database,
             self.password.as_deref(),
             self.timeout,
+            self.ids.fetch_add(1, Ordering::Relaxed),
         )
         .await
     }
@@ -179,6 +183,7 @@ pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<NodePool>>>,
     size: u32,
     timeout: Duration,
+    ids: Arc<AtomicU64>,
 }
 
 impl Pools {
@@ -189,6 +194,7 @@ impl Pools {
             pools: Mutex::new(HashMap::new()),
             size,
             timeout,
+            ids: Arc::new(AtomicU64::new(1)),
         }
     }
 
@@ -220,6 +226,7 @@ impl Pools {
                     database: key.database.clone(),
                     password: password.map(str::to_owned),
                     timeout: self.timeout,
+                    ids: self.ids.clone(),
                 };
                 let pool = Pool::builder()
                     .max_size(self.size)

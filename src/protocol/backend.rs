@@ -146,6 +146,41 @@ pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, messag
     });
 }
 
+/// ParseComplete.
+pub fn parse_complete(buf: &mut BytesMut) {
+    with_frame(buf, b'1', |_| {});
+}
+
+/// CloseComplete.
+pub fn close_complete(buf: &mut BytesMut) {
+    with_frame(buf, b'3', |_| {});
+}
+
+/// CommandComplete with its tag.
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    with_frame(buf, b'C', |b| put_cstr(b, tag));
+}
+
+/// Rewrites the message ('M') and detail fields of an ErrorResponse body,
+/// replacing `from` with `to`; other fields are kept as sent.
+pub fn rename_in_error(buf: &mut BytesMut, body: &[u8], from: &str, to: &str) -> bool {
+    let Ok(fields) = error_fields(body) else {
+        return false;
+    };
+    with_frame(buf, ERROR_RESPONSE_TAG, |b| {
+        for (kind, value) in &fields {
+            b.put_u8(*kind);
+            if matches!(kind, b'M' | b'D') {
+                put_cstr(b, &value.replace(from, to));
+            } else {
+                put_cstr(b, value);
+            }
+        }
+        b.put_u8(0);
+    });
+    true
+}
+
 /// A Query message (pgsplit sends these to nodes for resets).
 pub fn query(buf: &mut BytesMut, sql: &str) {
     with_frame(buf, b'Q', |b| put_cstr(b, sql));

@@ -3,6 +3,8 @@
 //! Only what routing and state tracking need is decoded; everything else is
 //! forwarded as the raw [`Frame`](super::Frame).
 
+use bytes::{BufMut, BytesMut};
+
 use super::codec::{ProtocolError, take_cstr};
 
 /// Query ('Q').
@@ -67,12 +69,14 @@ pub struct Parse<'a> {
     pub name: &'a str,
     /// SQL text.
     pub sql: &'a str,
+    /// The parameter type count and OIDs, as sent.
+    pub types: &'a [u8],
 }
 
-/// Decodes Parse's name and SQL text (parameter types are left in place).
+/// Decodes a Parse message.
 ///
 /// # Errors
-/// A body without two NUL-terminated strings.
+/// A body without two NUL-terminated strings and a consistent type list.
 pub fn parse(body: &[u8]) -> Result<Parse<'_>, ProtocolError> {
     let mut rest = body;
     let name = take_cstr(&mut rest).ok_or_else(|| malformed("Parse"))?;
@@ -80,7 +84,41 @@ pub fn parse(body: &[u8]) -> Result<Parse<'_>, ProtocolError> {
     if rest.len() < 2 {
         return Err(malformed("Parse"));
     }
-    Ok(Parse { name, sql })
+    let count = i16::from_be_bytes([rest[0], rest[1]]);
+    if count < 0 || rest.len() != 2 + 4 * count as usize {
+        return Err(malformed("Parse"));
+    }
+    Ok(Parse {
+        name,
+        sql,
+        types: rest,
+    })
+}
+
+/// Bind's portal and statement names, and the bytes after them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind<'a> {
+    /// Portal name.
+    pub portal: &'a str,
+    /// Statement name.
+    pub statement: &'a str,
+    /// Formats and parameter values, untouched.
+    pub rest: &'a [u8],
+}
+
+/// Decodes the names of a Bind message.
+///
+/// # Errors
+/// A body without portal and statement names.
+pub fn bind(body: &[u8]) -> Result<Bind<'_>, ProtocolError> {
+    let mut rest = body;
+    let portal = take_cstr(&mut rest).ok_or_else(|| malformed("Bind"))?;
+    let statement = take_cstr(&mut rest).ok_or_else(|| malformed("Bind"))?;
+    Ok(Bind {
+        portal,
+        statement,
+        rest,
+    })
 }
 
 /// The statement name a Bind message binds.
@@ -88,9 +126,65 @@ pub fn parse(body: &[u8]) -> Result<Parse<'_>, ProtocolError> {
 /// # Errors
 /// A body without portal and statement names.
 pub fn bind_statement(body: &[u8]) -> Result<&str, ProtocolError> {
-    let mut rest = body;
-    take_cstr(&mut rest).ok_or_else(|| malformed("Bind"))?;
-    take_cstr(&mut rest).ok_or_else(|| malformed("Bind"))
+    bind(body).map(|b| b.statement)
+}
+
+/// Describe or Close: `'S'` (statement) or `'P'` (portal) and a name.
+///
+/// # Errors
+/// A body that is not a kind byte and one NUL-terminated name.
+pub fn target<'a>(body: &'a [u8], what: &'static str) -> Result<(u8, &'a str), ProtocolError> {
+    let (&kind, mut rest) = body.split_first().ok_or_else(|| malformed(what))?;
+    if kind != b'S' && kind != b'P' {
+        return Err(malformed(what));
+    }
+    let name = take_cstr(&mut rest).ok_or_else(|| malformed(what))?;
+    Ok((kind, name))
+}
+
+fn frame(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+    out.put_u8(tag);
+    let at = out.len();
+    out.put_i32(0);
+    body(out);
+    let len = (out.len() - at) as i32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_cstr(out: &mut BytesMut, s: &str) {
+    out.put_slice(s.as_bytes());
+    out.put_u8(0);
+}
+
+/// Writes Parse.
+pub fn write_parse(out: &mut BytesMut, name: &str, sql: &str, types: &[u8]) {
+    frame(out, PARSE_TAG, |b| {
+        put_cstr(b, name);
+        put_cstr(b, sql);
+        b.put_slice(types);
+    });
+}
+
+/// Writes Bind from a decoded one with another statement name.
+pub fn write_bind(out: &mut BytesMut, bind: &Bind<'_>, statement: &str) {
+    frame(out, BIND_TAG, |b| {
+        put_cstr(b, bind.portal);
+        put_cstr(b, statement);
+        b.put_slice(bind.rest);
+    });
+}
+
+/// Writes Describe or Close of a statement or portal.
+pub fn write_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
+    frame(out, tag, |b| {
+        b.put_u8(kind);
+        put_cstr(b, name);
+    });
+}
+
+/// Writes Sync.
+pub fn write_sync(out: &mut BytesMut) {
+    frame(out, SYNC_TAG, |_| {});
 }
 
 #[cfg(test)]
@@ -114,11 +208,24 @@ mod tests {
             p,
             Parse {
                 name: "s1",
-                sql: "SELECT $1"
+                sql: "SELECT $1",
+                types: &[0, 0]
             }
         );
         assert!(parse(b"s1\0SELECT\0").is_err());
+        assert!(parse(b"s1\0SELECT\0\0\x01").is_err());
+        let p = parse(b"\0SELECT $1\0\0\x01\0\0\0\x17").unwrap();
+        assert_eq!(p.types, &[0, 1, 0, 0, 0, 23]);
+        let mut out = BytesMut::new();
+        write_parse(&mut out, "x", p.sql, p.types);
+        assert_eq!(&out[5..], b"x\0SELECT $1\0\0\x01\0\0\0\x17");
+        let b = bind(b"p\0s1\0\0\0\0\0\0\0").unwrap();
+        let mut out = BytesMut::new();
+        write_bind(&mut out, &b, "srv");
+        assert_eq!(&out[5..], b"p\0srv\0\0\0\0\0\0\0");
         assert_eq!(bind_statement(b"\0s1\0\0\0").unwrap(), "s1");
         assert!(bind_statement(b"portal").is_err());
+        assert_eq!(target(b"Sname\0", "Describe").unwrap(), (b'S', "name"));
+        assert!(target(b"Xname\0", "Describe").is_err());
     }
 }

@@ -23,3 +23,5 @@ pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
 pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
 /// XX000 internal_error.
 pub const INTERNAL_ERROR: &str = "XX000";
+/// 42P05 duplicate_prepared_statement.
+pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";

@@ -9,7 +9,7 @@
 
 mod classify;
 mod functions;
-mod scan;
+pub(crate) mod scan;
 
 use std::collections::HashSet;
 

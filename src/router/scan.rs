@@ -5,7 +5,7 @@ use super::{Reason, Route, Target};
 
 /// Skips white space and comments at the front; returns the rest and the
 /// comments seen.
-fn skip_leading_comments(sql: &str) -> (&str, Vec<&str>) {
+pub(crate) fn skip_leading_comments(sql: &str) -> (&str, Vec<&str>) {
     let mut rest = sql;
     let mut comments = Vec::new();
     loop {

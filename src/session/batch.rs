@@ -1,119 +1,132 @@
 //! Client messages gathered until a boundary (Query, Sync, Flush,
-//! FunctionCall), with what routing needs to know about them.
-
-use bytes::{Bytes, BytesMut};
+//! FunctionCall), and the route of the whole batch.
 
 use crate::protocol::ProtocolError;
 use crate::protocol::codec::Frame;
 use crate::protocol::frontend as fe;
 use crate::router::{Reason, Route, Router};
 
+use super::commands::{self, Command};
+use super::state::Statements;
+
 /// Messages not yet sent anywhere.
 #[derive(Debug, Default)]
 pub struct Batch {
-    bytes: BytesMut,
-    /// Messages that each produce a ReadyForQuery (Query, Sync, FunctionCall).
-    pub syncs: usize,
-    sql: Vec<String>,
-    /// Uses prepared statements or portals from an earlier batch, or names
-    /// a statement: it has to stay on one server connection.
-    needs_connection: bool,
-    /// Holds a FunctionCall (fast-path function call): primary.
-    function_call: bool,
-    parsed: Vec<String>,
-    bound: bool,
+    /// The messages, as the client sent them.
+    pub frames: Vec<Frame>,
+    bytes: usize,
 }
 
 impl Batch {
     /// Bytes gathered.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.bytes
     }
 
     /// Adds a message. Returns true when it ends the batch.
-    ///
-    /// # Errors
-    /// A malformed Query/Parse/Bind body.
-    pub fn push(&mut self, frame: &Frame) -> Result<bool, ProtocolError> {
+    pub fn push(&mut self, frame: Frame) -> bool {
+        let boundary = matches!(
+            frame.tag,
+            fe::QUERY_TAG | fe::SYNC_TAG | fe::FLUSH_TAG | fe::FUNCTION_CALL_TAG
+        );
+        self.bytes += frame.bytes.len();
+        self.frames.push(frame);
+        boundary
+    }
+
+    /// Takes the gathered messages, leaving the batch empty.
+    pub fn take(&mut self) -> Vec<Frame> {
+        self.bytes = 0;
+        std::mem::take(&mut self.frames)
+    }
+}
+
+/// What routing learns from a batch.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Where it must run.
+    pub route: Route,
+    /// A single Query that is a session command the proxy tracks.
+    pub command: Option<Command>,
+    /// Messages that each produce a ReadyForQuery.
+    pub syncs: usize,
+}
+
+/// Routes a batch from the statements it parses or executes: a Bind of an
+/// earlier statement is routed by that statement's text.
+///
+/// # Errors
+/// A malformed Query, Parse, Bind or Describe.
+pub fn plan(
+    frames: &[Frame],
+    statements: &Statements,
+    router: &Router,
+) -> Result<Plan, ProtocolError> {
+    let mut route = Route::replica(Reason::Read);
+    let mut command = None;
+    let mut syncs = 0;
+    let mut parsed_unnamed = false;
+    let named_route = |name: &str| -> Option<Route> {
+        if name.is_empty() {
+            statements.unnamed.as_ref().map(|(s, _)| s.route)
+        } else {
+            statements.get(name).map(|s| s.route)
+        }
+    };
+    for frame in frames {
         let body = frame.body();
-        let boundary = match frame.tag {
+        match frame.tag {
             fe::QUERY_TAG => {
-                self.sql.push(fe::query_text(body)?.to_owned());
-                self.syncs += 1;
-                true
+                let sql = fe::query_text(body)?;
+                let mut r = router.classify(sql);
+                command = commands::recognise(sql);
+                if matches!(
+                    command,
+                    Some(Command::Set { .. } | Command::Reset { .. } | Command::ResetAll)
+                ) {
+                    // Tracked and replayed by the session: no need to pin.
+                    r.pins = false;
+                }
+                route = route.merge(r);
+                syncs += 1;
             }
             fe::PARSE_TAG => {
                 let p = fe::parse(body)?;
-                if !p.name.is_empty() {
-                    self.needs_connection = true;
-                }
-                self.sql.push(p.sql.to_owned());
-                self.parsed.push(p.name.to_owned());
-                false
+                parsed_unnamed |= p.name.is_empty();
+                route = route.merge(router.classify(p.sql));
             }
             fe::BIND_TAG => {
-                let stmt = fe::bind_statement(body)?;
-                if !self.parsed.iter().any(|n| n == stmt) {
-                    self.needs_connection = true;
+                let name = fe::bind_statement(body)?;
+                if !(name.is_empty() && parsed_unnamed) {
+                    // An unknown name fails on the node; route it safely.
+                    route =
+                        route.merge(named_route(name).unwrap_or(Route::primary(Reason::Session)));
                 }
-                self.bound = true;
-                false
             }
-            fe::DESCRIBE_TAG | fe::EXECUTE_TAG => {
-                let describes_statement =
-                    frame.tag == fe::DESCRIBE_TAG && body.first() == Some(&b'S');
-                let known = if describes_statement {
-                    let mut rest = &body[1..];
-                    crate::protocol::codec::take_cstr(&mut rest)
-                        .is_some_and(|n| self.parsed.iter().any(|p| p == n))
-                } else {
-                    self.bound
-                };
-                if !known {
-                    self.needs_connection = true;
+            fe::DESCRIBE_TAG => {
+                let (kind, name) = fe::target(body, "Describe")?;
+                if kind == b'S' && !(name.is_empty() && parsed_unnamed) {
+                    route =
+                        route.merge(named_route(name).unwrap_or(Route::primary(Reason::Session)));
                 }
-                false
             }
             fe::CLOSE_TAG => {
-                self.needs_connection = true;
-                false
+                fe::target(body, "Close")?;
             }
-            fe::SYNC_TAG => {
-                self.syncs += 1;
-                true
-            }
+            fe::SYNC_TAG => syncs += 1,
             fe::FUNCTION_CALL_TAG => {
-                self.function_call = true;
-                self.syncs += 1;
-                true
+                route = route.merge(Route::primary(Reason::Function));
+                syncs += 1;
             }
-            fe::FLUSH_TAG => true,
-            _ => false,
-        };
-        self.bytes.extend_from_slice(&frame.bytes);
-        Ok(boundary)
-    }
-
-    /// Where the batch must run.
-    pub fn route(&self, router: &Router) -> Route {
-        let mut route = Route::replica(Reason::Read);
-        for sql in &self.sql {
-            route = route.merge(router.classify(sql));
+            _ => {}
         }
-        if self.function_call {
-            route = route.merge(Route::primary(Reason::Function));
-        }
-        if self.needs_connection {
-            route = route.merge(Route::pinned(Reason::Session));
-        }
-        route
     }
-
-    /// Takes the gathered bytes, leaving the batch empty.
-    pub fn take(&mut self) -> (Bytes, usize) {
-        let syncs = self.syncs;
-        let bytes = std::mem::take(&mut self.bytes).freeze();
-        *self = Batch::default();
-        (bytes, syncs)
+    if frames.len() > 1 {
+        command = None;
     }
+    Ok(Plan {
+        route,
+        command,
+        syncs,
+    })
 }

@@ -149,27 +149,11 @@ pub async fn login(
         })
 }
 
-/// Writes the greeting that ends a successful startup.
-pub fn greeting(
-    out: &mut BytesMut,
-    backend_params: &[(String, String)],
-    startup: &Startup,
-    pid: i32,
-    secret: i32,
-) {
+/// Writes the greeting that ends a successful startup: the parameters are
+/// what the node reported once the client's startup settings were applied.
+pub fn greeting(out: &mut BytesMut, params: &[(String, String)], pid: i32, secret: i32) {
     be::authentication_ok(out);
-    let app = startup
-        .params
-        .iter()
-        .find(|(k, _)| k == "application_name")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("");
-    for (name, value) in backend_params {
-        let value = if name == "application_name" {
-            app
-        } else {
-            value
-        };
+    for (name, value) in params {
         be::parameter_status(out, name, value);
     }
     be::backend_key_data(out, pid, secret);

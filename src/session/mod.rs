@@ -7,8 +7,12 @@
 
 mod batch;
 pub mod cancel;
+mod commands;
 mod handshake;
+mod outbound;
 mod relay;
+mod replies;
+mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

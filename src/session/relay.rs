@@ -1,7 +1,8 @@
 //! The session loop after the handshake: gathers client messages into
-//! batches, routes each batch to a server connection, and streams the
-//! replies back, holding the connection until ReadyForQuery says the
-//! transaction is over and every Sync has been answered.
+//! batches, routes each batch to a server connection, translates it for
+//! that connection (`outbound`), and streams the replies back through the
+//! reply queue (`replies`), holding the connection until ReadyForQuery says
+//! the transaction is over and every Sync has been answered.
 //!
 //! Both sockets are read in one `select!`, so pipelined batches, COPY,
 //! Flush and asynchronous notifications all flow without special modes.
@@ -11,20 +12,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 use super::SessionError;
-use super::batch::Batch;
+use super::batch::{self, Batch, Plan};
 use super::cancel::{CancelSlot, CancelTarget};
 use super::handshake::{self, Startup};
+use super::outbound::Translation;
+use super::replies::{Context, Replies};
+use super::state::{Settings, Statements};
 use crate::config::{NoReplica, PoolMode};
 use crate::pool::{PoolError, Pooled};
 use crate::protocol::backend::{self as be, Severity, TxnStatus};
-use crate::protocol::codec::{self, MAX_MESSAGE_LEN};
+use crate::protocol::codec::{self, Frame, MAX_MESSAGE_LEN};
 use crate::protocol::frontend as fe;
 use crate::protocol::sqlstate;
-use crate::router::{Reason, Route, Target};
+use crate::router::{Reason, Target};
 use crate::state::State;
 use crate::topology::Node;
 use crate::wire::{self, WireError};
@@ -47,10 +51,10 @@ struct Held {
 /// A batch that may be sent again elsewhere: a read whose replies have not
 /// started reaching the client.
 struct Retry {
-    bytes: Bytes,
-    syncs: usize,
-    route: Route,
+    frames: Vec<Frame>,
+    plan: Plan,
     tried: Vec<Arc<str>>,
+    added: Vec<String>,
 }
 
 /// A client session after its handshake.
@@ -65,13 +69,14 @@ pub struct Session<'s> {
     held: Option<Held>,
     spare: Vec<Held>,
     pinned: bool,
-    /// Queries and Syncs sent to the held connection, not yet answered.
-    outstanding: usize,
     /// A batch was sent without a Sync; the rest must follow it.
     open_batch: bool,
     batch: Batch,
+    replies: Replies,
+    statements: Statements,
+    settings: Settings,
     /// A batch that waits for the held replica connection to drain.
-    waiting: Option<(Bytes, usize, Route)>,
+    waiting: Option<(Vec<Frame>, Plan)>,
     retry: Option<Retry>,
     slot: Arc<CancelSlot>,
     pid: i32,
@@ -92,7 +97,8 @@ fn backend_error(node: &Arc<str>, source: WireError) -> SessionError {
 
 impl<'s> Session<'s> {
     /// Finds a node for the session's first server connection (which also
-    /// proves the user and database exist), greets the client.
+    /// proves the user and database exist), applies the client's startup
+    /// settings there, and greets the client with what the node reports.
     ///
     /// # Errors
     /// The node's refusal (e.g. 3D000 for a missing database), or no
@@ -109,6 +115,7 @@ impl<'s> Session<'s> {
         let secret: i32 = rand::random();
         let slot = Arc::new(CancelSlot::default());
         state.cancels.register(pid, secret, slot.clone());
+        let settings = Settings::from_startup(&startup.params);
         let mut session = Session {
             state,
             client,
@@ -120,25 +127,72 @@ impl<'s> Session<'s> {
             held: None,
             spare: Vec::new(),
             pinned: false,
-            outstanding: 0,
             open_batch: false,
             batch: Batch::default(),
+            replies: Replies::default(),
+            statements: Statements::default(),
+            settings,
             waiting: None,
             retry: None,
             slot,
             pid,
         };
-        let first = session.first_connection().await?;
-        handshake::greeting(
-            &mut session.cwbuf,
-            &first.conn.login.params,
-            &session.startup,
-            pid,
-            secret,
-        );
+        let mut first = session.first_connection().await?;
+        let params = session.apply_startup_settings(&mut first).await?;
+        handshake::greeting(&mut session.cwbuf, &params, pid, secret);
         session.put_back(first);
         session.flush().await?;
         Ok(session)
+    }
+
+    /// Runs the settings replay on `held` and returns the parameters to
+    /// report: the node's login values overridden by what the replay
+    /// reported.
+    async fn apply_startup_settings(
+        &mut self,
+        held: &mut Held,
+    ) -> Result<Vec<(String, String)>, SessionError> {
+        let mut params = held.conn.login.params.clone();
+        let mut translation = Translation {
+            conn: &mut held.conn,
+            statements: &mut self.statements,
+            settings: &self.settings,
+            router: &self.state.router.load(),
+        };
+        let out = translation
+            .translate(&[], None, true)
+            .map_err(SessionError::ClientProtocol)?;
+        if out.expects.is_empty() {
+            return Ok(params);
+        }
+        let node = held.node.name.clone();
+        held.conn
+            .send(&out.bytes)
+            .await
+            .map_err(|e| backend_error(&node, e.into()))?;
+        self.replies.extend(out.expects);
+        let mut sink = BytesMut::new();
+        while self.replies.ready_owed() > 0 {
+            let frame = held
+                .conn
+                .read_frame()
+                .await
+                .map_err(|e| backend_error(&node, e))?;
+            let mut cx = Context {
+                conn: &mut held.conn,
+                statements: &mut self.statements,
+                settings: &mut self.settings,
+                out: &mut sink,
+            };
+            self.replies.on_frame(&frame, &mut cx);
+        }
+        for (name, value) in std::mem::take(&mut self.replies.captured) {
+            match params.iter_mut().find(|(n, _)| *n == name) {
+                Some(p) => p.1 = value,
+                None => params.push((name, value)),
+            }
+        }
+        Ok(params)
     }
 
     async fn first_connection(&mut self) -> Result<Held, SessionError> {
@@ -149,15 +203,12 @@ impl<'s> Session<'s> {
         for node in candidates {
             match self.checkout(&node).await {
                 Ok(conn) => {
-                    return Ok(Held {
-                        conn,
-                        target: if Arc::ptr_eq(&node, topology.primary()) {
-                            Target::Primary
-                        } else {
-                            Target::Replica
-                        },
-                        node,
-                    });
+                    let target = if Arc::ptr_eq(&node, topology.primary()) {
+                        Target::Primary
+                    } else {
+                        Target::Replica
+                    };
+                    return Ok(Held { conn, target, node });
                 }
                 Err(PoolError::Login {
                     source: crate::auth::AuthError::Rejected { code, message },
@@ -203,8 +254,8 @@ impl<'s> Session<'s> {
         loop {
             self.drain_backend().await?;
             if self.held.is_none() {
-                if let Some((bytes, syncs, route)) = self.waiting.take() {
-                    self.send_fresh(bytes, syncs, route, Vec::new()).await?;
+                if let Some((frames, plan)) = self.waiting.take() {
+                    self.send_fresh(frames, plan, Vec::new()).await?;
                     continue;
                 }
                 if self.state.shutdown.is_cancelled() {
@@ -234,7 +285,7 @@ impl<'s> Session<'s> {
         }
     }
 
-    /// Forwards every complete frame the held connection has buffered.
+    /// Handles every complete frame the held connection has buffered.
     async fn drain_backend(&mut self) -> Result<(), SessionError> {
         loop {
             let Some(held) = self.held.as_mut() else {
@@ -246,18 +297,20 @@ impl<'s> Session<'s> {
                 Err(e) => return self.backend_failed(e).await,
             };
             self.retry = None;
-            self.cwbuf.extend_from_slice(&frame.bytes);
-            if frame.tag == be::READY_FOR_QUERY_TAG {
-                held.conn.status = TxnStatus::from_body(frame.body()).unwrap_or(TxnStatus::Failed);
-                self.outstanding = self.outstanding.saturating_sub(1);
-                let done = self.outstanding == 0
-                    && !self.open_batch
-                    && !self.pinned
-                    && held.conn.status == TxnStatus::Idle;
-                if done {
-                    let held = self.held.take().expect("held");
-                    self.put_back(held);
-                }
+            let mut cx = Context {
+                conn: &mut held.conn,
+                statements: &mut self.statements,
+                settings: &mut self.settings,
+                out: &mut self.cwbuf,
+            };
+            let ready = self.replies.on_frame(&frame, &mut cx);
+            if ready == Some(TxnStatus::Idle)
+                && self.replies.is_empty()
+                && !self.open_batch
+                && !self.pinned
+            {
+                let held = self.held.take().expect("held");
+                self.put_back(held);
             }
             if self.cwbuf.len() >= FLUSH_AT {
                 self.flush().await?;
@@ -286,13 +339,9 @@ impl<'s> Session<'s> {
                     }
                 }
                 _ => {
-                    let boundary = self
-                        .batch
-                        .push(&frame)
-                        .map_err(SessionError::ClientProtocol)?;
                     // A huge batch without a Sync (a driver's bulk insert) is
                     // sent on in pieces; the rest follows on the same connection.
-                    if boundary || self.batch.len() > MAX_BATCH {
+                    if self.batch.push(frame) || self.batch.len() > MAX_BATCH {
                         self.dispatch().await?;
                     }
                 }
@@ -303,43 +352,55 @@ impl<'s> Session<'s> {
 
     /// Sends the gathered batch where it belongs.
     async fn dispatch(&mut self) -> Result<(), SessionError> {
-        let route = self.batch.route(&self.state.router.load());
-        let (bytes, syncs) = self.batch.take();
+        let frames = self.batch.take();
+        let plan = batch::plan(&frames, &self.statements, &self.state.router.load())
+            .map_err(SessionError::ClientProtocol)?;
         let Some(held) = self.held.as_mut() else {
-            return self.send_fresh(bytes, syncs, route, Vec::new()).await;
+            return self.send_fresh(frames, plan, Vec::new()).await;
         };
+        let route = plan.route;
         let must_stay = self.pinned || self.open_batch || held.conn.status != TxnStatus::Idle;
         let fits =
             held.target == Target::Primary || (route.target == Target::Replica && !route.pins);
-        if must_stay || fits {
-            if route.pins && held.target == Target::Primary {
-                self.pinned = true;
-                held.conn.dirty = true;
-            }
-            tracing::debug!(node = %held.node.name, in_txn = must_stay, "statement on held connection");
-            self.retry = None;
-            self.outstanding += syncs;
-            self.open_batch = syncs == 0;
-            if let Err(e) = held.conn.send(&bytes).await {
-                return self.backend_failed(e.into()).await;
-            }
+        if !(must_stay || fits) {
+            // Pipelined batch that needs the primary behind reads on a
+            // replica: wait until the replica has answered them.
+            self.waiting = Some((frames, plan));
             return Ok(());
         }
-        // Pipelined batch that needs the primary behind reads on a replica:
-        // wait until the replica has answered them.
-        self.waiting = Some((bytes, syncs, route));
-        Ok(())
+        if route.pins && held.target == Target::Primary {
+            self.pinned = true;
+            held.conn.dirty = true;
+        }
+        tracing::debug!(node = %held.node.name, in_txn = must_stay, "statement on held connection");
+        self.retry = None;
+        self.open_batch = plan.syncs == 0;
+        let out = Translation {
+            conn: &mut held.conn,
+            statements: &mut self.statements,
+            settings: &self.settings,
+            router: &self.state.router.load(),
+        }
+        .translate(&frames, plan.command.as_ref(), false)
+        .map_err(SessionError::ClientProtocol)?;
+        let send = held.conn.send(&out.bytes).await;
+        self.replies.extend(out.expects);
+        self.replies.emit_ready_synthetics(&mut self.cwbuf);
+        match send {
+            Ok(()) => Ok(()),
+            Err(e) => self.backend_failed(e.into()).await,
+        }
     }
 
     /// Routes a batch when no connection is held, and sends it.
     async fn send_fresh(
         &mut self,
-        bytes: Bytes,
-        syncs: usize,
-        route: Route,
+        frames: Vec<Frame>,
+        plan: Plan,
         mut tried: Vec<Arc<str>>,
     ) -> Result<(), SessionError> {
         let config = self.state.config.load_full();
+        let route = plan.route;
         loop {
             let topology = self.state.topology.load_full();
             // Session pooling: a read keeps using the replica connection the
@@ -369,7 +430,7 @@ impl<'s> Session<'s> {
                             self.fail_batch(
                                 sqlstate::CONNECTION_FAILURE,
                                 "no replica is available for this read",
-                                syncs,
+                                plan.syncs,
                             );
                             return Ok(());
                         }
@@ -399,7 +460,7 @@ impl<'s> Session<'s> {
                         } => code.clone(),
                         _ => sqlstate::CONNECTION_FAILURE.to_owned(),
                     };
-                    self.fail_batch(&code, &e.to_string(), syncs);
+                    self.fail_batch(&code, &e.to_string(), plan.syncs);
                     return Ok(());
                 }
             };
@@ -419,7 +480,15 @@ impl<'s> Session<'s> {
                 pid: conn.login.pid,
                 secret: conn.login.secret,
             }));
-            let send = conn.send(&bytes).await;
+            let out = Translation {
+                conn: &mut conn,
+                statements: &mut self.statements,
+                settings: &self.settings,
+                router: &self.state.router.load(),
+            }
+            .translate(&frames, plan.command.as_ref(), true)
+            .map_err(SessionError::ClientProtocol)?;
+            let send = conn.send(&out.bytes).await;
             self.held = Some(Held {
                 conn,
                 target: if is_primary {
@@ -429,13 +498,14 @@ impl<'s> Session<'s> {
                 },
                 node,
             });
-            self.outstanding += syncs;
-            self.open_batch = syncs == 0;
+            self.open_batch = plan.syncs == 0;
+            self.replies.extend(out.expects);
+            self.replies.emit_ready_synthetics(&mut self.cwbuf);
             self.retry = (route.target == Target::Replica).then(|| Retry {
-                bytes: bytes.clone(),
-                syncs,
-                route,
-                tried: tried.clone(),
+                frames,
+                plan,
+                tried,
+                added: out.added,
             });
             return match send {
                 Ok(()) => Ok(()),
@@ -472,23 +542,25 @@ impl<'s> Session<'s> {
         let in_txn = held.conn.status != TxnStatus::Idle;
         let node = held.node.name.clone();
         drop(held);
+        let owed = self.replies.ready_owed();
+        self.replies.clear();
         if let Some(mut retry) = self.retry.take()
             && !in_txn
             && !self.pinned
         {
             tracing::info!(node = %node, "read failed before any reply; trying another node");
+            for name in &retry.added {
+                self.statements.remove(name);
+            }
             retry.tried.push(node);
-            self.outstanding = 0;
             self.open_batch = false;
-            return Box::pin(self.send_fresh(retry.bytes, retry.syncs, retry.route, retry.tried))
-                .await;
+            return Box::pin(self.send_fresh(retry.frames, retry.plan, retry.tried)).await;
         }
         if in_txn || self.pinned || self.open_batch {
             return Err(backend_error(&node, error));
         }
         let message = format!("connection to node {node} lost: {error}");
-        let syncs = std::mem::take(&mut self.outstanding);
-        self.fail_batch(sqlstate::CONNECTION_FAILURE, &message, syncs);
+        self.fail_batch(sqlstate::CONNECTION_FAILURE, &message, owed);
         Ok(())
     }
 
@@ -511,7 +583,7 @@ impl<'s> Session<'s> {
     async fn finish(&mut self) {
         let mut conns: Vec<Held> = self.spare.drain(..).collect();
         if let Some(mut held) = self.held.take() {
-            if self.outstanding > 0 || self.open_batch || !held.conn.rbuf.is_empty() {
+            if !self.replies.is_empty() || self.open_batch || !held.conn.rbuf.is_empty() {
                 held.conn.mark_broken();
             }
             conns.push(held);

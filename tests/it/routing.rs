@@ -112,30 +112,61 @@ async fn write_functions_and_session_state_pin_to_the_primary() {
         served_by(&client, "SELECT audit_fn(), inet_server_port()").await,
         primary_port()
     );
-    // A session-level SET stays with its connection: the session is pinned
-    // to the primary connection that holds it, and sees its own setting.
+    // A session-level SET is recorded and replayed on whichever server
+    // connection serves the session next: reads still use the replicas.
     client
-        .simple_query("SET application_name = 'pinned-app'")
+        .simple_query("SET application_name = 'replayed-app'")
         .await
         .unwrap();
-    for _ in 0..5 {
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
         let rows = rows(
             &client,
             "SELECT current_setting('application_name'), inet_server_port()",
         )
         .await
         .unwrap();
-        assert_eq!(rows[0][0].as_deref(), Some("pinned-app"));
-        assert_eq!(
-            rows[0][1].as_deref().unwrap().parse::<u16>().unwrap(),
-            primary_port()
-        );
+        assert_eq!(rows[0][0].as_deref(), Some("replayed-app"));
+        seen.insert(rows[0][1].as_deref().unwrap().parse::<u16>().unwrap());
     }
+    assert!(seen.iter().all(|p| replica_ports().contains(p)), "{seen:?}");
+    // SET inside a rolled-back transaction does not stick; committed does.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .simple_query("SET application_name = 'rolled-back'")
+        .await
+        .unwrap();
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let name: String = scalar(&client, "SELECT current_setting('application_name')").await;
+    assert_eq!(name, "replayed-app");
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .simple_query("SET application_name = 'committed'")
+        .await
+        .unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    for _ in 0..5 {
+        let name: String = scalar(&client, "SELECT current_setting('application_name')").await;
+        assert_eq!(name, "committed");
+    }
+    // A session advisory lock pins the session to its primary connection.
+    client
+        .simple_query("SELECT pg_advisory_lock(4242)")
+        .await
+        .unwrap();
+    let pid: i32 = scalar(&client, "SELECT pg_backend_pid()").await;
+    for _ in 0..5 {
+        assert_eq!(scalar::<i32>(&client, "SELECT pg_backend_pid()").await, pid);
+    }
+    client
+        .simple_query("SELECT pg_advisory_unlock(4242)")
+        .await
+        .unwrap();
     // Another client does not inherit it.
     let other = app(&proxy).await;
     for _ in 0..20 {
         let name: String = scalar(&other, "SELECT current_setting('application_name')").await;
-        assert_ne!(name, "pinned-app");
+        assert!(name != "replayed-app" && name != "committed", "{name}");
     }
     proxy.stop().await;
 }

@@ -1,0 +1,272 @@
+//! Turns a client's batch into what one particular server connection must
+//! receive: client statement names become shared server names, statements
+//! missing on that connection are prepared in front (their replies are
+//! swallowed), settings are replayed first on a fresh connection, and
+//! replies the proxy can give itself (ParseComplete of a statement the
+//! connection already has, CloseComplete, DEALLOCATE) are queued as
+//! synthetic. Every message sent gets an [`Expect`] in reply order.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::commands::Command;
+use super::replies::{Expect, Kind};
+use super::state::{Settings, Statement, Statements};
+use crate::pool::BackendConn;
+use crate::protocol::ProtocolError;
+use crate::protocol::backend as be;
+use crate::protocol::codec::Frame;
+use crate::protocol::frontend as fe;
+use crate::protocol::sqlstate;
+use crate::router::Router;
+
+/// What to send and what to expect back.
+#[derive(Debug, Default)]
+pub struct Outbound {
+    /// Bytes for the server connection.
+    pub bytes: BytesMut,
+    /// Replies, in order.
+    pub expects: Vec<Expect>,
+    /// Client statement names this batch added (undone if the batch is
+    /// sent again elsewhere).
+    pub added: Vec<String>,
+}
+
+/// Everything a translation reads and updates.
+pub struct Translation<'a> {
+    /// The connection the batch goes to.
+    pub conn: &'a mut BackendConn,
+    /// The client's statements.
+    pub statements: &'a mut Statements,
+    /// The client's settings.
+    pub settings: &'a Settings,
+    /// For routes of newly parsed statements.
+    pub router: &'a Router,
+}
+
+impl Translation<'_> {
+    /// Translates `frames`; `fresh` means the connection was just taken
+    /// for this session and needs its settings.
+    ///
+    /// # Errors
+    /// A malformed client message.
+    pub fn translate(
+        &mut self,
+        frames: &[Frame],
+        command: Option<&Command>,
+        fresh: bool,
+    ) -> Result<Outbound, ProtocolError> {
+        let mut out = Outbound::default();
+        if fresh {
+            self.replay_settings(&mut out);
+        }
+        let mut parsed_unnamed = false;
+        let mut skipping = false;
+        for frame in frames {
+            if skipping && frame.tag != fe::SYNC_TAG {
+                continue;
+            }
+            let body = frame.body();
+            match frame.tag {
+                fe::PARSE_TAG => {
+                    let p = fe::parse(body)?;
+                    if p.name.is_empty() {
+                        parsed_unnamed = true;
+                        let s =
+                            Arc::new(Statement::new(p.sql, p.types, self.router.classify(p.sql)));
+                        self.statements.unnamed = Some((s, self.conn.id));
+                        forward(&mut out, frame, Kind::Parse);
+                    } else {
+                        skipping = !self.parse_named(&mut out, p)?;
+                    }
+                }
+                fe::BIND_TAG => {
+                    let b = fe::bind(body)?;
+                    match self.resolve(&mut out, b.statement, parsed_unnamed) {
+                        Some(server_name) => {
+                            fe::write_bind(&mut out.bytes, &b, &server_name);
+                            out.expects
+                                .push(Expect::renamed(Kind::Bind, server_name, b.statement));
+                        }
+                        None => forward(&mut out, frame, Kind::Bind),
+                    }
+                }
+                fe::DESCRIBE_TAG => {
+                    let (kind, name) = fe::target(body, "Describe")?;
+                    let resolved = (kind == b'S')
+                        .then(|| self.resolve(&mut out, name, parsed_unnamed))
+                        .flatten();
+                    match resolved {
+                        Some(server_name) => {
+                            fe::write_target(&mut out.bytes, fe::DESCRIBE_TAG, b'S', &server_name);
+                            out.expects.push(Expect::renamed(
+                                Kind::DescribeStatement,
+                                server_name,
+                                name,
+                            ));
+                        }
+                        None if kind == b'S' => forward(&mut out, frame, Kind::DescribeStatement),
+                        None => forward(&mut out, frame, Kind::DescribePortal),
+                    }
+                }
+                fe::CLOSE_TAG => {
+                    let (kind, name) = fe::target(body, "Close")?;
+                    if kind == b'S' && !name.is_empty() {
+                        // Server statements are shared and closed on eviction;
+                        // the client's name just goes away.
+                        self.statements.remove(name);
+                        synthetic(&mut out, be::close_complete);
+                    } else {
+                        forward(&mut out, frame, Kind::Close);
+                    }
+                }
+                fe::EXECUTE_TAG => forward(&mut out, frame, Kind::Execute),
+                fe::SYNC_TAG => {
+                    skipping = false;
+                    forward(&mut out, frame, Kind::Sync);
+                }
+                fe::QUERY_TAG => self.query(&mut out, frame, command),
+                fe::FUNCTION_CALL_TAG => forward(&mut out, frame, Kind::Query),
+                _ => out.bytes.extend_from_slice(&frame.bytes),
+            }
+        }
+        Ok(out)
+    }
+
+    fn replay_settings(&mut self, out: &mut Outbound) {
+        let desired = self.settings.fingerprint();
+        if self.conn.settings == desired {
+            return;
+        }
+        let mut sql = String::new();
+        if self.conn.settings.is_some() {
+            sql.push_str("RESET ALL;");
+        }
+        if let Some(replay) = self.settings.replay_sql() {
+            sql.push_str(&replay);
+        }
+        be::query(&mut out.bytes, &sql);
+        out.expects.push(Expect::swallowed(Kind::Query));
+        self.conn.settings = desired;
+    }
+
+    /// A client's named Parse. False when the name is taken (the client
+    /// gets PostgreSQL's 42P05 and the batch is skipped up to Sync).
+    fn parse_named(&mut self, out: &mut Outbound, p: fe::Parse<'_>) -> Result<bool, ProtocolError> {
+        if self.statements.get(p.name).is_some() {
+            let message = format!("prepared statement \"{}\" already exists", p.name);
+            let mut bytes = BytesMut::new();
+            be::error_response(
+                &mut bytes,
+                be::Severity::Error,
+                sqlstate::DUPLICATE_PREPARED_STATEMENT,
+                &message,
+            );
+            out.expects.push(Expect::synthetic(bytes));
+            return Ok(false);
+        }
+        let statement = Arc::new(Statement::new(p.sql, p.types, self.router.classify(p.sql)));
+        let server_name = statement.server_name.clone();
+        self.statements.add(p.name, statement.clone());
+        out.added.push(p.name.to_owned());
+        if self.conn.prepared.touch(&server_name) {
+            let mut bytes = BytesMut::new();
+            be::parse_complete(&mut bytes);
+            let mut e = Expect::synthetic(bytes);
+            e.client_parse = Some(p.name.to_owned());
+            out.expects.push(e);
+        } else {
+            self.prepare(out, &statement);
+            let e = out.expects.last_mut().expect("just pushed");
+            e.forward = true;
+            e.client_parse = Some(p.name.to_owned());
+        }
+        Ok(true)
+    }
+
+    /// Sends Parse of `statement` under its server name, closing the least
+    /// recently used statement first when the connection is full. The
+    /// ParseComplete is swallowed unless the caller says otherwise.
+    fn prepare(&mut self, out: &mut Outbound, statement: &Statement) {
+        if let Some(evicted) = self.conn.prepared.insert(statement.server_name.clone()) {
+            fe::write_target(&mut out.bytes, fe::CLOSE_TAG, b'S', &evicted);
+            let mut e = Expect::swallowed(Kind::Close);
+            e.closed = Some(evicted);
+            out.expects.push(e);
+        }
+        fe::write_parse(
+            &mut out.bytes,
+            &statement.server_name,
+            &statement.sql,
+            &statement.types,
+        );
+        let mut e = Expect::swallowed(Kind::Parse);
+        e.server_prepared = Some(statement.server_name.clone());
+        out.expects.push(e);
+    }
+
+    /// The server name for a client statement name, preparing it on this
+    /// connection when needed. `None`: send the message unchanged (the
+    /// unnamed statement, or a name the client never prepared, which the
+    /// node will report under the client's own name).
+    fn resolve(
+        &mut self,
+        out: &mut Outbound,
+        name: &str,
+        parsed_unnamed: bool,
+    ) -> Option<Arc<str>> {
+        if name.is_empty() {
+            if !parsed_unnamed
+                && let Some((s, on)) = self.statements.unnamed.clone()
+                && on != self.conn.id
+            {
+                // The unnamed statement lives on another connection: parse
+                // it again here, in the same batch.
+                fe::write_parse(&mut out.bytes, "", &s.sql, &s.types);
+                out.expects.push(Expect::swallowed(Kind::Parse));
+                self.statements.unnamed = Some((s, self.conn.id));
+            }
+            return None;
+        }
+        let statement = self.statements.get(name)?.clone();
+        if !self.conn.prepared.touch(&statement.server_name) {
+            self.prepare(out, &statement);
+        }
+        Some(statement.server_name.clone())
+    }
+
+    fn query(&mut self, out: &mut Outbound, frame: &Frame, command: Option<&Command>) {
+        if let Some(Command::Deallocate { name }) = command
+            && self.statements.get(name).is_some()
+        {
+            // A protocol-level statement: forget it here, and let a Sync
+            // fetch the ReadyForQuery with the real transaction status.
+            self.statements.remove(name);
+            synthetic(out, |b| be::command_complete(b, "DEALLOCATE"));
+            fe::write_sync(&mut out.bytes);
+            out.expects.push(Expect::new(Kind::Sync));
+            return;
+        }
+        out.bytes.extend_from_slice(&frame.bytes);
+        let mut e = Expect::new(Kind::Query);
+        e.command = command.cloned();
+        if let Some(Command::Set { .. } | Command::Reset { .. }) = command {
+            e.sql = crate::protocol::frontend::query_text(frame.body())
+                .ok()
+                .map(str::to_owned);
+        }
+        out.expects.push(e);
+    }
+}
+
+fn forward(out: &mut Outbound, frame: &Frame, kind: Kind) {
+    out.bytes.extend_from_slice(&frame.bytes);
+    out.expects.push(Expect::new(kind));
+}
+
+fn synthetic(out: &mut Outbound, write: impl FnOnce(&mut BytesMut)) {
+    let mut bytes = BytesMut::new();
+    write(&mut bytes);
+    out.expects.push(Expect::synthetic(bytes));
+}
