@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use postgres_protocol::escape::{escape_identifier, escape_literal};
+use postgres_protocol::escape::escape_literal;
 
 use crate::router::Route;
 
@@ -113,12 +113,21 @@ impl Settings {
             return None;
         }
         let mut sql = String::new();
-        for (name, value) in &self.startup {
-            sql.push_str(&format!(
-                "SET {} TO {};",
-                escape_identifier(name),
-                escape_literal(value)
-            ));
+        // set_config takes the value as text, as the startup packet does
+        // (a SET with a quoted list would make it one identifier).
+        if !self.startup.is_empty() {
+            let calls: Vec<String> = self
+                .startup
+                .iter()
+                .map(|(name, value)| {
+                    format!(
+                        "set_config({}, {}, false)",
+                        escape_literal(name),
+                        escape_literal(value)
+                    )
+                })
+                .collect();
+            sql.push_str(&format!("SELECT {};", calls.join(", ")));
         }
         for set in self.sets.values() {
             sql.push_str(set.trim_end().trim_end_matches(';'));
@@ -214,7 +223,8 @@ mod tests {
         let s = Settings::from_startup(&params);
         assert_eq!(
             s.replay_sql().unwrap(),
-            "SET \"application_name\" TO 'web';SET \"search_path\" TO 'a,b';SET \"statement_timeout\" TO '5s';"
+            "SELECT set_config('application_name', 'web', false), set_config('search_path', 'a,b', false), \
+             set_config('statement_timeout', '5s', false);"
         );
         assert!(Settings::from_startup(&params[..2]).replay_sql().is_none());
     }

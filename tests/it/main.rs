@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod extended;
 mod faults;
 mod harness;
 mod protocol;
