@@ -63,10 +63,15 @@ pub fn plan(
     router: &Router,
 ) -> Result<Plan, ProtocolError> {
     let mut route = Route::replica(Reason::Read);
-    let mut command = None;
+    let mut commands: Vec<Option<Command>> = Vec::new();
     let mut syncs = 0;
     let mut parsed_unnamed = false;
-    let named_route = |name: &str| -> Option<Route> {
+    // Statements parsed earlier in this same batch route by their text.
+    let mut parsed_here: Vec<(&str, Route)> = Vec::new();
+    let named_route = |name: &str, parsed_here: &[(&str, Route)]| -> Option<Route> {
+        if let Some((_, r)) = parsed_here.iter().rev().find(|(n, _)| *n == name) {
+            return Some(*r);
+        }
         if name.is_empty() {
             statements.unnamed.as_ref().map(|(s, _)| s.route)
         } else {
@@ -78,36 +83,31 @@ pub fn plan(
         match frame.tag {
             fe::QUERY_TAG => {
                 let sql = fe::query_text(body)?;
-                let mut r = router.classify(sql);
-                command = commands::recognise(sql);
-                if matches!(
-                    command,
-                    Some(Command::Set { .. } | Command::Reset { .. } | Command::ResetAll)
-                ) {
-                    // Tracked and replayed by the session: no need to pin.
-                    r.pins = false;
-                }
-                route = route.merge(r);
+                route = route.merge(tracked(router.classify(sql), sql, &mut commands));
                 syncs += 1;
             }
             fe::PARSE_TAG => {
                 let p = fe::parse(body)?;
                 parsed_unnamed |= p.name.is_empty();
-                route = route.merge(router.classify(p.sql));
+                let r = tracked(router.classify(p.sql), p.sql, &mut commands);
+                parsed_here.push((p.name, r));
+                route = route.merge(r);
             }
             fe::BIND_TAG => {
                 let name = fe::bind_statement(body)?;
                 if !(name.is_empty() && parsed_unnamed) {
                     // An unknown name fails on the node; route it safely.
-                    route =
-                        route.merge(named_route(name).unwrap_or(Route::primary(Reason::Session)));
+                    route = route.merge(
+                        named_route(name, &parsed_here).unwrap_or(Route::primary(Reason::Session)),
+                    );
                 }
             }
             fe::DESCRIBE_TAG => {
                 let (kind, name) = fe::target(body, "Describe")?;
                 if kind == b'S' && !(name.is_empty() && parsed_unnamed) {
-                    route =
-                        route.merge(named_route(name).unwrap_or(Route::primary(Reason::Session)));
+                    route = route.merge(
+                        named_route(name, &parsed_here).unwrap_or(Route::primary(Reason::Session)),
+                    );
                 }
             }
             fe::CLOSE_TAG => {
@@ -121,12 +121,39 @@ pub fn plan(
             _ => {}
         }
     }
-    if frames.len() > 1 {
-        command = None;
+    // Only a batch of one statement is tracked as a session command.
+    let command = match commands.as_slice() {
+        [Some(c)] => Some(c.clone()),
+        _ => None,
+    };
+    let untracked_set = commands.len() > 1
+        && commands.iter().any(|c| {
+            matches!(
+                c,
+                Some(Command::Set { .. } | Command::Reset { .. } | Command::ResetAll)
+            )
+        });
+    if untracked_set {
+        // A SET among other statements cannot be tracked: keep the pin.
+        route = route.merge(Route::pinned(Reason::Session));
     }
     Ok(Plan {
         route,
         command,
         syncs,
     })
+}
+
+/// Notes a statement's session command; SET and RESET are tracked and
+/// replayed by the session, so they need no pin.
+fn tracked(mut route: Route, sql: &str, commands: &mut Vec<Option<Command>>) -> Route {
+    let command = commands::recognise(sql);
+    if matches!(
+        command,
+        Some(Command::Set { .. } | Command::Reset { .. } | Command::ResetAll)
+    ) {
+        route.pins = false;
+    }
+    commands.push(command);
+    route
 }

@@ -125,6 +125,12 @@ impl Translation<'_> {
                 fe::SYNC_TAG => {
                     skipping = false;
                     forward(&mut out, frame, Kind::Sync);
+                    // A SET sent as Parse/Bind/Execute is tracked at its Sync.
+                    if let Some(parsed) = tracked_parse(frames, command) {
+                        let e = out.expects.last_mut().expect("just pushed");
+                        e.command = command.cloned();
+                        e.sql = Some(parsed);
+                    }
                 }
                 fe::QUERY_TAG => self.query(&mut out, frame, command),
                 fe::FUNCTION_CALL_TAG => forward(&mut out, frame, Kind::Query),
@@ -258,6 +264,14 @@ impl Translation<'_> {
         }
         out.expects.push(e);
     }
+}
+
+/// The SQL of the one Parse in a batch tracked as a session command.
+fn tracked_parse(frames: &[Frame], command: Option<&Command>) -> Option<String> {
+    command?;
+    let mut parses = frames.iter().filter(|f| f.tag == fe::PARSE_TAG);
+    let sql = fe::parse(parses.next()?.body()).ok()?.sql.to_owned();
+    parses.next().is_none().then_some(sql)
 }
 
 fn forward(out: &mut Outbound, frame: &Frame, kind: Kind) {

@@ -359,12 +359,26 @@ impl<'s> Session<'s> {
             return self.send_fresh(frames, plan, Vec::new()).await;
         };
         let route = plan.route;
-        let must_stay = self.pinned || self.open_batch || held.conn.status != TxnStatus::Idle;
+        let in_txn = self.pinned || held.conn.status != TxnStatus::Idle;
+        let must_stay = in_txn || self.open_batch;
         let fits =
             held.target == Target::Primary || (route.target == Target::Replica && !route.pins);
-        if !(must_stay || fits) {
-            // Pipelined batch that needs the primary behind reads on a
-            // replica: wait until the replica has answered them.
+        if !in_txn && !fits {
+            // A batch that needs the primary behind reads on a replica
+            // (pipelined, or after a Flush without Sync, as asyncpg
+            // prepares): end the replica's extended-query sequence with a
+            // Sync of our own, wait for its answers, then route afresh.
+            if self.open_batch {
+                let mut sync = BytesMut::new();
+                fe::write_sync(&mut sync);
+                if let Err(e) = held.conn.send(&sync).await {
+                    return self.backend_failed(e.into()).await;
+                }
+                self.replies.extend(vec![super::replies::Expect::swallowed(
+                    super::replies::Kind::Sync,
+                )]);
+                self.open_batch = false;
+            }
             self.waiting = Some((frames, plan));
             return Ok(());
         }

@@ -120,6 +120,7 @@ pub struct Replies {
     queue: VecDeque<Expect>,
     /// Syncs and Queries owed a ReadyForQuery.
     ready_owed: usize,
+    /// An error arrived since the last ReadyForQuery.
     query_failed: bool,
     last_tag: Option<String>,
     /// ParameterStatus values seen while swallowing (the settings replay).
@@ -280,7 +281,7 @@ impl Replies {
             if e.forward {
                 cx.out.extend_from_slice(&frame.bytes);
             }
-            if e.kind == Kind::Query && !self.query_failed {
+            if !self.query_failed {
                 apply(&e, status, cx);
             }
             break;

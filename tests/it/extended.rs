@@ -354,3 +354,66 @@ async fn startup_parameters_apply_on_every_server_connection() {
     assert_eq!(nodes.len(), 2, "both replicas used");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn portals_with_row_limits_suspend_and_resume() {
+    let proxy = default_proxy().await;
+    let mut client = app(&proxy).await;
+    let tx = client.transaction().await.unwrap();
+    let stmt = tx
+        .prepare("SELECT g FROM generate_series(1, 25) g")
+        .await
+        .unwrap();
+    let portal = tx.bind(&stmt, &[]).await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        let rows = tx.query_portal(&portal, 10).await.unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        got.extend(rows.iter().map(|r| r.get::<_, i32>(0)));
+    }
+    assert_eq!(got, (1..=25).collect::<Vec<_>>());
+    tx.commit().await.unwrap();
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn more_statements_than_a_connection_keeps_are_evicted_and_reprepared() {
+    let proxy = start_proxy(&config_text(&ports(), "pool:\n  size: 2\n")).await;
+    let client = app(&proxy).await;
+    let n = pgsplit::pool::prepared::MAX_PREPARED_PER_CONNECTION as i32 + 60;
+    let mut statements = Vec::new();
+    for i in 0..n {
+        statements.push(
+            client
+                .prepare(&format!("SELECT {i}::int + $1::int"))
+                .await
+                .unwrap(),
+        );
+    }
+    // every statement still answers, in two passes over all of them
+    for _ in 0..2 {
+        for (i, s) in statements.iter().enumerate() {
+            let v: i32 = client.query_one(s, &[&1i32]).await.unwrap().get(0);
+            assert_eq!(v, i as i32 + 1);
+        }
+    }
+    // and a replica connection holds at most the bound
+    client.batch_execute("BEGIN READ ONLY").await.unwrap();
+    let held: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'pgsplit_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client.batch_execute("COMMIT").await.unwrap();
+    let max = pgsplit::pool::prepared::MAX_PREPARED_PER_CONNECTION as i64;
+    assert!(
+        held > 0 && held <= max,
+        "{held} statements on one connection"
+    );
+    proxy.stop().await;
+}

@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod drivers;
 mod extended;
 mod faults;
 mod harness;

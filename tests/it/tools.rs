@@ -83,7 +83,7 @@ async fn psql_runs_scripts_through_the_proxy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pgbench_simple_protocol_select_only_and_tpcb() {
+async fn pgbench_simple_extended_and_prepared_select_only_and_tpcb() {
     let proxy = default_proxy().await;
     let port = proxy.addr.port().to_string();
     tokio::task::spawn_blocking(move || {
@@ -104,6 +104,67 @@ async fn pgbench_simple_protocol_select_only_and_tpcb() {
                 "{out}"
             );
         }
+    })
+    .await
+    .unwrap();
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_copy_in_and_out() {
+    let proxy = default_proxy().await;
+    let port = proxy.addr.port().to_string();
+    tokio::task::spawn_blocking(move || {
+        let dir = std::env::temp_dir().join(format!("pgsplit-copy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let input = dir.join("in.csv");
+        let output = dir.join("out.csv");
+        let rows: String = (0..5000)
+            .map(|i| format!("{i},\"line {i}, quoted\"\n"))
+            .collect();
+        std::fs::write(&input, &rows).unwrap();
+        let psql = |sql: &str| {
+            run(tool("psql")
+                .args([
+                    "-X",
+                    "-At",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-U",
+                    "app",
+                    "-d",
+                    "app",
+                    "-c",
+                ])
+                .arg(sql))
+        };
+        psql("CREATE TABLE IF NOT EXISTS psql_copy (id int, v text)");
+        psql("TRUNCATE psql_copy");
+        let out = psql(&format!(
+            "\\copy psql_copy FROM '{}' WITH (FORMAT csv)",
+            input.display()
+        ));
+        assert!(out.contains("COPY 5000"), "{out}");
+        wait_replicated(cluster());
+        let out = psql(&format!(
+            "\\copy psql_copy TO '{}' WITH (FORMAT csv)",
+            output.display()
+        ));
+        assert!(out.contains("COPY 5000"), "{out}");
+        let mut got: Vec<String> = std::fs::read_to_string(&output)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let mut want: Vec<String> = rows.lines().map(str::to_owned).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        let _ = std::fs::remove_dir_all(dir);
     })
     .await
     .unwrap();

@@ -107,8 +107,18 @@ pub fn parse_config(text: &str) -> Config {
     Config::from_text(Path::new("test.yaml"), text, |_| None).expect("test config")
 }
 
-/// Starts a proxy on port 0 and waits until it accepts clients.
+/// Starts a proxy on port 0 and waits until it accepts clients. Set
+/// `RUST_LOG` (e.g. `pgsplit=debug`) to see its logs in test output.
 pub async fn start_proxy(text: &str) -> Proxy {
+    static LOGS: OnceLock<()> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+    });
     let _ = cluster();
     let mut proxy = Proxy::start(parse_config(text)).await.expect("proxy start");
     proxy.reached(Phase::Ready).await;

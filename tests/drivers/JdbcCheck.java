@@ -1,0 +1,67 @@
+// pgjdbc through pgsplit: server-side prepared statements after the first
+// use (prepareThreshold=1), reads on replicas, batch inserts and a
+// transaction on the primary, NULLs.
+import java.sql.*;
+import java.util.*;
+
+public class JdbcCheck {
+    static void check(boolean cond, String what) {
+        if (!cond) {
+            System.err.println("FAILED: " + what);
+            System.exit(1);
+        }
+    }
+
+    public static void main(String[] args) throws Exception {
+        int port = Integer.parseInt(System.getenv("PGSPLIT_PORT"));
+        int primary = Integer.parseInt(System.getenv("PRIMARY_PORT"));
+        Set<Integer> replicas = new HashSet<>();
+        for (String p : System.getenv("REPLICA_PORTS").split(",")) replicas.add(Integer.parseInt(p));
+        String url = "jdbc:postgresql://127.0.0.1:" + port + "/app?prepareThreshold=1&user=app&password=app";
+        try (Connection c = DriverManager.getConnection(url)) {
+            c.setAutoCommit(true);
+            try (Statement s = c.createStatement()) {
+                s.execute("CREATE TABLE IF NOT EXISTS drv_jdbc (id serial PRIMARY KEY, n int, t text)");
+            }
+            Set<Integer> seen = new HashSet<>();
+            try (PreparedStatement ps = c.prepareStatement("SELECT inet_server_port(), ?::int * 2")) {
+                for (int i = 0; i < 20; i++) {
+                    ps.setInt(1, i);
+                    try (ResultSet rs = ps.executeQuery()) {
+                        rs.next();
+                        check(replicas.contains(rs.getInt(1)), "read on a replica, got " + rs.getInt(1));
+                        check(rs.getInt(2) == i * 2, "read result");
+                        seen.add(rs.getInt(1));
+                    }
+                }
+            }
+            check(seen.size() == 2 || "session".equals(System.getenv("POOL_MODE")), "both replicas: " + seen);
+            try (PreparedStatement ps = c.prepareStatement("INSERT INTO drv_jdbc (n, t) VALUES (?, ?)")) {
+                for (int i = 0; i < 50; i++) {
+                    ps.setInt(1, i);
+                    if (i % 2 == 0) ps.setNull(2, Types.VARCHAR); else ps.setString(2, "t" + i);
+                    ps.addBatch();
+                }
+                int[] counts = ps.executeBatch();
+                check(counts.length == 50, "batch counts");
+            }
+            try (PreparedStatement ps = c.prepareStatement("SELECT ?::int, ?::text, ?::bool, ?::text IS NULL, ?::float8")) {
+                ps.setInt(1, 4); ps.setString(2, "x"); ps.setBoolean(3, true); ps.setNull(4, Types.VARCHAR); ps.setDouble(5, 2.5);
+                try (ResultSet rs = ps.executeQuery()) {
+                    rs.next();
+                    check(rs.getInt(1) == 4 && rs.getString(2).equals("x") && rs.getBoolean(3) && rs.getBoolean(4) && rs.getDouble(5) == 2.5, "types");
+                }
+            }
+            c.setAutoCommit(false);
+            try (Statement s = c.createStatement()) {
+                try (ResultSet rs = s.executeQuery("SELECT inet_server_port()")) {
+                    rs.next();
+                    check(rs.getInt(1) == primary, "read in a transaction on the primary");
+                }
+                s.executeUpdate("INSERT INTO drv_jdbc (n) VALUES (77)");
+            }
+            c.commit();
+        }
+        System.out.println("pgjdbc ok");
+    }
+}
