@@ -13,9 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::router::Router;
-use crate::state::{ROUTER_CACHE_BYTES, State};
-use crate::topology::{Topology, prober};
+use crate::state::State;
+use crate::topology::{Topology, catalog, monitor};
 
 /// Lifecycle of a proxy, for probes and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,10 +62,24 @@ impl Proxy {
         let state = Arc::new(State::new(config, shutdown.clone()));
         let (phase_tx, phase) = watch::channel(Phase::Starting);
         let tasks = TaskTracker::new();
-        let interval = state.config.load().lag.check_interval.0;
-        tasks.spawn(prober::run(
+        tasks.spawn(monitor::run(
             state.topology.clone(),
-            interval,
+            state.config.clone(),
+            shutdown.clone(),
+        ));
+        let on_change = {
+            let state = state.clone();
+            move |set| {
+                state.volatile.store(set);
+                state.rebuild_router();
+            }
+        };
+        tasks.spawn(catalog::run(
+            state.topology.clone(),
+            state.config.clone(),
+            state.catalog_refresh.clone(),
+            on_change,
+            state.catalog_loads.clone(),
             shutdown.clone(),
         ));
         let done = tokio::spawn(accept_loop(listener, state.clone(), tasks, phase_tx));
@@ -147,11 +160,8 @@ pub fn reload(state: &State, path: &Path) -> Result<(), crate::config::ConfigErr
     state
         .topology
         .store(Arc::new(Topology::from_config(&config, Some(&previous))));
-    state.router.store(Arc::new(Router::new(
-        &config.routing.write_functions,
-        ROUTER_CACHE_BYTES,
-    )));
     state.config.store(Arc::new(config));
+    state.rebuild_router();
     Ok(())
 }
 

@@ -2,10 +2,12 @@
 //! snapshots, the router, the pools and the cancel registry. Built by
 //! `app`; no globals anywhere.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -20,7 +22,7 @@ pub const ROUTER_CACHE_BYTES: u64 = 32 << 20;
 /// Everything sessions and background tasks share.
 pub struct State {
     /// The configuration in force.
-    pub config: ArcSwap<Config>,
+    pub config: Arc<ArcSwap<Config>>,
     /// Nodes, roles and health.
     pub topology: Arc<ArcSwap<Topology>>,
     /// The statement classifier (rebuilt on reload).
@@ -31,6 +33,15 @@ pub struct State {
     pub cancels: CancelRegistry,
     /// Fires when the proxy starts shutting down.
     pub shutdown: CancellationToken,
+    /// The highest WAL position of any write this proxy acknowledged
+    /// (`read_your_writes: global`).
+    pub global_floor: AtomicU64,
+    /// Asks the catalog task to re-read volatile functions (after DDL).
+    pub catalog_refresh: Arc<Notify>,
+    /// The catalog's volatile user functions, last read.
+    pub volatile: ArcSwap<HashSet<String>>,
+    /// Counts catalog reads (changes after each attempt).
+    pub catalog_loads: watch::Sender<u64>,
     next_session: AtomicI32,
 }
 
@@ -38,17 +49,51 @@ impl State {
     /// A fresh state for `config`.
     pub fn new(config: Config, shutdown: CancellationToken) -> State {
         let topology = Topology::from_config(&config, None);
-        let router = Router::new(&config.routing.write_functions, ROUTER_CACHE_BYTES);
+        let router = Router::new(
+            &config.routing.write_functions,
+            &HashSet::new(),
+            ROUTER_CACHE_BYTES,
+        );
         let pools = Pools::new(config.pool.size, config.pool.checkout_timeout.0);
         State {
-            config: ArcSwap::from_pointee(config),
+            config: Arc::new(ArcSwap::from_pointee(config)),
             topology: Arc::new(ArcSwap::from_pointee(topology)),
             router: ArcSwap::from_pointee(router),
             pools,
             cancels: CancelRegistry::default(),
             shutdown,
+            global_floor: AtomicU64::new(0),
+            catalog_refresh: Arc::new(Notify::new()),
+            volatile: ArcSwap::from_pointee(HashSet::new()),
+            catalog_loads: watch::channel(0).0,
             next_session: AtomicI32::new(1),
         }
+    }
+
+    /// Rebuilds the router from the configuration's `write_functions` and
+    /// the catalog's volatile functions (emptying its cache).
+    pub fn rebuild_router(&self) {
+        let config = self.config.load();
+        let router = Router::new(
+            &config.routing.write_functions,
+            &self.volatile.load(),
+            ROUTER_CACHE_BYTES,
+        );
+        self.router.store(Arc::new(router));
+    }
+
+    /// Asks for the catalog to be read again and waits (briefly) until it
+    /// has been, so the statement after a CREATE FUNCTION is routed with it.
+    pub async fn refresh_catalog(&self) {
+        let mut loads = self.catalog_loads.subscribe();
+        loads.mark_unchanged();
+        self.catalog_refresh.notify_one();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), loads.changed()).await;
+    }
+
+    /// Raises the global read-your-writes floor to `lsn`.
+    pub fn raise_global_floor(&self, lsn: u64) {
+        self.global_floor.fetch_max(lsn, Ordering::Relaxed);
     }
 
     /// A new session id, also the process id the client is told.

@@ -232,6 +232,8 @@ pub struct RoutingConfig {
     pub read_your_writes: ReadYourWrites,
     /// Extra function names that force the primary.
     pub write_functions: Vec<String>,
+    /// How often the catalog's volatile user functions are re-read.
+    pub functions_refresh: Duration,
 }
 
 impl Default for RoutingConfig {
@@ -241,6 +243,7 @@ impl Default for RoutingConfig {
             no_replica: NoReplica::Primary,
             read_your_writes: ReadYourWrites::Session,
             write_functions: Vec::new(),
+            functions_refresh: Duration(std::time::Duration::from_secs(30)),
         }
     }
 }
@@ -276,6 +279,13 @@ pub struct MonitorConfig {
     /// Its password.
     #[serde(default)]
     pub password: Option<String>,
+    /// Database it connects to.
+    #[serde(default = "default_monitor_database")]
+    pub database: String,
+}
+
+fn default_monitor_database() -> String {
+    "postgres".into()
 }
 
 /// `lag:`.
@@ -288,6 +298,12 @@ pub struct LagConfig {
     pub max_lag: Duration,
     /// Same, in bytes of WAL.
     pub max_lag_bytes: ByteSize,
+    /// How long one poll may take before it counts as a failure.
+    pub check_timeout: Duration,
+    /// Consecutive failed polls before a node is marked down.
+    pub down_after: u32,
+    /// Consecutive good polls before a down node takes traffic again.
+    pub up_after: u32,
 }
 
 impl Default for LagConfig {
@@ -296,6 +312,9 @@ impl Default for LagConfig {
             check_interval: Duration(std::time::Duration::from_millis(250)),
             max_lag: Duration(std::time::Duration::from_secs(10)),
             max_lag_bytes: ByteSize(64 << 20),
+            check_timeout: Duration(std::time::Duration::from_secs(1)),
+            down_after: 3,
+            up_after: 2,
         }
     }
 }
@@ -407,7 +426,16 @@ impl Config {
             ("pool.checkout_timeout", self.pool.checkout_timeout),
             ("lag.check_interval", self.lag.check_interval),
             ("lag.max_lag", self.lag.max_lag),
+            ("lag.check_timeout", self.lag.check_timeout),
+            ("routing.functions_refresh", self.routing.functions_refresh),
         ];
+        if self.lag.down_after == 0 || self.lag.up_after == 0 || self.lag.max_lag_bytes.0 == 0 {
+            return Err(invalid(
+                &serde_saphyr::Location::UNKNOWN,
+                "lag",
+                "down_after, up_after and max_lag_bytes must be at least 1".into(),
+            ));
+        }
         for (key, d) in durations {
             if d.0.is_zero() {
                 return Err(invalid(
@@ -492,6 +520,21 @@ impl Config {
     /// The configured user of that name.
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
         self.auth.users.iter().find(|u| u.name.value == name)
+    }
+
+    /// Who the monitor logs in as: `monitor`, else the first user.
+    pub fn monitor_login(&self) -> (String, Option<String>, String) {
+        match &self.monitor {
+            Some(m) => (m.user.clone(), m.password.clone(), m.database.clone()),
+            None => {
+                let user = self.auth.users.first();
+                (
+                    user.map_or_else(|| "postgres".to_owned(), |u| u.name.value.clone()),
+                    user.and_then(|u| u.password.clone()),
+                    default_monitor_database(),
+                )
+            }
+        }
     }
 
     /// Listen address (validated).

@@ -165,6 +165,36 @@ impl BackendConn {
         }
     }
 
+    /// The primary's WAL insert position, read on this connection (at or
+    /// after the commit of anything it ran). Used for read-your-writes.
+    ///
+    /// # Errors
+    /// The connection failed or the answer was not a number.
+    pub async fn wal_insert_lsn(&mut self) -> Result<u64, WireError> {
+        let mut out = BytesMut::new();
+        be::query(
+            &mut out,
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
+        );
+        self.send(&out).await?;
+        let mut value = None;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                b'D' => value = first_column(frame.body()),
+                be::READY_FOR_QUERY_TAG => {
+                    self.status = TxnStatus::from_body(frame.body()).unwrap_or(TxnStatus::Failed);
+                    return value
+                        .and_then(|v| v.parse().ok())
+                        .ok_or(WireError::Protocol(codec::ProtocolError::Malformed {
+                            what: "LSN reply",
+                        }));
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Makes it fit for another client: ROLLBACK an open transaction,
     /// DISCARD ALL changed session state. Anything odd marks it broken.
     pub async fn reset(&mut self) {
@@ -192,4 +222,14 @@ impl BackendConn {
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
+}
+
+/// The first column of a text-format DataRow.
+fn first_column(body: &[u8]) -> Option<String> {
+    if body.len() < 6 {
+        return None;
+    }
+    let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+    let bytes = body.get(6..6 + usize::try_from(len).ok()?)?;
+    String::from_utf8(bytes.to_vec()).ok()
 }

@@ -59,11 +59,16 @@ pub enum Reason {
     ParseError,
     /// A read that found no eligible replica.
     NoReplica,
+    /// A read sent to the primary because no replica has replayed the
+    /// session's (or the proxy's) last write yet.
+    ReadYourWrites,
+    /// A read sent again to another node after its first node failed.
+    Retry,
 }
 
 impl Reason {
     /// Every reason, for pre-creating metric series.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Write,
         Reason::Read,
         Reason::Transaction,
@@ -74,6 +79,8 @@ impl Reason {
         Reason::Session,
         Reason::ParseError,
         Reason::NoReplica,
+        Reason::ReadYourWrites,
+        Reason::Retry,
     ];
 
     /// Label value for metrics and logs.
@@ -89,6 +96,8 @@ impl Reason {
             Reason::Session => "session",
             Reason::ParseError => "parse_error",
             Reason::NoReplica => "no_replica",
+            Reason::ReadYourWrites => "read_your_writes",
+            Reason::Retry => "retry",
         }
     }
 }
@@ -167,11 +176,12 @@ pub struct Router {
 
 impl Router {
     /// A router whose cache holds about `cache_bytes` of statement text.
-    pub fn new(write_functions: &[String], cache_bytes: u64) -> Router {
+    pub fn new(write_functions: &[String], volatile: &HashSet<String>, cache_bytes: u64) -> Router {
         Router {
             write_functions: write_functions
                 .iter()
                 .map(|f| f.to_ascii_lowercase())
+                .chain(volatile.iter().cloned())
                 .collect(),
             cache: Cache::with_weighter(
                 (cache_bytes / 256).max(16) as usize,

@@ -50,6 +50,8 @@ pub struct Plan {
     pub command: Option<Command>,
     /// Messages that each produce a ReadyForQuery.
     pub syncs: usize,
+    /// Creates, alters or drops a function (the catalog must be re-read).
+    pub function_ddl: bool,
 }
 
 /// Routes a batch from the statements it parses or executes: a Bind of an
@@ -64,6 +66,7 @@ pub fn plan(
 ) -> Result<Plan, ProtocolError> {
     let mut route = Route::replica(Reason::Read);
     let mut commands: Vec<Option<Command>> = Vec::new();
+    let mut function_ddl = false;
     let mut syncs = 0;
     let mut parsed_unnamed = false;
     // Statements parsed earlier in this same batch route by their text.
@@ -83,12 +86,14 @@ pub fn plan(
         match frame.tag {
             fe::QUERY_TAG => {
                 let sql = fe::query_text(body)?;
+                function_ddl |= is_function_ddl(sql);
                 route = route.merge(tracked(router.classify(sql), sql, &mut commands));
                 syncs += 1;
             }
             fe::PARSE_TAG => {
                 let p = fe::parse(body)?;
                 parsed_unnamed |= p.name.is_empty();
+                function_ddl |= is_function_ddl(p.sql);
                 let r = tracked(router.classify(p.sql), p.sql, &mut commands);
                 parsed_here.push((p.name, r));
                 route = route.merge(r);
@@ -141,7 +146,18 @@ pub fn plan(
         route,
         command,
         syncs,
+        function_ddl,
     })
+}
+
+/// CREATE/ALTER/DROP of a function or procedure (or anything mentioning
+/// one after such a keyword: a refresh too many costs one catalog query).
+fn is_function_ddl(sql: &str) -> bool {
+    let (rest, _) = crate::router::scan::skip_leading_comments(sql);
+    let head = rest.get(..6).unwrap_or(rest).to_ascii_lowercase();
+    let lower = sql.to_ascii_lowercase();
+    (head.starts_with("create") || head.starts_with("alter") || head.starts_with("drop"))
+        && (lower.contains("function") || lower.contains("procedure"))
 }
 
 /// Notes a statement's session command; SET and RESET are tracked and

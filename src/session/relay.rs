@@ -22,7 +22,7 @@ use super::handshake::{self, Startup};
 use super::outbound::Translation;
 use super::replies::{Context, Replies};
 use super::state::{Settings, Statements};
-use crate::config::{NoReplica, PoolMode};
+use crate::config::{NoReplica, PoolMode, ReadYourWrites};
 use crate::pool::{PoolError, Pooled};
 use crate::protocol::backend::{self as be, Severity, TxnStatus};
 use crate::protocol::codec::{self, Frame, MAX_MESSAGE_LEN};
@@ -30,7 +30,7 @@ use crate::protocol::frontend as fe;
 use crate::protocol::sqlstate;
 use crate::router::{Reason, Target};
 use crate::state::State;
-use crate::topology::Node;
+use crate::topology::{InFlight, Node};
 use crate::wire::{self, WireError};
 
 /// Nodes a read may be tried on before the client is told it failed.
@@ -46,6 +46,18 @@ struct Held {
     conn: Pooled,
     node: Arc<Node>,
     target: Target,
+    _in_flight: InFlight,
+}
+
+impl Held {
+    fn new(conn: Pooled, node: Arc<Node>, target: Target) -> Held {
+        Held {
+            conn,
+            _in_flight: InFlight::new(node.clone()),
+            node,
+            target,
+        }
+    }
 }
 
 /// A batch that may be sent again elsewhere: a read whose replies have not
@@ -80,6 +92,14 @@ pub struct Session<'s> {
     retry: Option<Retry>,
     slot: Arc<CancelSlot>,
     pid: i32,
+    /// Read-your-writes: replicas must have replayed this far.
+    floor: u64,
+    /// When an unknown floor (a failed position read) may be dropped.
+    floor_expires: Option<std::time::Instant>,
+    /// The held primary connection ran something that may have written.
+    wrote: bool,
+    /// Function DDL went through: re-read the catalog at the end.
+    function_ddl: bool,
 }
 
 impl Drop for Session<'_> {
@@ -136,6 +156,10 @@ impl<'s> Session<'s> {
             retry: None,
             slot,
             pid,
+            floor: 0,
+            floor_expires: None,
+            wrote: false,
+            function_ddl: false,
         };
         let mut first = session.first_connection().await?;
         let params = session.apply_startup_settings(&mut first).await?;
@@ -208,7 +232,7 @@ impl<'s> Session<'s> {
                     } else {
                         Target::Replica
                     };
-                    return Ok(Held { conn, target, node });
+                    return Ok(Held::new(conn, node, target));
                 }
                 Err(PoolError::Login {
                     source: crate::auth::AuthError::Rejected { code, message },
@@ -304,17 +328,73 @@ impl<'s> Session<'s> {
                 out: &mut self.cwbuf,
             };
             let ready = self.replies.on_frame(&frame, &mut cx);
-            if ready == Some(TxnStatus::Idle)
-                && self.replies.is_empty()
-                && !self.open_batch
-                && !self.pinned
-            {
-                let held = self.held.take().expect("held");
-                self.put_back(held);
+            if ready == Some(TxnStatus::Idle) && self.replies.is_empty() && !self.open_batch {
+                self.after_transaction().await?;
+                if !self.pinned {
+                    let held = self.held.take().expect("held");
+                    self.put_back(held);
+                }
             }
             if self.cwbuf.len() >= FLUSH_AT {
                 self.flush().await?;
             }
+        }
+    }
+
+    /// A transaction ended on the held connection: record its WAL position
+    /// for read-your-writes if it may have written, and re-read the
+    /// catalog after function DDL.
+    async fn after_transaction(&mut self) -> Result<(), SessionError> {
+        if self.function_ddl {
+            self.function_ddl = false;
+            self.flush().await?;
+            self.state.refresh_catalog().await;
+        }
+        if !std::mem::take(&mut self.wrote) {
+            return Ok(());
+        }
+        let config = self.state.config.load();
+        if config.routing.read_your_writes == ReadYourWrites::Off {
+            return Ok(());
+        }
+        // The client has its answer before the proxy asks for the position.
+        self.flush().await?;
+        let held = self.held.as_mut().expect("held");
+        match held.conn.wal_insert_lsn().await {
+            Ok(lsn) => {
+                self.floor = self.floor.max(lsn);
+                self.floor_expires = None;
+                self.state.raise_global_floor(lsn);
+            }
+            Err(e) => {
+                // Position unknown: reads go to the primary until any
+                // replica within max_lag must have replayed the write.
+                tracing::warn!(error = %e, "reading the WAL position after a write failed");
+                held.conn.mark_broken();
+                self.floor = u64::MAX;
+                self.floor_expires = Some(std::time::Instant::now() + config.lag.max_lag.0);
+                self.state.raise_global_floor(u64::MAX);
+            }
+        }
+        Ok(())
+    }
+
+    /// The position replicas must have replayed for this session's reads.
+    fn read_floor(&mut self) -> u64 {
+        if self
+            .floor_expires
+            .is_some_and(|t| std::time::Instant::now() >= t)
+        {
+            self.floor = 0;
+            self.floor_expires = None;
+        }
+        match self.state.config.load().routing.read_your_writes {
+            ReadYourWrites::Off => 0,
+            ReadYourWrites::Session => self.floor,
+            ReadYourWrites::Global => self
+                .state
+                .global_floor
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -387,6 +467,8 @@ impl<'s> Session<'s> {
             held.conn.dirty = true;
         }
         tracing::debug!(node = %held.node.name, in_txn = must_stay, "statement on held connection");
+        self.wrote |= held.target == Target::Primary && route.target == Target::Primary;
+        self.function_ddl |= plan.function_ddl;
         self.retry = None;
         self.open_batch = plan.syncs == 0;
         let out = Translation {
@@ -415,6 +497,7 @@ impl<'s> Session<'s> {
     ) -> Result<(), SessionError> {
         let config = self.state.config.load_full();
         let route = plan.route;
+        let floor = self.read_floor();
         loop {
             let topology = self.state.topology.load_full();
             // Session pooling: a read keeps using the replica connection the
@@ -432,11 +515,22 @@ impl<'s> Session<'s> {
                 (Some(i), _) => (self.spare[i].node.clone(), route.reason),
                 (None, Target::Primary) => (topology.primary().clone(), route.reason),
                 (None, Target::Replica) => {
+                    let mut rng = rand::rng();
+                    let reads = config.routing.primary_reads;
                     let pick = topology
-                        .pick_reader(config.routing.primary_reads, &tried, &mut rand::rng())
+                        .pick_reader(reads, floor, &tried, &mut rng)
                         .cloned();
+                    let behind = pick.is_none()
+                        && floor > 0
+                        && topology.pick_reader(reads, 0, &tried, &mut rng).is_some();
+                    let reason = if tried.is_empty() {
+                        route.reason
+                    } else {
+                        Reason::Retry
+                    };
                     match (pick, config.routing.no_replica) {
-                        (Some(n), _) => (n, route.reason),
+                        (Some(n), _) => (n, reason),
+                        (None, _) if behind => (topology.primary().clone(), Reason::ReadYourWrites),
                         (None, NoReplica::Primary) => {
                             (topology.primary().clone(), Reason::NoReplica)
                         }
@@ -503,15 +597,14 @@ impl<'s> Session<'s> {
             .translate(&frames, plan.command.as_ref(), true)
             .map_err(SessionError::ClientProtocol)?;
             let send = conn.send(&out.bytes).await;
-            self.held = Some(Held {
-                conn,
-                target: if is_primary {
-                    Target::Primary
-                } else {
-                    Target::Replica
-                },
-                node,
-            });
+            let target = if is_primary {
+                Target::Primary
+            } else {
+                Target::Replica
+            };
+            self.held = Some(Held::new(conn, node, target));
+            self.wrote |= is_primary && route.target == Target::Primary;
+            self.function_ddl |= plan.function_ddl;
             self.open_batch = plan.syncs == 0;
             self.replies.extend(out.expects);
             self.replies.emit_ready_synthetics(&mut self.cwbuf);

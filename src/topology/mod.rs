@@ -2,15 +2,19 @@
 //! the balancer that picks a node for a read.
 //!
 //! A [`Topology`] is an immutable snapshot published through an `ArcSwap`
-//! and read without locks on the hot path; only the per-node health flags
-//! are atomics that change in place. The [`prober`] brings nodes that
-//! stopped answering back once they accept connections again.
+//! and read without locks on the hot path; per node, the health flags and
+//! in-flight count are atomics and the monitor's latest [`NodeStats`] sit
+//! behind an `ArcSwap`. The [`monitor`] polls every node for role,
+//! positions and lag; [`lag`] holds the arithmetic.
 
-pub mod prober;
+pub mod catalog;
+pub mod lag;
+pub mod monitor;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
+use arc_swap::ArcSwap;
 use rand::Rng;
 
 use crate::config::{Config, Role};
@@ -30,6 +34,53 @@ pub struct Node {
     pub weight: u32,
     /// Whether it accepts connections.
     pub health: NodeHealth,
+    /// The monitor's latest view.
+    pub stats: ArcSwap<NodeStats>,
+    /// Server connections of this proxy now running a client's work there.
+    pub in_flight: AtomicU32,
+}
+
+/// What the monitor last measured on a node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeStats {
+    /// A poll has succeeded at least once.
+    pub sampled: bool,
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: bool,
+    /// Replication lag in seconds (replicas).
+    pub lag_seconds: f64,
+    /// Replication lag in bytes (replicas).
+    pub lag_bytes: u64,
+    /// Replay position (replicas) or current position (primary).
+    pub lsn: u64,
+    /// Timeline.
+    pub timeline: u32,
+    /// Replay paused.
+    pub replay_paused: bool,
+    /// The WAL receiver streams.
+    pub receiving: bool,
+    /// Within the lag limits (with hysteresis).
+    pub eligible: bool,
+    /// weight x freshness; 0 when not eligible or down.
+    pub effective_weight: f64,
+}
+
+/// Counts a server connection as in flight on its node while it lives.
+#[derive(Debug)]
+pub struct InFlight(Arc<Node>);
+
+impl InFlight {
+    /// Starts counting.
+    pub fn new(node: Arc<Node>) -> InFlight {
+        node.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(node)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Node {
@@ -39,46 +90,46 @@ impl Node {
     }
 }
 
-/// Health flags of a node, updated in place by sessions and the prober.
+/// Health flags of a node, updated in place by sessions and the monitor.
 #[derive(Debug)]
 pub struct NodeHealth {
     up: AtomicBool,
     successes: AtomicU32,
+    failures: AtomicU32,
 }
-
-/// Consecutive successful probes before a down node takes traffic again.
-pub const PROBES_TO_COME_BACK: u32 = 2;
 
 impl Default for NodeHealth {
     fn default() -> Self {
         NodeHealth {
             up: AtomicBool::new(true),
             successes: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
         }
     }
 }
 
 impl NodeHealth {
-    /// Whether reads may be sent to it.
+    /// Whether it takes traffic.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 
     /// A connection to it was refused or died: stop sending reads there
-    /// until the prober sees it answer again. Returns whether it was up.
+    /// until the monitor sees it answer again. Returns whether it was up.
     pub fn mark_down(&self) -> bool {
         self.successes.store(0, Ordering::Relaxed);
         self.up.swap(false, Ordering::Relaxed)
     }
 
-    /// One successful probe; the node comes back after
-    /// [`PROBES_TO_COME_BACK`] in a row. Returns whether it came back now.
-    pub fn probe_succeeded(&self) -> bool {
+    /// A successful poll; a down node comes back after `needed` in a row.
+    /// Returns whether it came back now.
+    pub fn observe_success(&self, needed: u32) -> bool {
+        self.failures.store(0, Ordering::Relaxed);
         if self.is_up() {
             return false;
         }
         let n = self.successes.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= PROBES_TO_COME_BACK {
+        if n >= needed {
             self.up.store(true, Ordering::Relaxed);
             true
         } else {
@@ -86,9 +137,12 @@ impl NodeHealth {
         }
     }
 
-    /// A failed probe resets the streak.
-    pub fn probe_failed(&self) {
+    /// A failed poll; the node goes down after `needed` in a row, so one
+    /// slow poll does not flap it. Returns whether it went down now.
+    pub fn observe_failure(&self, needed: u32) -> bool {
         self.successes.store(0, Ordering::Relaxed);
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        n >= needed && self.mark_down()
     }
 }
 
@@ -122,6 +176,16 @@ impl Topology {
                 if !up {
                     health.mark_down();
                 }
+                let stats = previous
+                    .and_then(|p| p.node(&n.name.value))
+                    .map(|old| NodeStats::clone(&old.stats.load()))
+                    .unwrap_or_else(|| NodeStats {
+                        // Until the first poll, a replica takes reads at its
+                        // configured weight.
+                        eligible: true,
+                        effective_weight: f64::from(n.weight),
+                        ..NodeStats::default()
+                    });
                 Arc::new(Node {
                     name: n.name.value.as_str().into(),
                     host: n.host.clone(),
@@ -129,6 +193,8 @@ impl Topology {
                     role: n.role.value,
                     weight: n.weight,
                     health,
+                    stats: ArcSwap::from_pointee(stats),
+                    in_flight: AtomicU32::new(0),
                 })
             })
             .collect();
@@ -145,38 +211,52 @@ impl Topology {
         self.nodes.iter().find(|n| &*n.name == name)
     }
 
-    /// Picks a node for a read among replicas that are up, by weight; the
-    /// primary takes part with `primary_reads` as its weight. `None` when
-    /// no replica is eligible (the caller applies `routing.no_replica`).
-    /// `exclude` names nodes already tried for this statement.
+    /// Picks a node for a read: among replicas that are up, within the lag
+    /// limits and (for read-your-writes) replayed past `floor`, two are
+    /// drawn by effective weight and the less loaded one (in flight per
+    /// unit of weight) wins. The primary takes part with `primary_reads`
+    /// as its weight. `None` when no replica is eligible (the caller
+    /// applies `routing.no_replica`). `exclude` names nodes already tried.
     pub fn pick_reader(
         &self,
         primary_reads: u32,
+        floor: u64,
         exclude: &[Arc<str>],
         rng: &mut impl Rng,
     ) -> Option<&Arc<Node>> {
-        let eligible = |n: &&Arc<Node>| n.health.is_up() && !exclude.contains(&n.name);
-        let replicas = || {
-            self.nodes
-                .iter()
-                .filter(|n| n.role == Role::Replica)
-                .filter(eligible)
-        };
-        let total: u64 = replicas().map(|n| u64::from(n.weight)).sum();
-        if total == 0 {
+        let candidates: Vec<(&Arc<Node>, f64)> = self
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Replica && n.health.is_up() && !exclude.contains(&n.name))
+            .filter_map(|n| {
+                let stats = n.stats.load();
+                (stats.eligible && stats.lsn >= floor && stats.effective_weight > 0.0)
+                    .then_some((n, stats.effective_weight))
+            })
+            .collect();
+        if candidates.is_empty() {
             return None;
         }
-        let primary = Some(self.primary()).filter(eligible);
-        let primary_weight = primary.map_or(0, |_| u64::from(primary_reads));
-        let mut ticket = rng.random_range(0..total + primary_weight);
-        for node in replicas() {
-            let w = u64::from(node.weight);
-            if ticket < w {
-                return Some(node);
-            }
-            ticket -= w;
+        let mut candidates = candidates;
+        let primary = self.primary();
+        if primary_reads > 0 && primary.health.is_up() && !exclude.contains(&primary.name) {
+            candidates.push((primary, f64::from(primary_reads)));
         }
-        primary
+        let total: f64 = candidates.iter().map(|(_, w)| w).sum();
+        let mut draw = || {
+            let mut ticket = rng.random_range(0.0..total);
+            for &(node, w) in &candidates {
+                if ticket < w {
+                    return (node, w);
+                }
+                ticket -= w;
+            }
+            candidates[candidates.len() - 1]
+        };
+        let (a, wa) = draw();
+        let (b, wb) = draw();
+        let load = |n: &Arc<Node>, w: f64| f64::from(n.in_flight.load(Ordering::Relaxed)) / w;
+        Some(if load(b, wb) < load(a, wa) { b } else { a })
     }
 }
 
@@ -197,7 +277,7 @@ mod tests {
         let mut rng = rand::rng();
         let mut counts = [0u32; 3];
         for _ in 0..10_000 {
-            if let Some(n) = t.pick_reader(primary_reads, &[], &mut rng) {
+            if let Some(n) = t.pick_reader(primary_reads, 0, &[], &mut rng) {
                 counts[t.nodes.iter().position(|x| Arc::ptr_eq(x, n)).unwrap()] += 1;
             }
         }
@@ -207,12 +287,22 @@ mod tests {
     #[test]
     fn weights_share_reads() {
         let t = topology("");
+        // Two weighted draws, the less loaded wins (ties: the first): with
+        // nothing in flight the shares follow the weights.
         let [p, a, b] = shares(&t, 0);
         assert_eq!(p, 0);
         assert!((7000..8000).contains(&a), "{a}");
         assert!((2000..3000).contains(&b), "{b}");
         let [p, _, _] = shares(&t, 400);
-        assert!((4500..5500).contains(&p), "{p}");
+        assert!((4000..6000).contains(&p), "{p}");
+        // load moves reads away from a busy replica
+        let busy: Vec<InFlight> = (0..10).map(|_| InFlight::new(t.nodes[1].clone())).collect();
+        let [_, a, b] = shares(&t, 0);
+        assert!(
+            b > 3500,
+            "busy a={a} b={b}: b takes more than its 25% weight share"
+        );
+        drop(busy);
     }
 
     #[test]
@@ -221,11 +311,40 @@ mod tests {
         t.nodes[1].health.mark_down();
         assert_eq!(shares(&t, 0), [0, 0, 10_000]);
         t.nodes[2].health.mark_down();
-        assert!(t.pick_reader(100, &[], &mut rand::rng()).is_none());
-        assert!(!t.nodes[1].health.probe_succeeded());
-        assert!(t.nodes[1].health.probe_succeeded());
+        assert!(t.pick_reader(100, 0, &[], &mut rand::rng()).is_none());
+        assert!(!t.nodes[1].health.observe_success(2));
+        assert!(t.nodes[1].health.observe_success(2));
         assert_eq!(shares(&t, 0), [0, 10_000, 0]);
         let tried = [t.nodes[1].name.clone()];
-        assert!(t.pick_reader(0, &tried, &mut rand::rng()).is_none());
+        assert!(t.pick_reader(0, 0, &tried, &mut rand::rng()).is_none());
+        // one failed poll does not flap a node; three do
+        assert!(!t.nodes[1].health.observe_failure(3));
+        assert!(!t.nodes[1].health.observe_failure(3));
+        assert!(t.nodes[1].health.observe_failure(3));
+        assert!(!t.nodes[1].health.is_up());
+    }
+
+    #[test]
+    fn lag_weights_and_floors() {
+        let t = topology("");
+        let set = |i: usize, eligible: bool, w: f64, lsn: u64| {
+            t.nodes[i].stats.store(Arc::new(NodeStats {
+                sampled: true,
+                eligible,
+                effective_weight: w,
+                lsn,
+                ..NodeStats::default()
+            }))
+        };
+        set(1, true, 10.0, 100);
+        set(2, true, 100.0, 200);
+        let [_, a, b] = shares(&t, 0);
+        assert!(b > 8 * a, "fresher replica gets most reads: a={a} b={b}");
+        set(2, false, 0.0, 200);
+        assert_eq!(shares(&t, 0), [0, 10_000, 0]);
+        set(2, true, 100.0, 200);
+        let pick = t.pick_reader(0, 150, &[], &mut rand::rng()).unwrap();
+        assert_eq!(&*pick.name, "b", "only b replayed past the floor");
+        assert!(t.pick_reader(0, 250, &[], &mut rand::rng()).is_none());
     }
 }

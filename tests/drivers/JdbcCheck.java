@@ -23,6 +23,9 @@ public class JdbcCheck {
             try (Statement s = c.createStatement()) {
                 s.execute("CREATE TABLE IF NOT EXISTS drv_jdbc (id serial PRIMARY KEY, n int, t text)");
             }
+            // read-your-writes keeps this session on the primary until a
+            // replica has replayed the CREATE; give the monitor a moment.
+            Thread.sleep(1000);
             Set<Integer> seen = new HashSet<>();
             try (PreparedStatement ps = c.prepareStatement("SELECT inet_server_port(), ?::int * 2")) {
                 for (int i = 0; i < 20; i++) {

@@ -11,6 +11,9 @@ from common import SESSION_MODE, HOST, PORT, check, on_primary, on_replica
 async def main():
     conn = await asyncpg.connect(host=HOST, port=PORT, user="app", password="app", database="app")
     await conn.execute("CREATE TABLE IF NOT EXISTS drv_asyncpg (id serial PRIMARY KEY, n int, t text, ts timestamptz)")
+    # read-your-writes keeps this session on the primary until a replica
+    # has replayed the CREATE; give the monitor a moment to see that.
+    await asyncio.sleep(1)
     seen = set()
     for i in range(20):
         row = await conn.fetchrow("SELECT inet_server_port() AS port, $1::int * 3 AS x", i)

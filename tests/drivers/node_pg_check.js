@@ -17,6 +17,9 @@ async function main() {
   const client = new Client({ host: '127.0.0.1', port, user: 'app', password: 'app', database: 'app' });
   await client.connect();
   await client.query('CREATE TABLE IF NOT EXISTS drv_node (id serial PRIMARY KEY, n int, t text)');
+  // read-your-writes keeps this session on the primary until a replica has
+  // replayed the CREATE; give the monitor a moment to see that.
+  await new Promise((r) => setTimeout(r, 1000));
   const seen = new Set();
   for (let i = 0; i < 20; i++) {
     const r = await client.query({ name: 'read-port', text: 'SELECT inet_server_port() AS port, $1::int * 2 AS x', values: [i] });

@@ -2,6 +2,7 @@
 transactions, server-side prepared statements (prepare_threshold=0),
 pipeline mode, COPY, and parameters of several types with NULLs."""
 import datetime
+import time
 import decimal
 
 import psycopg
@@ -10,6 +11,9 @@ from common import SESSION_MODE, DSN, check, on_primary, on_replica
 
 with psycopg.connect(DSN, autocommit=True, prepare_threshold=0) as conn:
     conn.execute("CREATE TABLE IF NOT EXISTS drv_psycopg (id serial PRIMARY KEY, n int, t text, f float8, b bool, ts timestamptz, d numeric)")
+    # read-your-writes keeps this session on the primary until a replica
+    # has replayed the CREATE; give the monitor a moment to see that.
+    time.sleep(1)
     seen = set()
     for i in range(20):
         port, x = conn.execute("SELECT inet_server_port(), %s::int * 2", (i,)).fetchone()

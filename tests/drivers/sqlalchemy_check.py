@@ -18,6 +18,7 @@ class Item(Base):
 
 engine = create_engine(f"postgresql+psycopg://app:app@{HOST}:{PORT}/app", isolation_level="AUTOCOMMIT")
 Base.metadata.create_all(engine)
+engine.dispose()  # a new session: its reads are not held back by the CREATE
 
 with engine.connect() as conn:
     ports = {conn.execute(text("SELECT inet_server_port()")).scalar() for _ in range(20)}

@@ -67,6 +67,9 @@ async fn transactions_go_to_the_primary_unless_read_only() {
     let n: i64 = scalar(&client, "SELECT count(*) FROM items WHERE v = 'in-txn'").await;
     assert!(n >= 1);
     client.simple_query("COMMIT").await.unwrap();
+    // Read-your-writes keeps this session's reads on the primary until the
+    // replicas have replayed that commit.
+    caught_up().await;
 
     for begin in ["BEGIN READ ONLY", "START TRANSACTION READ ONLY"] {
         client.simple_query(begin).await.unwrap();
@@ -90,6 +93,7 @@ async fn transactions_go_to_the_primary_unless_read_only() {
         served_by(&client, "BEGIN; SELECT inet_server_port(); COMMIT").await,
         primary
     );
+    caught_up().await;
     // After the transaction, reads spread again.
     let port = served_by(&client, "SELECT inet_server_port()").await;
     assert!(replicas.contains(&port));

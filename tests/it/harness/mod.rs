@@ -78,6 +78,16 @@ pub fn wait_replicated(cluster: &LocalCluster) {
     }
 }
 
+/// Waits until the replicas have replayed everything and the proxy's
+/// monitor (100 ms interval in tests) has seen it, so read-your-writes no
+/// longer holds a session's reads on the primary.
+pub async fn caught_up() {
+    tokio::task::spawn_blocking(|| wait_replicated(cluster()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+}
+
 /// proxy.yaml text for the shared cluster: md5 for clients, the three
 /// nodes (ports overridable), plus `extra` top-level YAML.
 pub fn config_text(ports: &[u16], extra: &str) -> String {

@@ -1,0 +1,217 @@
+//! The monitor: every `lag.check_interval` it polls every node over its
+//! own tokio-postgres connection (with `lag.check_timeout`) for recovery
+//! state, WAL positions, replay pause, timeline and WAL receiver status;
+//! flips node health after `down_after`/`up_after` consecutive results;
+//! computes lag (see [`super::lag`]) and publishes each node's
+//! [`NodeStats`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use super::lag::{History, Limits, ReplicaTrack};
+use super::{NodeStats, Topology};
+use crate::config::{Config, Role};
+
+/// One poll's answer.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    in_recovery: bool,
+    current: Option<i64>,
+    replay: Option<i64>,
+    paused: bool,
+    timeline: Option<i32>,
+    receiving: bool,
+}
+
+const SAMPLE_SQL: &str = "SELECT pg_is_in_recovery(), \
+    CASE WHEN pg_is_in_recovery() THEN NULL ELSE (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint END, \
+    (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, \
+    CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
+    CASE WHEN pg_is_in_recovery() \
+         THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint())) \
+         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+    EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE coalesce(status, 'streaming') = 'streaming')";
+
+/// A node's monitor connection.
+struct Poller {
+    name: Arc<str>,
+    address: (String, u16),
+    client: Option<Client>,
+}
+
+impl Poller {
+    async fn poll(&mut self, config: &Config, timeout: Duration) -> Result<Sample, String> {
+        let result = tokio::time::timeout(timeout, self.poll_inner(config)).await;
+        match result {
+            Ok(Ok(sample)) => Ok(sample),
+            Ok(Err(e)) => {
+                self.client = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.client = None;
+                Err(format!("no answer within {timeout:?}"))
+            }
+        }
+    }
+
+    async fn poll_inner(&mut self, config: &Config) -> Result<Sample, String> {
+        if self.client.is_none() {
+            let (user, password, database) = config.monitor_login();
+            let mut pg = tokio_postgres::Config::new();
+            pg.host(&self.address.0)
+                .port(self.address.1)
+                .user(&user)
+                .dbname(&database)
+                .application_name("pgsplit-monitor")
+                .connect_timeout(config.lag.check_timeout.0);
+            if let Some(pw) = &password {
+                pg.password(pw);
+            }
+            let (client, connection) = pg.connect(NoTls).await.map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            self.client = Some(client);
+        }
+        let client = self.client.as_ref().expect("connected");
+        let row = client
+            .query_one(SAMPLE_SQL, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Sample {
+            in_recovery: row.get(0),
+            current: row.get(1),
+            replay: row.get(2),
+            paused: row.get(3),
+            timeline: row.get(4),
+            receiving: row.get(5),
+        })
+    }
+}
+
+/// Polls until `shutdown` fires.
+pub async fn run(
+    topology: Arc<ArcSwap<Topology>>,
+    config: Arc<ArcSwap<Config>>,
+    shutdown: CancellationToken,
+) {
+    let mut pollers: Vec<Poller> = Vec::new();
+    let mut history = History::default();
+    let mut tracks: HashMap<Arc<str>, ReplicaTrack> = HashMap::new();
+    loop {
+        let cfg = config.load_full();
+        let topo = topology.load_full();
+        sync_pollers(&mut pollers, &topo);
+        let timeout = cfg.lag.check_timeout.0;
+        let results =
+            futures_util::future::join_all(pollers.iter_mut().map(|p| p.poll(&cfg, timeout))).await;
+        let now = Instant::now();
+        let window = (cfg.lag.max_lag.0 * 10).max(Duration::from_secs(300));
+        let limits = Limits {
+            max_seconds: cfg.lag.max_lag.0.as_secs_f64(),
+            max_bytes: cfg.lag.max_lag_bytes.0,
+        };
+        let primary_name = topo.primary().name.clone();
+        let mut primary_sampled = false;
+        for (poller, result) in pollers.iter().zip(&results) {
+            let Some(node) = topo.node(&poller.name) else {
+                continue;
+            };
+            match result {
+                Ok(sample) => {
+                    if node.health.observe_success(cfg.lag.up_after) {
+                        tracing::info!(node = %node.name, state = "up", "node answers again");
+                    }
+                    if poller.name == primary_name && !sample.in_recovery {
+                        history.record(now, sample.current.unwrap_or(0).max(0) as u64, window);
+                        primary_sampled = true;
+                        node.stats.store(Arc::new(NodeStats {
+                            sampled: true,
+                            in_recovery: false,
+                            lsn: sample.current.unwrap_or(0).max(0) as u64,
+                            timeline: sample.timeline.unwrap_or(0) as u32,
+                            eligible: true,
+                            effective_weight: f64::from(node.weight),
+                            ..NodeStats::default()
+                        }));
+                    } else if poller.name == primary_name {
+                        tracing::warn!(node = %node.name, "the configured primary is in recovery");
+                    }
+                }
+                Err(error) => {
+                    if node.health.observe_failure(cfg.lag.down_after) {
+                        tracing::warn!(node = %node.name, %error, state = "down", "node stopped answering");
+                    } else {
+                        tracing::debug!(node = %node.name, %error, "poll failed");
+                    }
+                }
+            }
+        }
+        for (poller, result) in pollers.iter().zip(&results) {
+            let Some(node) = topo.node(&poller.name) else {
+                continue;
+            };
+            let Ok(sample) = result else { continue };
+            if node.role != Role::Replica || !primary_sampled {
+                // Without a fresh primary position the lag is unknown: the
+                // replica keeps its last verdict.
+                continue;
+            }
+            let replay = sample.replay.unwrap_or(0).max(0) as u64;
+            let track = tracks
+                .entry(node.name.clone())
+                .or_insert_with(ReplicaTrack::admitted);
+            let lag = track.observe(now, replay, sample.receiving, &history);
+            let was = track.eligible;
+            let eligible = track.judge(lag, limits) && sample.in_recovery;
+            if was != eligible {
+                tracing::info!(node = %node.name, lag_bytes = lag.bytes, lag_secs = lag.seconds, eligible, "replica eligibility changed");
+            }
+            tracing::trace!(node = %node.name, lag_bytes = lag.bytes, lag_secs = lag.seconds, state = if eligible { "eligible" } else { "lagging" }, "lag");
+            let effective_weight = if eligible {
+                f64::from(node.weight) * limits.freshness(lag)
+            } else {
+                0.0
+            };
+            node.stats.store(Arc::new(NodeStats {
+                sampled: true,
+                in_recovery: sample.in_recovery,
+                lag_seconds: lag.seconds,
+                lag_bytes: lag.bytes,
+                lsn: replay,
+                timeline: sample.timeline.unwrap_or(0) as u32,
+                replay_paused: sample.paused,
+                receiving: sample.receiving,
+                eligible,
+                effective_weight,
+            }));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(cfg.lag.check_interval.0) => {}
+        }
+    }
+}
+
+fn sync_pollers(pollers: &mut Vec<Poller>, topology: &Topology) {
+    pollers.retain(|p| {
+        topology
+            .node(&p.name)
+            .is_some_and(|n| (n.host.as_str(), n.port) == (p.address.0.as_str(), p.address.1))
+    });
+    for node in &topology.nodes {
+        if !pollers.iter().any(|p| p.name == node.name) {
+            pollers.push(Poller {
+                name: node.name.clone(),
+                address: (node.host.clone(), node.port),
+                client: None,
+            });
+        }
+    }
+}
