@@ -74,10 +74,23 @@ impl Proxy {
                 state.rebuild_router();
             }
         };
+        let databases = {
+            let state = state.clone();
+            move || {
+                state
+                    .databases
+                    .lock()
+                    .expect("poisoned")
+                    .iter()
+                    .cloned()
+                    .collect()
+            }
+        };
         tasks.spawn(catalog::run(
             state.topology.clone(),
             state.config.clone(),
             state.catalog_refresh.clone(),
+            databases,
             on_change,
             state.catalog_loads.clone(),
             shutdown.clone(),

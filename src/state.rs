@@ -42,6 +42,8 @@ pub struct State {
     pub volatile: ArcSwap<HashSet<String>>,
     /// Counts catalog reads (changes after each attempt).
     pub catalog_loads: watch::Sender<u64>,
+    /// Databases clients have used (the catalog is read in each).
+    pub databases: std::sync::Mutex<std::collections::BTreeSet<String>>,
     next_session: AtomicI32,
 }
 
@@ -66,6 +68,7 @@ impl State {
             catalog_refresh: Arc::new(Notify::new()),
             volatile: ArcSwap::from_pointee(HashSet::new()),
             catalog_loads: watch::channel(0).0,
+            databases: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             next_session: AtomicI32::new(1),
         }
     }
@@ -80,6 +83,18 @@ impl State {
             ROUTER_CACHE_BYTES,
         );
         self.router.store(Arc::new(router));
+    }
+
+    /// Notes a database a client uses; a new one triggers a catalog read.
+    pub fn note_database(&self, database: &str) {
+        let new = self
+            .databases
+            .lock()
+            .expect("poisoned")
+            .insert(database.to_owned());
+        if new {
+            self.catalog_refresh.notify_one();
+        }
     }
 
     /// Asks for the catalog to be read again and waits (briefly) until it

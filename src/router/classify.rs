@@ -110,10 +110,11 @@ fn statement_route(statement: &Statement, write_functions: &HashSet<String>) -> 
             }
         }
         Statement::Prepare { .. } => Route::pinned(Reason::Session),
-        Statement::Execute { .. }
-        | Statement::Deallocate { .. }
-        | Statement::Fetch { .. }
-        | Statement::Close { .. } => Route::primary(Reason::Session),
+        // EXECUTE may run a prepared INSERT.
+        Statement::Execute { .. } => Route::primary(Reason::Write),
+        Statement::Deallocate { .. } | Statement::Fetch { .. } | Statement::Close { .. } => {
+            Route::primary(Reason::Session)
+        }
         Statement::CreateTable(t) if t.temporary => Route::pinned(Reason::Session),
         _ => Route::primary(Reason::Write),
     }

@@ -83,6 +83,20 @@ impl Reason {
         Reason::Retry,
     ];
 
+    /// Whether a statement routed for this reason may have written (and
+    /// so sets a read-your-writes floor). SET, LISTEN and the like do not.
+    pub fn may_write(self) -> bool {
+        matches!(
+            self,
+            Reason::Write
+                | Reason::Transaction
+                | Reason::Hint
+                | Reason::Function
+                | Reason::Lock
+                | Reason::ParseError
+        )
+    }
+
     /// Label value for metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {

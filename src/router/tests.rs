@@ -452,7 +452,7 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
     ("CREATE TEMP TABLE tmp (a int)", P, Session, true),
     ("CREATE TEMPORARY TABLE tmp AS SELECT 1", P, Session, true),
     ("PREPARE q (int) AS SELECT $1", P, Session, true),
-    ("EXECUTE q (1)", P, Session, false),
+    ("EXECUTE q (1)", P, Write, false),
     ("DEALLOCATE q", P, Session, false),
     ("DEALLOCATE ALL", P, Session, false),
     ("DECLARE c CURSOR FOR SELECT 1", P, Session, false),

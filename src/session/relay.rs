@@ -136,6 +136,7 @@ impl<'s> Session<'s> {
         let slot = Arc::new(CancelSlot::default());
         state.cancels.register(pid, secret, slot.clone());
         let settings = Settings::from_startup(&startup.params);
+        state.note_database(&startup.database);
         let mut session = Session {
             state,
             client,
@@ -320,6 +321,17 @@ impl<'s> Session<'s> {
                 Ok(None) => return Ok(()),
                 Err(e) => return self.backend_failed(e).await,
             };
+            if self.retry.is_some() && is_shutdown_error(&frame) {
+                // The node is going away (shut down, crashed, restarting)
+                // and nothing of this read reached the client: retry it.
+                return self
+                    .backend_failed(WireError::Protocol(
+                        crate::protocol::ProtocolError::Malformed {
+                            what: "node shutting down",
+                        },
+                    ))
+                    .await;
+            }
             self.retry = None;
             let mut cx = Context {
                 conn: &mut held.conn,
@@ -345,20 +357,29 @@ impl<'s> Session<'s> {
     /// for read-your-writes if it may have written, and re-read the
     /// catalog after function DDL.
     async fn after_transaction(&mut self) -> Result<(), SessionError> {
-        if self.function_ddl {
-            self.function_ddl = false;
+        if std::mem::take(&mut self.wrote) {
+            self.record_write_position().await?;
+        }
+        if std::mem::take(&mut self.function_ddl) {
             self.flush().await?;
             self.state.refresh_catalog().await;
         }
-        if !std::mem::take(&mut self.wrote) {
-            return Ok(());
+        Ok(())
+    }
+
+    /// Reads the primary's WAL position after a transaction that may have
+    /// written and raises the read-your-writes floors to it.
+    async fn record_write_position(&mut self) -> Result<(), SessionError> {
+        let config = self.state.config.load_full();
+        match config.routing.read_your_writes {
+            ReadYourWrites::Off => return Ok(()),
+            // Only this session's next read needs the position, and it comes
+            // through this task: the client may have its answer first.
+            ReadYourWrites::Session => self.flush().await?,
+            // Another session's read may start the moment the client has
+            // its answer: the floor must be raised before that.
+            ReadYourWrites::Global => {}
         }
-        let config = self.state.config.load();
-        if config.routing.read_your_writes == ReadYourWrites::Off {
-            return Ok(());
-        }
-        // The client has its answer before the proxy asks for the position.
-        self.flush().await?;
         let held = self.held.as_mut().expect("held");
         match held.conn.wal_insert_lsn().await {
             Ok(lsn) => {
@@ -367,13 +388,14 @@ impl<'s> Session<'s> {
                 self.state.raise_global_floor(lsn);
             }
             Err(e) => {
-                // Position unknown: reads go to the primary until any
-                // replica within max_lag must have replayed the write.
+                // Position unknown: this session reads from the primary
+                // until any replica within max_lag must have replayed the
+                // write. (The global floor cannot expire per session, so it
+                // is left as it was.)
                 tracing::warn!(error = %e, "reading the WAL position after a write failed");
                 held.conn.mark_broken();
                 self.floor = u64::MAX;
                 self.floor_expires = Some(std::time::Instant::now() + config.lag.max_lag.0);
-                self.state.raise_global_floor(u64::MAX);
             }
         }
         Ok(())
@@ -467,7 +489,9 @@ impl<'s> Session<'s> {
             held.conn.dirty = true;
         }
         tracing::debug!(node = %held.node.name, in_txn = must_stay, "statement on held connection");
-        self.wrote |= held.target == Target::Primary && route.target == Target::Primary;
+        self.wrote |= held.target == Target::Primary
+            && route.target == Target::Primary
+            && route.reason.may_write();
         self.function_ddl |= plan.function_ddl;
         self.retry = None;
         self.open_batch = plan.syncs == 0;
@@ -603,7 +627,7 @@ impl<'s> Session<'s> {
                 Target::Replica
             };
             self.held = Some(Held::new(conn, node, target));
-            self.wrote |= is_primary && route.target == Target::Primary;
+            self.wrote |= is_primary && route.target == Target::Primary && route.reason.may_write();
             self.function_ddl |= plan.function_ddl;
             self.open_batch = plan.syncs == 0;
             self.replies.extend(out.expects);
@@ -643,7 +667,11 @@ impl<'s> Session<'s> {
         };
         held.conn.mark_broken();
         self.slot.set(None);
-        if matches!(error, WireError::Io(_) | WireError::Closed) && held.node.health.mark_down() {
+        if matches!(
+            error,
+            WireError::Io(_) | WireError::Closed | WireError::Protocol(_)
+        ) && held.node.health.mark_down()
+        {
             tracing::warn!(node = %held.node.name, error = %error, state = "down", "node connection lost");
         }
         let in_txn = held.conn.status != TxnStatus::Idle;
@@ -706,6 +734,15 @@ impl<'s> Session<'s> {
         }
         self.slot.set(None);
     }
+}
+
+/// An ErrorResponse or NoticeResponse saying the node is shutting down or
+/// restarting (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03
+/// cannot_connect_now; on SIGQUIT PostgreSQL sends 57P02 as a warning).
+fn is_shutdown_error(frame: &Frame) -> bool {
+    matches!(frame.tag, be::ERROR_RESPONSE_TAG | be::NOTICE_RESPONSE_TAG)
+        && be::error_code_and_message(frame.body())
+            .is_some_and(|(code, _)| matches!(code.as_str(), "57P01" | "57P02" | "57P03"))
 }
 
 async fn fill_held(held: &mut Option<Held>) -> Result<(), WireError> {

@@ -1,7 +1,9 @@
 //! The catalog's volatile user functions (`pg_proc.provolatile = 'v'`
-//! outside `pg_catalog`/`information_schema`), read from the primary every
-//! `routing.functions_refresh` and whenever a session saw function DDL go
-//! through, and published for the router.
+//! outside `pg_catalog`/`information_schema`), read from the primary in
+//! every database clients use, every `routing.functions_refresh` and
+//! whenever a session saw function DDL go through, and published for the
+//! router (one set for all databases: a name volatile in any of them goes
+//! to the primary everywhere, which errs on the safe side).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,17 +21,43 @@ const VOLATILE_SQL: &str = "SELECT DISTINCT lower(p.proname) FROM pg_proc p \
     WHERE p.provolatile = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
     AND n.nspname NOT LIKE 'pg_toast%'";
 
+async fn load_all(
+    config: &Config,
+    topology: &Topology,
+    databases: &[String],
+) -> Result<HashSet<String>, String> {
+    let mut all = HashSet::new();
+    let (_, _, monitor_db) = config.monitor_login();
+    let mut any = false;
+    let mut last_error = None;
+    for db in std::iter::once(&monitor_db).chain(databases.iter().filter(|d| **d != monitor_db)) {
+        match load(config, topology, db).await {
+            Ok(set) => {
+                any = true;
+                all.extend(set);
+            }
+            Err(e) => last_error = Some(format!("database {db}: {e}")),
+        }
+    }
+    if any {
+        Ok(all)
+    } else {
+        Err(last_error.unwrap_or_default())
+    }
+}
+
 async fn load(
     config: &Config,
     topology: &Topology,
+    database: &str,
 ) -> Result<HashSet<String>, tokio_postgres::Error> {
-    let (user, password, database) = config.monitor_login();
+    let (user, password, _) = config.monitor_login();
     let primary = topology.primary();
     let mut pg = tokio_postgres::Config::new();
     pg.host(&primary.host)
         .port(primary.port)
         .user(&user)
-        .dbname(&database)
+        .dbname(database)
         .application_name("pgsplit-catalog")
         .connect_timeout(config.lag.check_timeout.0);
     if let Some(pw) = &password {
@@ -50,6 +78,7 @@ pub async fn run(
     topology: Arc<ArcSwap<Topology>>,
     config: Arc<ArcSwap<Config>>,
     refresh_now: Arc<Notify>,
+    databases: impl Fn() -> Vec<String>,
     on_change: impl Fn(Arc<HashSet<String>>),
     loads: watch::Sender<u64>,
     shutdown: CancellationToken,
@@ -57,7 +86,7 @@ pub async fn run(
     let mut current: Option<HashSet<String>> = None;
     loop {
         let cfg = config.load_full();
-        match load(&cfg, &topology.load()).await {
+        match load_all(&cfg, &topology.load(), &databases()).await {
             Ok(set) => {
                 if current.as_ref() != Some(&set) {
                     tracing::info!(count = set.len(), "volatile user functions reloaded");

@@ -310,3 +310,50 @@ async fn wrong_password_and_unknown_user_are_refused_alike() {
     assert_eq!(code(&err).as_deref(), Some("3D000"));
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn volatile_user_functions_go_to_the_primary_stable_ones_and_builtins_do_not() {
+    let proxy = default_proxy().await;
+    let client = app(&proxy).await;
+    client
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION bump_counter() RETURNS int VOLATILE LANGUAGE sql AS 'SELECT 1'; \
+             CREATE OR REPLACE FUNCTION lookup_thing(int) RETURNS int STABLE LANGUAGE sql AS 'SELECT $1'",
+        )
+        .await
+        .unwrap();
+    // The function DDL went through the proxy: the catalog is re-read
+    // before this session's next statement.
+    assert_eq!(
+        served_by(&client, "SELECT bump_counter(), inet_server_port()").await,
+        primary_port()
+    );
+    caught_up().await;
+    let other = app(&proxy).await;
+    assert_eq!(
+        served_by(&other, "SELECT bump_counter(), inet_server_port()").await,
+        primary_port()
+    );
+    assert_eq!(
+        served_by(
+            &other,
+            "SELECT s.x, p.port FROM (SELECT lookup_thing(abs(bump_counter())) AS x) s, \
+             LATERAL (SELECT inet_server_port() AS port) p"
+        )
+        .await,
+        primary_port()
+    );
+    // bump_counter() may have written: read-your-writes holds this
+    // session's reads on the primary until the replicas caught up.
+    caught_up().await;
+    for sql in [
+        "SELECT lookup_thing(1), inet_server_port()",
+        "SELECT random(), clock_timestamp(), gen_random_uuid(), inet_server_port()",
+    ] {
+        assert!(
+            replica_ports().contains(&served_by(&other, sql).await),
+            "{sql}"
+        );
+    }
+    proxy.stop().await;
+}

@@ -104,7 +104,12 @@ pub fn config_text(ports: &[u16], extra: &str) -> String {
     } else {
         "auth:\n  method: md5\n  users:\n    - { name: app, password: app }\n    - { name: app_md5, password: md5pw }\n".to_owned()
     };
-    format!("listen: 127.0.0.1:0\n{auth}nodes:\n{nodes}{extra}\nlag:\n  check_interval: 100ms\n")
+    let lag = if extra.contains("lag:") {
+        ""
+    } else {
+        "\nlag:\n  check_interval: 100ms\n"
+    };
+    format!("listen: 127.0.0.1:0\n{auth}nodes:\n{nodes}{extra}{lag}")
 }
 
 /// The cluster's real ports: primary first.
@@ -138,6 +143,22 @@ pub async fn start_proxy(text: &str) -> Proxy {
 /// A proxy in front of the shared cluster with default settings.
 pub async fn default_proxy() -> Proxy {
     start_proxy(&config_text(&ports(), "")).await
+}
+
+/// A tokio-postgres client straight to a node (bypassing the proxy).
+#[allow(
+    dead_code,
+    reason = "used by the lag test binary, which shares this harness"
+)]
+pub async fn direct(port: u16) -> Client {
+    let conn_str = format!("host=127.0.0.1 port={port} user=postgres dbname=app");
+    let (client, connection) = tokio_postgres::connect(&conn_str, NoTls)
+        .await
+        .expect("direct connection");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
 }
 
 /// A tokio-postgres client through the proxy.
