@@ -278,14 +278,11 @@ impl<'s> Session<'s> {
     async fn serve(&mut self) -> Result<(), SessionError> {
         loop {
             self.drain_backend().await?;
-            if self.held.is_none() {
-                if let Some((frames, plan)) = self.waiting.take() {
-                    self.send_fresh(frames, plan, Vec::new()).await?;
-                    continue;
-                }
-                if self.state.shutdown.is_cancelled() {
-                    return Err(SessionError::Shutdown);
-                }
+            if self.held.is_none()
+                && let Some((frames, plan)) = self.waiting.take()
+            {
+                self.send_fresh(frames, plan, Vec::new()).await?;
+                continue;
             }
             if !self.drain_client().await? {
                 return Ok(());
@@ -294,8 +291,13 @@ impl<'s> Session<'s> {
             let shutdown = self.state.shutdown.clone();
             let reading_client = self.waiting.is_none();
             let holding = self.held.is_some();
+            // Shutdown ends a session between transactions, pinned or not;
+            // an open transaction may run on until the drain timeout.
+            let idle = self.held.as_ref().is_none_or(|h| {
+                h.conn.status == TxnStatus::Idle && self.replies.is_empty() && !self.open_batch
+            });
             tokio::select! {
-                _ = shutdown.cancelled(), if !holding => return Err(SessionError::Shutdown),
+                _ = shutdown.cancelled(), if idle => return Err(SessionError::Shutdown),
                 read = wire::fill(&mut *self.client, &mut self.crbuf), if reading_client => match read {
                     Ok(()) => {}
                     Err(WireError::Closed) => return Ok(()),

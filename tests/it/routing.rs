@@ -111,11 +111,13 @@ async fn write_functions_and_session_state_pin_to_the_primary() {
         )
         .await
         .unwrap();
-    crate::harness::wait_replicated(cluster());
+    caught_up().await;
     assert_eq!(
         served_by(&client, "SELECT audit_fn(), inet_server_port()").await,
         primary_port()
     );
+    // audit_fn may have written: this session's reads wait for the replicas.
+    caught_up().await;
     // A session-level SET is recorded and replayed on whichever server
     // connection serves the session next: reads still use the replicas.
     client
