@@ -36,6 +36,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Proxy {
     /// Where clients connect (the real port when `listen` said 0).
     pub addr: SocketAddr,
+    /// Where the admin API listens, when configured.
+    pub admin_addr: Option<SocketAddr>,
     /// The shared state, for inspection.
     pub state: Arc<State>,
     phase: watch::Receiver<Phase>,
@@ -48,7 +50,28 @@ impl Proxy {
     /// # Errors
     /// The listen address cannot be bound.
     pub async fn start(config: Config) -> anyhow::Result<Proxy> {
+        Proxy::start_from(config, None).await
+    }
+
+    /// Binds and starts serving `config`, read from `path` (which
+    /// `POST /reload`, SIGHUP and file changes re-read).
+    ///
+    /// # Errors
+    /// The listen or admin address cannot be bound.
+    pub async fn start_from(config: Config, path: Option<PathBuf>) -> anyhow::Result<Proxy> {
         let listen = config.listen_addr();
+        let admin_listener = match &config.admin {
+            Some(admin) => {
+                let addr: SocketAddr = admin.listen.value.parse().context("admin.listen")?;
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("cannot listen on {addr} for the admin API"))?,
+                )
+            }
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -95,10 +118,22 @@ impl Proxy {
             state.catalog_loads.clone(),
             shutdown.clone(),
         ));
+        if let Some(listener) = admin_listener {
+            let admin = crate::admin::Admin {
+                state: state.clone(),
+                config_path: path.clone(),
+            };
+            tasks.spawn(crate::admin::serve(listener, admin));
+            tracing::info!(addr = ?admin_addr, "admin API listening");
+        }
+        if let Some(path) = path {
+            tasks.spawn(watch_file(state.clone(), path));
+        }
         let done = tokio::spawn(accept_loop(listener, state.clone(), tasks, phase_tx));
         tracing::info!(%addr, "pgsplit listening");
         Ok(Proxy {
             addr,
+            admin_addr,
             state,
             phase,
             done,
@@ -162,19 +197,54 @@ async fn accept_loop(
     phase.send_replace(Phase::Stopped);
 }
 
+/// Re-reads the configuration every second when the file changed.
+async fn watch_file(state: Arc<State>, path: PathBuf) {
+    let fingerprint = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = fingerprint(&path);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let now = fingerprint(&path);
+        if now != last {
+            last = now;
+            let _ = reload(&state, &path);
+        }
+    }
+}
+
 /// Re-reads the configuration file and swaps it in; a bad file is refused
-/// and the running configuration stays.
+/// (logged with file, line and key, and counted) and the running
+/// configuration stays. Nodes added or removed, weights, thresholds and
+/// routing take effect; the pools of unchanged nodes and every client
+/// connection are kept.
 ///
 /// # Errors
 /// The new file does not validate.
 pub fn reload(state: &State, path: &Path) -> Result<(), crate::config::ConfigError> {
-    let config = Config::load(path)?;
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, result = "error", "reload refused; keeping the running configuration");
+            state.metrics.reload("error");
+            return Err(e);
+        }
+    };
     let previous = state.topology.load_full();
-    state
-        .topology
-        .store(Arc::new(Topology::from_config(&config, Some(&previous))));
+    state.topology.store(Arc::new(Topology::from_config(
+        &config,
+        Some(&previous),
+        &state.metrics,
+    )));
     state.config.store(Arc::new(config));
     state.rebuild_router();
+    state.metrics.reload("ok");
+    tracing::info!(path = %path.display(), result = "ok", "configuration reloaded");
     Ok(())
 }
 
@@ -185,7 +255,7 @@ pub fn reload(state: &State, path: &Path) -> Result<(), crate::config::ConfigErr
 /// The configuration is invalid or the listener cannot be bound.
 pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    let proxy = Proxy::start(config).await?;
+    let proxy = Proxy::start_from(config, Some(path.clone())).await?;
     serve_until_signal(proxy, Some(path)).await
 }
 
@@ -204,10 +274,7 @@ pub async fn serve_until_signal(proxy: Proxy, path: Option<PathBuf>) -> anyhow::
             _ = int.recv() => break,
             _ = hup.recv() => {
                 if let Some(path) = &path {
-                    match reload(&proxy.state, path) {
-                        Ok(()) => tracing::info!(path = %path.display(), result = "ok", "configuration reloaded"),
-                        Err(e) => tracing::error!(error = %e, result = "error", "reload refused; keeping the running configuration"),
-                    }
+                    let _ = reload(&proxy.state, path);
                 }
             }
         }

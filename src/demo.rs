@@ -59,7 +59,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             "CREATE TABLE IF NOT EXISTS notes (id serial PRIMARY KEY, body text NOT NULL, at timestamptz DEFAULT now())",
         )?;
     }
-    let proxy = Proxy::start(config.clone()).await?;
+    let proxy = Proxy::start_from(config.clone(), Some(path.to_owned())).await?;
     print_banner(&config, &proxy, &cluster);
     let result = serve_until_signal(proxy, Some(path.to_owned())).await;
     println!("stopping PostgreSQL and removing {}", cluster.dir.display());

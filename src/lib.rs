@@ -1,11 +1,14 @@
 //! pgsplit: a PostgreSQL wire-protocol proxy that sends writes to the
 //! primary and spreads reads over streaming replicas.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod failover;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod router;

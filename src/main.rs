@@ -30,6 +30,115 @@ enum Cmd {
     Check,
     /// Start a local primary and two replicas plus the proxy on them.
     Demo,
+    /// Show nodes, roles, lag, weights and pools of a running proxy.
+    Status {
+        /// Admin API URL (default: admin.listen of the config file).
+        #[arg(long)]
+        admin: Option<String>,
+        /// Print the JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch writes to another node: a planned switchover, a failover
+    /// with --force, or a drill with --check.
+    Failover {
+        /// The node to promote (with --force, the most advanced replica
+        /// when omitted).
+        #[arg(long)]
+        to: Option<String>,
+        /// The old primary is gone: promote without waiting for it.
+        #[arg(long)]
+        force: bool,
+        /// Check and describe, change nothing.
+        #[arg(long)]
+        check: bool,
+        /// Admin API URL (default: admin.listen of the config file).
+        #[arg(long)]
+        admin: Option<String>,
+    },
+}
+
+/// The admin URL and token for the CLI: flags, then the config file, then
+/// the defaults; the token from `PGSPLIT_ADMIN_TOKEN` or the file.
+fn admin_target(config: &std::path::Path, flag: Option<String>) -> (String, Option<String>) {
+    let file = pgsplit::config::Config::load(config).ok();
+    let admin = file.as_ref().and_then(|c| c.admin.clone());
+    let url = flag.unwrap_or_else(|| {
+        admin.as_ref().map_or_else(
+            || "http://127.0.0.1:9930".to_owned(),
+            |a| format!("http://{}", a.listen.value),
+        )
+    });
+    let token = std::env::var("PGSPLIT_ADMIN_TOKEN")
+        .ok()
+        .or_else(|| admin.and_then(|a| a.token));
+    (url, token)
+}
+
+async fn admin_command(cmd: Cmd, config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use pgsplit::admin::client::request;
+    match cmd {
+        Cmd::Status { admin, json } => {
+            let (url, token) = admin_target(config, admin);
+            let answer = request(&url, "GET", "/status", token.as_deref(), None).await?;
+            if answer.status != 200 {
+                anyhow::bail!("{url}/status answered {}: {}", answer.status, answer.body);
+            }
+            if json {
+                println!("{}", answer.body);
+            } else {
+                let status: pgsplit::admin::Status = serde_json::from_str(&answer.body)?;
+                print!("{}", status.table());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Failover {
+            to,
+            force,
+            check,
+            admin,
+        } => {
+            let (url, token) = admin_target(config, admin);
+            let body = serde_json::json!({ "to": to, "force": force, "check": check }).to_string();
+            let answer = request(&url, "POST", "/failover", token.as_deref(), Some(&body)).await?;
+            let report: pgsplit::failover::Report = match serde_json::from_str(&answer.body) {
+                Ok(r) => r,
+                Err(_) => {
+                    anyhow::bail!("{url}/failover answered {}: {}", answer.status, answer.body)
+                }
+            };
+            println!(
+                "{} to {}: {}",
+                report.action,
+                report.candidate.as_deref().unwrap_or("?"),
+                if report.ok { "ok" } else { "NOT DONE" }
+            );
+            for step in &report.steps {
+                println!(
+                    "  {} {:<52} {:>9.1} ms  {}",
+                    if step.ok { "ok " } else { "ERR" },
+                    step.name,
+                    step.ms,
+                    step.detail.as_deref().unwrap_or("")
+                );
+            }
+            if let Some(ms) = report.writes_held_ms {
+                println!("writes held for {ms} ms");
+            }
+            if let Some(lost) = report.lost_bytes {
+                println!("WAL bytes that may be lost: {lost}");
+            }
+            if let Some(e) = &report.error {
+                println!("error: {e}");
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        _ => unreachable!("handled in main"),
+    }
 }
 
 fn init_logging(format: &str) {
@@ -74,12 +183,19 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Some(Cmd::Demo) => pgsplit::demo::run(&cli.config).await,
-            _ => pgsplit::app::run(cli.config.clone()).await,
+            Some(Cmd::Demo) => pgsplit::demo::run(&cli.config)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Some(cmd @ (Cmd::Status { .. } | Cmd::Failover { .. })) => {
+                admin_command(cmd, &cli.config).await
+            }
+            _ => pgsplit::app::run(cli.config.clone())
+                .await
+                .map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("pgsplit: {e:#}");
             ExitCode::FAILURE

@@ -11,6 +11,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::pool::Pools;
 use crate::router::Router;
 use crate::session::cancel::CancelRegistry;
@@ -21,6 +22,8 @@ pub const ROUTER_CACHE_BYTES: u64 = 32 << 20;
 
 /// Everything sessions and background tasks share.
 pub struct State {
+    /// Every metric.
+    pub metrics: Arc<Metrics>,
     /// The configuration in force.
     pub config: Arc<ArcSwap<Config>>,
     /// Nodes, roles and health.
@@ -42,6 +45,10 @@ pub struct State {
     pub volatile: ArcSwap<HashSet<String>>,
     /// Counts catalog reads (changes after each attempt).
     pub catalog_loads: watch::Sender<u64>,
+    /// True while a switchover holds new writes.
+    pub writes_held: watch::Sender<bool>,
+    /// One failover at a time.
+    pub failover_lock: tokio::sync::Mutex<()>,
     /// Databases clients have used (the catalog is read in each).
     pub databases: std::sync::Mutex<std::collections::BTreeSet<String>>,
     next_session: AtomicI32,
@@ -50,7 +57,8 @@ pub struct State {
 impl State {
     /// A fresh state for `config`.
     pub fn new(config: Config, shutdown: CancellationToken) -> State {
-        let topology = Topology::from_config(&config, None);
+        let metrics = Arc::new(Metrics::new());
+        let topology = Topology::from_config(&config, None, &metrics);
         let router = Router::new(
             &config.routing.write_functions,
             &HashSet::new(),
@@ -58,6 +66,7 @@ impl State {
         );
         let pools = Pools::new(config.pool.size, config.pool.checkout_timeout.0);
         State {
+            metrics,
             config: Arc::new(ArcSwap::from_pointee(config)),
             topology: Arc::new(ArcSwap::from_pointee(topology)),
             router: ArcSwap::from_pointee(router),
@@ -69,6 +78,8 @@ impl State {
             volatile: ArcSwap::from_pointee(HashSet::new()),
             catalog_loads: watch::channel(0).0,
             databases: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            writes_held: watch::channel(false).0,
+            failover_lock: tokio::sync::Mutex::new(()),
             next_session: AtomicI32::new(1),
         }
     }
@@ -83,6 +94,22 @@ impl State {
             ROUTER_CACHE_BYTES,
         );
         self.router.store(Arc::new(router));
+    }
+
+    /// Holds (or releases) new write transactions during a switchover.
+    pub fn hold_writes(&self, held: bool) {
+        self.writes_held.send_replace(held);
+    }
+
+    /// Waits while writes are held, at most `limit`; false if still held.
+    pub async fn writes_released(&self, limit: std::time::Duration) -> bool {
+        let mut rx = self.writes_held.subscribe();
+        if !*rx.borrow_and_update() {
+            return true;
+        }
+        tokio::time::timeout(limit, rx.wait_for(|held| !held))
+            .await
+            .is_ok()
     }
 
     /// Notes a database a client uses; a new one triggers a catalog read.

@@ -80,6 +80,7 @@ pub async fn serve(state: Arc<State>, mut socket: TcpStream, peer: SocketAddr) {
     let session_id = state.next_session_id();
     let span = tracing::info_span!("session", session_id, %peer, user = tracing::field::Empty, db = tracing::field::Empty);
     async move {
+        state.metrics.client_connections.inc();
         let _ = socket.set_nodelay(true);
         match run(&state, &mut socket, session_id).await {
             Ok(()) => tracing::debug!("session ended"),
@@ -97,6 +98,7 @@ pub async fn serve(state: Arc<State>, mut socket: TcpStream, peer: SocketAddr) {
                 }
             }
         }
+        state.metrics.client_connections.dec();
     }
     .instrument(span)
     .await;

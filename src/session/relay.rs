@@ -39,6 +39,8 @@ const MAX_READ_TRIES: usize = 3;
 const FLUSH_AT: usize = 64 * 1024;
 /// A batch without a boundary is sent on once it reaches this size.
 const MAX_BATCH: usize = 1 << 20;
+/// How long a write waits for a switchover to release it.
+const WRITE_HOLD_LIMIT: Duration = Duration::from_secs(30);
 /// How long resetting a server connection at session end may take.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -100,6 +102,8 @@ pub struct Session<'s> {
     wrote: bool,
     /// Function DDL went through: re-read the catalog at the end.
     function_ddl: bool,
+    /// When the oldest unanswered batch was sent, and where.
+    timing: Option<(std::time::Instant, Target)>,
 }
 
 impl Drop for Session<'_> {
@@ -161,6 +165,7 @@ impl<'s> Session<'s> {
             floor_expires: None,
             wrote: false,
             function_ddl: false,
+            timing: None,
         };
         let mut first = session.first_connection().await?;
         let params = session.apply_startup_settings(&mut first).await?;
@@ -256,6 +261,9 @@ impl<'s> Session<'s> {
                 self.password.as_deref(),
             )
             .await;
+        if result.is_err() {
+            node.metrics.backend_errors.inc();
+        }
         if let Err(e) = &result
             && e.is_unreachable()
             && node.health.mark_down()
@@ -342,6 +350,19 @@ impl<'s> Session<'s> {
                 out: &mut self.cwbuf,
             };
             let ready = self.replies.on_frame(&frame, &mut cx);
+            if ready.is_some()
+                && let Some((started, target)) = self.timing.take()
+            {
+                let elapsed = started.elapsed();
+                self.state.metrics.duration(target, elapsed.as_secs_f64());
+                tracing::debug!(
+                    elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                    "statement done"
+                );
+                if self.replies.ready_owed() > 0 {
+                    self.timing = Some((std::time::Instant::now(), target));
+                }
+            }
             if ready == Some(TxnStatus::Idle) && self.replies.is_empty() && !self.open_batch {
                 self.after_transaction().await?;
                 if !self.pinned {
@@ -495,6 +516,15 @@ impl<'s> Session<'s> {
             && route.target == Target::Primary
             && route.reason.may_write();
         self.function_ddl |= plan.function_ddl;
+        let reason = if in_txn {
+            Reason::Transaction
+        } else {
+            route.reason
+        };
+        self.state.metrics.decision(held.target, reason);
+        held.node.metrics.query(held.target);
+        self.timing
+            .get_or_insert((std::time::Instant::now(), held.target));
         self.retry = None;
         self.open_batch = plan.syncs == 0;
         let out = Translation {
@@ -521,8 +551,15 @@ impl<'s> Session<'s> {
         plan: Plan,
         mut tried: Vec<Arc<str>>,
     ) -> Result<(), SessionError> {
-        let config = self.state.config.load_full();
         let route = plan.route;
+        // A switchover holds new write transactions until the new primary
+        // takes them; reads keep flowing.
+        if route.target == Target::Primary && !self.state.writes_released(WRITE_HOLD_LIMIT).await {
+            let message = "writes are held for a switchover that has not finished";
+            self.fail_batch(sqlstate::CONNECTION_FAILURE, message, plan.syncs);
+            return Ok(());
+        }
+        let config = self.state.config.load_full();
         let floor = self.read_floor();
         loop {
             let topology = self.state.topology.load_full();
@@ -628,6 +665,10 @@ impl<'s> Session<'s> {
             } else {
                 Target::Replica
             };
+            self.state.metrics.decision(target, reason);
+            node.metrics.query(target);
+            self.timing
+                .get_or_insert((std::time::Instant::now(), target));
             self.held = Some(Held::new(conn, node, target));
             self.wrote |= is_primary && route.target == Target::Primary && route.reason.may_write();
             self.function_ddl |= plan.function_ddl;
@@ -668,6 +709,8 @@ impl<'s> Session<'s> {
             return Ok(());
         };
         held.conn.mark_broken();
+        held.node.metrics.backend_errors.inc();
+        self.timing = None;
         self.slot.set(None);
         if matches!(
             error,

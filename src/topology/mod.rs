@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use rand::Rng;
 
 use crate::config::{Config, Role};
+use crate::metrics::{Metrics, NodeMetrics};
 
 /// One PostgreSQL node.
 #[derive(Debug)]
@@ -28,7 +29,8 @@ pub struct Node {
     pub host: String,
     /// TCP port.
     pub port: u16,
-    /// Role in this snapshot.
+    /// Role in the configuration file (the topology decides the role in
+    /// force: see [`Topology::role_of`]).
     pub role: Role,
     /// Configured read weight.
     pub weight: u32,
@@ -38,6 +40,8 @@ pub struct Node {
     pub stats: ArcSwap<NodeStats>,
     /// Server connections of this proxy now running a client's work there.
     pub in_flight: AtomicU32,
+    /// Its metric handles.
+    pub metrics: NodeMetrics,
 }
 
 /// What the monitor last measured on a node.
@@ -152,53 +156,133 @@ pub struct Topology {
     /// All nodes, in configuration order.
     pub nodes: Vec<Arc<Node>>,
     primary: usize,
+    retired: Vec<Arc<str>>,
 }
 
 impl Topology {
-    /// Builds the snapshot from the configuration, keeping the health of
-    /// nodes that already existed in `previous` under the same address.
-    pub fn from_config(config: &Config, previous: Option<&Topology>) -> Topology {
-        let mut primary = 0;
-        let nodes = config
+    /// Builds the snapshot from the configuration. Nodes that already
+    /// existed in `previous` under the same name, address and weight are
+    /// kept as they are (health, lag, in-flight counts). What the running
+    /// proxy learned about roles (a promoted primary, retired nodes) wins
+    /// over the file while those nodes are still configured.
+    pub fn from_config(
+        config: &Config,
+        previous: Option<&Topology>,
+        metrics: &Metrics,
+    ) -> Topology {
+        let nodes: Vec<Arc<Node>> = config
             .nodes
             .value
             .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                if n.role.value == Role::Primary {
-                    primary = i;
+            .map(|n| {
+                if let Some(old) = previous.and_then(|p| p.node(&n.name.value)).filter(|old| {
+                    old.host == n.host && old.port == n.port && old.weight == n.weight
+                }) {
+                    return old.clone();
                 }
-                let up = previous
-                    .and_then(|p| p.node(&n.name.value))
-                    .filter(|old| old.host == n.host && old.port == n.port)
-                    .is_none_or(|old| old.health.is_up());
-                let health = NodeHealth::default();
-                if !up {
-                    health.mark_down();
-                }
-                let stats = previous
-                    .and_then(|p| p.node(&n.name.value))
-                    .map(|old| NodeStats::clone(&old.stats.load()))
-                    .unwrap_or_else(|| NodeStats {
-                        // Until the first poll, a replica takes reads at its
-                        // configured weight.
-                        eligible: true,
-                        effective_weight: f64::from(n.weight),
-                        ..NodeStats::default()
-                    });
                 Arc::new(Node {
                     name: n.name.value.as_str().into(),
                     host: n.host.clone(),
                     port: n.port,
                     role: n.role.value,
                     weight: n.weight,
-                    health,
-                    stats: ArcSwap::from_pointee(stats),
+                    health: NodeHealth::default(),
+                    stats: ArcSwap::from_pointee(NodeStats {
+                        // Until the first poll, a replica takes reads at its
+                        // configured weight.
+                        eligible: true,
+                        effective_weight: f64::from(n.weight),
+                        ..NodeStats::default()
+                    }),
                     in_flight: AtomicU32::new(0),
+                    metrics: metrics.node(&n.name.value),
                 })
             })
             .collect();
-        Topology { nodes, primary }
+        let configured = config.primary().name.value.as_str();
+        let learned = previous
+            .map(|p| &*p.primary().name)
+            .filter(|name| nodes.iter().any(|n| &*n.name == *name));
+        let primary_name = learned.unwrap_or(configured);
+        let primary = nodes
+            .iter()
+            .position(|n| &*n.name == primary_name)
+            .unwrap_or(0);
+        let retired = previous
+            .map(|p| {
+                p.retired
+                    .iter()
+                    .filter(|r| nodes.iter().any(|n| n.name == **r) && &***r != primary_name)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(p) = previous {
+            for old in &p.nodes {
+                if !nodes.iter().any(|n| n.name == old.name) {
+                    metrics.forget_node(&old.name);
+                }
+            }
+        }
+        let topology = Topology {
+            nodes,
+            primary,
+            retired,
+        };
+        topology.publish_roles();
+        topology
+    }
+
+    /// The same nodes with `primary` taking writes and `retire` never
+    /// given anything again.
+    pub fn with_primary(&self, primary: &str, retire: &[Arc<str>]) -> Topology {
+        let index = self
+            .nodes
+            .iter()
+            .position(|n| &*n.name == primary)
+            .unwrap_or(self.primary);
+        let mut retired: Vec<Arc<str>> = self.retired.clone();
+        for r in retire {
+            if !retired.contains(r) {
+                retired.push(r.clone());
+            }
+        }
+        retired.retain(|r| &**r != primary);
+        let topology = Topology {
+            nodes: self.nodes.clone(),
+            primary: index,
+            retired,
+        };
+        topology.publish_roles();
+        topology
+    }
+
+    fn publish_roles(&self) {
+        for n in &self.nodes {
+            n.metrics.set_role(self.role_of(n));
+            n.metrics.up.set(i64::from(n.health.is_up()));
+        }
+    }
+
+    /// `primary`, `replica` or `retired`.
+    pub fn role_of(&self, node: &Node) -> &'static str {
+        if std::ptr::eq(node, &*self.nodes[self.primary]) {
+            "primary"
+        } else if self.retired.contains(&node.name) {
+            "retired"
+        } else {
+            "replica"
+        }
+    }
+
+    /// Whether reads may go to `node` as a replica.
+    pub fn is_replica(&self, node: &Node) -> bool {
+        self.role_of(node) == "replica"
+    }
+
+    /// Nodes retired after a failover.
+    pub fn retired(&self) -> &[Arc<str>] {
+        &self.retired
     }
 
     /// The node that takes writes.
@@ -227,7 +311,7 @@ impl Topology {
         let candidates: Vec<(&Arc<Node>, f64)> = self
             .nodes
             .iter()
-            .filter(|n| n.role == Role::Replica && n.health.is_up() && !exclude.contains(&n.name))
+            .filter(|n| self.is_replica(n) && n.health.is_up() && !exclude.contains(&n.name))
             .filter_map(|n| {
                 let stats = n.stats.load();
                 (stats.eligible && stats.lsn >= floor && stats.effective_weight > 0.0)
@@ -270,7 +354,7 @@ mod tests {
             "listen: 127.0.0.1:1\nnodes:\n  - {{name: p, host: h, port: 1, role: primary}}\n  - {{name: a, host: h, port: 2, role: replica, weight: 300}}\n  - {{name: b, host: h, port: 3, role: replica, weight: 100}}\n{extra}"
         );
         let config = Config::from_text(Path::new("t.yaml"), &text, |_| None).unwrap();
-        Topology::from_config(&config, None)
+        Topology::from_config(&config, None, &Metrics::new())
     }
 
     fn shares(t: &Topology, primary_reads: u32) -> [u32; 3] {

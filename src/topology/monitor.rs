@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::lag::{History, Limits, ReplicaTrack};
 use super::{NodeStats, Topology};
-use crate::config::{Config, Role};
+use crate::config::Config;
 
 /// One poll's answer.
 #[derive(Debug, Clone, Copy)]
@@ -153,12 +153,26 @@ pub async fn run(
                 }
             }
         }
+        let topo = match discover(&topo, &pollers, &results) {
+            Some(changed) => {
+                // Only over the snapshot this round started from: a reload or
+                // failover published meanwhile wins, and the next round sees it.
+                let changed = Arc::new(changed);
+                let previous = topology.compare_and_swap(&topo, changed.clone());
+                if Arc::ptr_eq(&previous, &topo) {
+                    changed
+                } else {
+                    topo
+                }
+            }
+            None => topo,
+        };
         for (poller, result) in pollers.iter().zip(&results) {
             let Some(node) = topo.node(&poller.name) else {
                 continue;
             };
             let Ok(sample) = result else { continue };
-            if node.role != Role::Replica || !primary_sampled {
+            if !topo.is_replica(node) || !primary_sampled {
                 // Without a fresh primary position the lag is unknown: the
                 // replica keeps its last verdict.
                 continue;
@@ -192,11 +206,81 @@ pub async fn run(
                 effective_weight,
             }));
         }
+        for node in &topo.nodes {
+            let stats = node.stats.load();
+            let m = &node.metrics;
+            m.up.set(i64::from(node.health.is_up()));
+            m.lag_seconds.set(stats.lag_seconds);
+            m.lag_bytes.set(stats.lag_bytes as f64);
+            m.effective_weight.set(if node.health.is_up() {
+                stats.effective_weight
+            } else {
+                0.0
+            });
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(cfg.lag.check_interval.0) => {}
         }
     }
+}
+
+/// Roles as the nodes report them: the primary is the writable node (not
+/// in recovery) on the highest timeline; a writable node on a lower
+/// timeline is retired and never gets writes again. This is how several
+/// proxies over the same nodes converge after one of them (or anyone)
+/// promoted a replica. Returns the new topology when it changes.
+fn discover(
+    topo: &Topology,
+    pollers: &[Poller],
+    results: &[Result<Sample, String>],
+) -> Option<Topology> {
+    let writable: Vec<(&Arc<str>, i32)> = pollers
+        .iter()
+        .zip(results)
+        .filter_map(|(p, r)| match r {
+            Ok(s) if !s.in_recovery => Some((&p.name, s.timeline.unwrap_or(0))),
+            _ => None,
+        })
+        .collect();
+    let top = writable.iter().map(|(_, tl)| *tl).max()?;
+    let current = topo.primary();
+    let current_timeline = current.stats.load().timeline as i32;
+    let leaders: Vec<&Arc<str>> = writable
+        .iter()
+        .filter(|(name, tl)| *tl == top && !topo.retired().contains(name))
+        .map(|(name, _)| *name)
+        .collect();
+    let stale: Vec<Arc<str>> = writable
+        .iter()
+        .filter(|(name, tl)| *tl < top && !topo.retired().contains(name))
+        .map(|(name, _)| (*name).clone())
+        .collect();
+    let current_leads = leaders.contains(&&current.name);
+    let new_primary = match leaders.as_slice() {
+        _ if current_leads => None,
+        [one] if top > current_timeline || !writable.iter().any(|(n, _)| **n == current.name) => {
+            Some((*one).clone())
+        }
+        [] | [_] => None,
+        several => {
+            tracing::error!(nodes = ?several, timeline = top, "several writable nodes on one timeline; keeping the current primary");
+            None
+        }
+    };
+    if new_primary.is_none() && stale.is_empty() {
+        return None;
+    }
+    let primary = new_primary.clone().unwrap_or_else(|| current.name.clone());
+    let mut retire = stale;
+    retire.retain(|n| *n != primary);
+    if let Some(p) = &new_primary {
+        tracing::warn!(old = %current.name, new = %p, timeline = top, "the primary changed: writes now go to the node on the highest timeline");
+    }
+    for r in &retire {
+        tracing::warn!(node = %r, "a writable node on an older timeline is retired");
+    }
+    Some(topo.with_primary(&primary, &retire))
 }
 
 fn sync_pollers(pollers: &mut Vec<Poller>, topology: &Topology) {

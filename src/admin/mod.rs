@@ -1,0 +1,174 @@
+//! The admin HTTP API (axum) on `admin.listen`: `GET /health`,
+//! `GET /status`, `GET /metrics`, `POST /failover`, `POST /reload`. When
+//! `admin.token` is set, POST endpoints need `Authorization: Bearer
+//! <token>`; the GET endpoints stay open (they reveal no secret).
+
+pub mod client;
+mod status;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State as AxumState;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+use crate::state::State;
+
+pub use status::{NodeStatus, PoolStatus, Status};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Admin {
+    /// The proxy's state.
+    pub state: Arc<State>,
+    /// The file `POST /reload` re-reads.
+    pub config_path: Option<PathBuf>,
+}
+
+/// Serves the API on `listener` until the proxy shuts down.
+pub async fn serve(listener: TcpListener, admin: Admin) {
+    let shutdown = admin.state.shutdown.clone();
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/reload", post(reload))
+        .route("/failover", post(failover))
+        .with_state(admin);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin API stopped");
+    }
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response {
+    (status, axum::Json(value)).into_response()
+}
+
+async fn health(AxumState(admin): AxumState<Admin>) -> Response {
+    let topology = admin.state.topology.load();
+    let primary = topology.primary();
+    if primary.health.is_up() {
+        json(
+            StatusCode::OK,
+            serde_json::json!({ "status": "ok", "primary": &*primary.name }),
+        )
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "no primary", "primary": &*primary.name }),
+        )
+    }
+}
+
+async fn status(AxumState(admin): AxumState<Admin>) -> Response {
+    (StatusCode::OK, axum::Json(Status::collect(&admin.state))).into_response()
+}
+
+async fn metrics(AxumState(admin): AxumState<Admin>) -> Response {
+    let counts = admin.state.pools.counts();
+    for node in &admin.state.topology.load().nodes {
+        let c = counts.get(&node.name).copied().unwrap_or_default();
+        node.metrics.set_pool(c.active, c.idle);
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        admin.state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Checks the bearer token of a POST; `None` when allowed.
+fn refuse_unauthorized(admin: &Admin, headers: &HeaderMap) -> Option<Response> {
+    let config = admin.state.config.load();
+    let token = config
+        .admin
+        .as_ref()?
+        .token
+        .as_deref()
+        .filter(|t| !t.is_empty())?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if crate::auth::client::constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        None
+    } else {
+        Some(json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({ "error": "missing or wrong bearer token" }),
+        ))
+    }
+}
+
+async fn reload(AxumState(admin): AxumState<Admin>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refuse_unauthorized(&admin, &headers) {
+        return refusal;
+    }
+    let Some(path) = &admin.config_path else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "this proxy was not started from a file" }),
+        );
+    };
+    match crate::app::reload(&admin.state, path) {
+        Ok(()) => json(StatusCode::OK, serde_json::json!({ "result": "ok" })),
+        Err(e) => json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "result": "error", "error": e.to_string() }),
+        ),
+    }
+}
+
+/// Body of `POST /failover`.
+#[derive(Debug, Deserialize)]
+pub struct FailoverRequest {
+    /// Node to promote; the most advanced replica when absent (force only).
+    #[serde(default)]
+    pub to: Option<String>,
+    /// The old primary is gone: promote without its final position.
+    #[serde(default)]
+    pub force: bool,
+    /// Drill: check and describe, change nothing.
+    #[serde(default)]
+    pub check: bool,
+}
+
+async fn failover(
+    AxumState(admin): AxumState<Admin>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(refusal) = refuse_unauthorized(&admin, &headers) {
+        return refusal;
+    }
+    let request: FailoverRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": format!("bad request body: {e}") }),
+            );
+        }
+    };
+    let report =
+        crate::failover::run(&admin.state, &request.to, request.force, request.check).await;
+    let code = if report.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    (code, axum::Json(report)).into_response()
+}

@@ -1,0 +1,128 @@
+//! The `/status` document: nodes, roles, lag, weights, pools, clients.
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::State;
+
+/// `GET /status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// Every node.
+    pub nodes: Vec<NodeStatus>,
+    /// Client connections now open.
+    pub clients: i64,
+}
+
+/// One node in `/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Name.
+    pub name: String,
+    /// `primary`, `replica` or `retired`.
+    pub role: String,
+    /// `up` or `down`.
+    pub state: String,
+    /// Replication lag in seconds (0 for the primary).
+    pub lag_seconds: f64,
+    /// Replication lag in bytes.
+    pub lag_bytes: u64,
+    /// Configured weight.
+    pub weight: u32,
+    /// Weight after lag.
+    pub effective_weight: f64,
+    /// Replay (replica) or current (primary) WAL position, `X/Y`.
+    pub replay_lsn: String,
+    /// Timeline.
+    pub timeline: u32,
+    /// Server connections.
+    pub pool: PoolStatus,
+}
+
+/// Pool counts of one node.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Checked out.
+    pub active: u32,
+    /// Waiting.
+    pub idle: u32,
+}
+
+/// Formats a WAL position as PostgreSQL does.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+impl Status {
+    /// The status now.
+    pub fn collect(state: &State) -> Status {
+        let topology = state.topology.load();
+        let counts = state.pools.counts();
+        let nodes = topology
+            .nodes
+            .iter()
+            .map(|n| {
+                let stats = n.stats.load();
+                let pool = counts.get(&n.name).copied().unwrap_or_default();
+                NodeStatus {
+                    name: n.name.to_string(),
+                    role: topology.role_of(n).to_owned(),
+                    state: if n.health.is_up() { "up" } else { "down" }.to_owned(),
+                    lag_seconds: stats.lag_seconds,
+                    lag_bytes: stats.lag_bytes,
+                    weight: n.weight,
+                    effective_weight: if n.health.is_up() {
+                        stats.effective_weight
+                    } else {
+                        0.0
+                    },
+                    replay_lsn: format_lsn(stats.lsn),
+                    timeline: stats.timeline,
+                    pool: PoolStatus {
+                        active: pool.active,
+                        idle: pool.idle,
+                    },
+                }
+            })
+            .collect();
+        Status {
+            nodes,
+            clients: state.metrics.client_connections.get(),
+        }
+    }
+
+    /// A readable table for `pgsplit status`.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<8} {:<8} {:<5} {:>10} {:>12} {:>6} {:>9} {:>14} {:>3} {:>6} {:>5}\n",
+            "NODE",
+            "ROLE",
+            "STATE",
+            "LAG",
+            "LAG BYTES",
+            "WEIGHT",
+            "EFFECTIVE",
+            "LSN",
+            "TL",
+            "ACTIVE",
+            "IDLE"
+        );
+        for n in &self.nodes {
+            out.push_str(&format!(
+                "{:<8} {:<8} {:<5} {:>9.3}s {:>12} {:>6} {:>9.1} {:>14} {:>3} {:>6} {:>5}\n",
+                n.name,
+                n.role,
+                n.state,
+                n.lag_seconds,
+                n.lag_bytes,
+                n.weight,
+                n.effective_weight,
+                n.replay_lsn,
+                n.timeline,
+                n.pool.active,
+                n.pool.idle
+            ));
+        }
+        out.push_str(&format!("clients: {}\n", self.clients));
+        out
+    }
+}
