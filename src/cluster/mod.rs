@@ -305,9 +305,44 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Adds a streaming replica of node `from` on a free port, started.
+    ///
+    /// # Errors
+    /// pg_basebackup or pg_ctl failed.
+    pub fn add_replica(&mut self, from: usize) -> anyhow::Result<usize> {
+        let i = self.nodes.len();
+        self.nodes.push(LocalNode {
+            name: format!("pg{}", i + 1),
+            port: free_port(),
+            data: self.dir.join(format!("pg{}", i + 1)),
+        });
+        self.base_backup(i, from, &ClusterOptions::default())?;
+        Ok(i)
+    }
+
+    /// Throws node `i`'s data away and makes it a fresh streaming replica
+    /// of node `from` (how an old primary rejoins after a failover here).
+    ///
+    /// # Errors
+    /// pg_basebackup or pg_ctl failed.
+    pub fn rebuild_as_replica(&self, i: usize, from: usize) -> anyhow::Result<()> {
+        let _ = self.pg_ctl(i, "kill");
+        let data = &self.nodes[i].data;
+        if self.as_postgres {
+            self.run_cmd(Command::new("rm").arg("-rf").arg(data))?;
+        } else {
+            std::fs::remove_dir_all(data)?;
+        }
+        self.base_backup(i, from, &ClusterOptions::default())
+    }
+
     fn init_replica(&self, i: usize, options: &ClusterOptions) -> anyhow::Result<()> {
+        self.base_backup(i, 0, options)
+    }
+
+    fn base_backup(&self, i: usize, from: usize, options: &ClusterOptions) -> anyhow::Result<()> {
         let node = &self.nodes[i];
-        let primary = &self.nodes[0];
+        let primary = &self.nodes[from];
         self.run_cmd(
             self.server_cmd("pg_basebackup")
                 .args([

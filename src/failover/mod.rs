@@ -85,8 +85,12 @@ async fn connect(config: &Config, node: &Node) -> Result<Client, String> {
     Ok(client)
 }
 
-fn db<E: std::fmt::Display>(node: &Node) -> impl Fn(E) -> String + '_ {
-    move |e| format!("{}: {e}", node.name)
+/// Formats a node's error with PostgreSQL's own message.
+fn db(node: &Node) -> impl Fn(tokio_postgres::Error) -> String + '_ {
+    move |e| match e.as_db_error() {
+        Some(d) => format!("{}: {} ({})", node.name, d.message(), d.code().code()),
+        None => format!("{}: {e}", node.name),
+    }
 }
 
 /// Runs a switchover, failover or drill and reports it. One at a time.
@@ -282,15 +286,16 @@ async fn switchover(state: &Arc<State>, to: Option<&str>, drill: bool) -> Report
     {
         return abort(state, steps, report, &old, &old_client, e).await;
     }
-    finish_promotion(
+    let held_ms = finish_promotion(
         state,
         &mut steps,
         &topology,
         &candidate,
         std::slice::from_ref(&old.name),
+        held,
     )
     .await;
-    report.writes_held_ms = Some(held.elapsed().as_millis() as u64);
+    report.writes_held_ms = Some(held_ms);
     report.ok = true;
     steps.finish(report, None)
 }
@@ -298,14 +303,15 @@ async fn switchover(state: &Arc<State>, to: Option<&str>, drill: bool) -> Report
 /// Makes the old primary read-only, ends its client sessions, and returns
 /// its final WAL position.
 async fn fence(old: &Node, client: &Client) -> Result<i64, String> {
-    client
-        .batch_execute(
-            "ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf(); \
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-        )
-        .await
-        .map_err(db(old))?;
+    // ALTER SYSTEM refuses to run in a transaction block: one at a time.
+    for sql in [
+        "ALTER SYSTEM SET default_transaction_read_only = on",
+        "SELECT pg_reload_conf()",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    ] {
+        client.batch_execute(sql).await.map_err(db(old))?;
+    }
     let row = client
         .query_one(
             "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
@@ -367,13 +373,15 @@ async fn finish_promotion(
     topology: &crate::topology::Topology,
     candidate: &Arc<Node>,
     retire: &[Arc<str>],
-) {
+    held: std::time::Instant,
+) -> u64 {
     let config = state.config.load_full();
     state
         .topology
         .store(Arc::new(topology.with_primary(&candidate.name, retire)));
     steps.record("publish the topology", Duration::ZERO, true, None);
     state.hold_writes(false);
+    let held_ms = held.elapsed().as_millis() as u64;
     steps.record("release writes", Duration::ZERO, true, None);
     for node in &topology.nodes {
         if Arc::ptr_eq(node, candidate) || retire.contains(&node.name) || !topology.is_replica(node)
@@ -383,6 +391,7 @@ async fn finish_promotion(
         let step = format!("repoint {}", node.name);
         let _ = steps.run(&step, repoint(&config, node, candidate)).await;
     }
+    held_ms
 }
 
 /// Points a replica's WAL receiver at the new primary.
@@ -396,9 +405,13 @@ async fn repoint(config: &Config, replica: &Node, primary: &Node) -> Result<(), 
     let updated = conninfo::repoint(&current, &primary.host, primary.port);
     client
         .batch_execute(&format!(
-            "ALTER SYSTEM SET primary_conninfo = {}; SELECT pg_reload_conf()",
+            "ALTER SYSTEM SET primary_conninfo = {}",
             postgres_protocol::escape::escape_literal(&updated)
         ))
+        .await
+        .map_err(db(replica))?;
+    client
+        .batch_execute("SELECT pg_reload_conf()")
         .await
         .map_err(db(replica))
 }
@@ -462,15 +475,16 @@ async fn failover(state: &Arc<State>, to: Option<&str>) -> Report {
     }
     let last_known = old.stats.load().lsn;
     report.lost_bytes = Some(last_known.saturating_sub(received.max(0) as u64));
-    finish_promotion(
+    let held_ms = finish_promotion(
         state,
         &mut steps,
         &topology,
         &candidate,
         std::slice::from_ref(&old.name),
+        held,
     )
     .await;
-    report.writes_held_ms = Some(held.elapsed().as_millis() as u64);
+    report.writes_held_ms = Some(held_ms);
     report.ok = true;
     steps.finish(report, None)
 }

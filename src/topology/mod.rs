@@ -257,6 +257,22 @@ impl Topology {
         topology
     }
 
+    /// The same topology with `nodes` no longer retired.
+    pub fn rejoin(&self, nodes: &[Arc<str>]) -> Topology {
+        let topology = Topology {
+            nodes: self.nodes.clone(),
+            primary: self.primary,
+            retired: self
+                .retired
+                .iter()
+                .filter(|r| !nodes.contains(r))
+                .cloned()
+                .collect(),
+        };
+        topology.publish_roles();
+        topology
+    }
+
     fn publish_roles(&self) {
         for n in &self.nodes {
             n.metrics.set_role(self.role_of(n));

@@ -235,6 +235,16 @@ fn discover(
     pollers: &[Poller],
     results: &[Result<Sample, String>],
 ) -> Option<Topology> {
+    // A retired node that was rebuilt as a streaming replica is a replica
+    // again.
+    let rejoined: Vec<Arc<str>> = pollers
+        .iter()
+        .zip(results)
+        .filter(|(p, r)| {
+            topo.retired().contains(&p.name) && matches!(r, Ok(s) if s.in_recovery && s.receiving)
+        })
+        .map(|(p, _)| p.name.clone())
+        .collect();
     let writable: Vec<(&Arc<str>, i32)> = pollers
         .iter()
         .zip(results)
@@ -243,7 +253,9 @@ fn discover(
             _ => None,
         })
         .collect();
-    let top = writable.iter().map(|(_, tl)| *tl).max()?;
+    let Some(top) = writable.iter().map(|(_, tl)| *tl).max() else {
+        return (!rejoined.is_empty()).then(|| topo.rejoin(&rejoined));
+    };
     let current = topo.primary();
     let current_timeline = current.stats.load().timeline as i32;
     let leaders: Vec<&Arc<str>> = writable
@@ -268,7 +280,7 @@ fn discover(
             None
         }
     };
-    if new_primary.is_none() && stale.is_empty() {
+    if new_primary.is_none() && stale.is_empty() && rejoined.is_empty() {
         return None;
     }
     let primary = new_primary.clone().unwrap_or_else(|| current.name.clone());
@@ -280,7 +292,10 @@ fn discover(
     for r in &retire {
         tracing::warn!(node = %r, "a writable node on an older timeline is retired");
     }
-    Some(topo.with_primary(&primary, &retire))
+    for r in &rejoined {
+        tracing::info!(node = %r, "a retired node streams as a replica again");
+    }
+    Some(topo.with_primary(&primary, &retire).rejoin(&rejoined))
 }
 
 fn sync_pollers(pollers: &mut Vec<Poller>, topology: &Topology) {

@@ -134,7 +134,6 @@ pub async fn start_proxy(text: &str) -> Proxy {
                 .try_init();
         }
     });
-    let _ = cluster();
     let mut proxy = Proxy::start(parse_config(text)).await.expect("proxy start");
     proxy.reached(Phase::Ready).await;
     proxy

@@ -1,0 +1,383 @@
+//! Switchover, failover, topology discovery and reload against real
+//! PostgreSQL. Each test builds its own primary and replicas, since it
+//! changes who is primary.
+
+#[path = "../it/harness/mod.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use harness::*;
+use pgsplit::admin::client::request;
+use pgsplit::app::Proxy;
+use pgsplit::cluster::{ClusterOptions, LocalCluster};
+use pgsplit::failover::Report;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn new_cluster() -> LocalCluster {
+    tokio::task::spawn_blocking(|| {
+        let c = LocalCluster::start(&ClusterOptions::default()).expect("cluster");
+        c.psql(
+            0,
+            "app",
+            "CREATE TABLE acked (client int, n int, PRIMARY KEY (client, n))",
+        )
+        .unwrap();
+        c
+    })
+    .await
+    .unwrap()
+}
+
+fn node_ports(c: &LocalCluster) -> Vec<u16> {
+    c.nodes.iter().map(|n| n.port).collect()
+}
+
+const ADMIN: &str = "admin:\n  listen: 127.0.0.1:0\n";
+
+async fn failover(proxy: &Proxy, body: &str) -> Report {
+    let url = format!("http://{}", proxy.admin_addr.expect("admin API"));
+    let answer = request(&url, "POST", "/failover", None, Some(body))
+        .await
+        .unwrap();
+    serde_json::from_str(&answer.body).unwrap_or_else(|e| panic!("{e}: {}", answer.body))
+}
+
+async fn connect_to(proxy: &Proxy) -> tokio_postgres::Client {
+    app(proxy).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_under_load_loses_no_acknowledged_write_and_shows_no_errors() {
+    let _serial = SERIAL.lock().await;
+    let c = new_cluster().await;
+    let ports = node_ports(&c);
+    let proxy = start_proxy(&config_text(&ports, ADMIN)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let client = connect_to(&proxy).await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut errors = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            for n in 0..100_000 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                match client
+                    .simple_query(&format!("INSERT INTO acked VALUES ({w}, {n})"))
+                    .await
+                {
+                    Ok(_) => acked.push(n),
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (w, acked, errors)
+        }));
+    }
+    let mut readers = Vec::new();
+    for _ in 0..16 {
+        let client = connect_to(&proxy).await;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Err(e) = client.simple_query("SELECT count(*) FROM acked").await {
+                    errors.push(e.to_string());
+                }
+            }
+            errors
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let report = failover(&proxy, r#"{"to": "pg2"}"#).await;
+    eprintln!("{report:#?}");
+    assert!(report.ok, "switchover failed: {report:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    let new_primary = direct(ports[1]).await;
+    for w in writers {
+        let (client, acked, errors) = w.await.unwrap();
+        assert!(errors.is_empty(), "writer {client} saw errors: {errors:?}");
+        let rows = new_primary
+            .query("SELECT n FROM acked WHERE client = $1", &[&client])
+            .await
+            .unwrap();
+        let stored: BTreeSet<i32> = rows.iter().map(|r| r.get(0)).collect();
+        for n in &acked {
+            assert!(
+                stored.contains(n),
+                "acknowledged insert ({client}, {n}) is missing on the new primary"
+            );
+        }
+        total += acked.len();
+    }
+    for r in readers {
+        let errors = r.await.unwrap();
+        assert!(errors.is_empty(), "a reader saw errors: {errors:?}");
+    }
+    let held = report.writes_held_ms.unwrap();
+    eprintln!("{total} acknowledged inserts, writes held {held} ms");
+    assert!(held < 5000, "writes were held {held} ms");
+    // the proxy reports the new roles
+    let status = pgsplit::admin::Status::collect(&proxy.state);
+    let role = |name: &str| {
+        status
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap()
+            .role
+            .clone()
+    };
+    assert_eq!(
+        (
+            role("pg1").as_str(),
+            role("pg2").as_str(),
+            role("pg3").as_str()
+        ),
+        ("retired", "primary", "replica")
+    );
+    let client = connect_to(&proxy).await;
+    assert_eq!(
+        served_by(
+            &client,
+            "INSERT INTO acked VALUES (99, 1) RETURNING inet_server_port()"
+        )
+        .await,
+        ports[1]
+    );
+
+    // Switch back: the old primary is rebuilt as a replica of pg2 first.
+    tokio::task::block_in_place(|| c.rebuild_as_replica(0, 1)).unwrap();
+    let rejoined = wait_for(Duration::from_secs(20), || {
+        let s = pgsplit::admin::Status::collect(&proxy.state);
+        s.nodes
+            .iter()
+            .any(|n| n.name == "pg1" && n.role == "replica" && n.state == "up")
+    })
+    .await;
+    assert!(rejoined, "pg1 did not rejoin as a replica");
+    let _ = wait_for(Duration::from_secs(20), || {
+        proxy
+            .state
+            .topology
+            .load()
+            .node("pg1")
+            .unwrap()
+            .stats
+            .load()
+            .eligible
+    })
+    .await;
+    let report = failover(&proxy, r#"{"to": "pg1"}"#).await;
+    assert!(report.ok, "switch back failed: {report:?}");
+    assert_eq!(
+        served_by(
+            &client,
+            "INSERT INTO acked VALUES (99, 2) RETURNING inet_server_port()"
+        )
+        .await,
+        ports[0]
+    );
+    proxy.stop().await;
+}
+
+async fn wait_for(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_failover_after_the_primary_dies() {
+    let _serial = SERIAL.lock().await;
+    let c = new_cluster().await;
+    let ports = node_ports(&c);
+    let proxy = start_proxy(&config_text(&ports, ADMIN)).await;
+    let client = connect_to(&proxy).await;
+    client
+        .simple_query("INSERT INTO acked VALUES (1, 1)")
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| c.pg_ctl(0, "kill")).unwrap();
+    let report = failover(&proxy, r#"{"force": true}"#).await;
+    eprintln!("{report:#?}");
+    assert!(report.ok, "{report:?}");
+    let promoted = report.candidate.clone().unwrap();
+    let promoted_port = c.nodes.iter().find(|n| n.name == promoted).unwrap().port;
+    assert!(report.lost_bytes.is_some());
+    // writes succeed on the promoted node at once
+    let port = served_by(
+        &client,
+        "INSERT INTO acked VALUES (1, 2) RETURNING inet_server_port()",
+    )
+    .await;
+    assert_eq!(port, promoted_port);
+    // the other replica follows it and serves reads of the new data
+    let other = c
+        .nodes
+        .iter()
+        .skip(1)
+        .find(|n| n.name != promoted)
+        .unwrap()
+        .port;
+    let reader = connect_to(&proxy).await;
+    let followed = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut ok = false;
+        while Instant::now() < deadline {
+            let r = rows(&reader, "SELECT count(*) FILTER (WHERE n = 2), inet_server_port() FROM acked WHERE client = 1")
+                .await
+                .unwrap();
+            if r[0][0].as_deref() == Some("1")
+                && r[0][1].as_deref().unwrap().parse::<u16>().unwrap() == other
+            {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ok
+    };
+    assert!(
+        followed,
+        "the other replica never served the new primary's data"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_proxy_follows_a_switchover_made_through_the_first() {
+    let _serial = SERIAL.lock().await;
+    let c = new_cluster().await;
+    let ports = node_ports(&c);
+    let a = start_proxy(&config_text(&ports, ADMIN)).await;
+    let b = start_proxy(&config_text(&ports, "")).await;
+    let through_b = connect_to(&b).await;
+    assert_eq!(
+        served_by(
+            &through_b,
+            "INSERT INTO acked VALUES (2, 1) RETURNING inet_server_port()"
+        )
+        .await,
+        ports[0]
+    );
+    let report = failover(&a, r#"{"to": "pg3"}"#).await;
+    assert!(report.ok, "{report:?}");
+    let started = Instant::now();
+    let mut n = 2;
+    let switched = loop {
+        n += 1;
+        if let Ok(r) = rows(
+            &through_b,
+            &format!("INSERT INTO acked VALUES (2, {n}) RETURNING inet_server_port()"),
+        )
+        .await
+            && r[0][0].as_deref().unwrap().parse::<u16>().unwrap() == ports[2]
+        {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!(
+        "the second proxy wrote to the new primary after {:?} (check interval 100 ms)",
+        started.elapsed()
+    );
+    assert!(switched, "the second proxy never found the new primary");
+    assert_eq!(
+        b.state
+            .topology
+            .load()
+            .role_of(b.state.topology.load().node("pg1").unwrap()),
+        "retired"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_a_replica_without_dropping_clients_and_refuses_a_broken_file() {
+    let _serial = SERIAL.lock().await;
+    let mut c = new_cluster().await;
+    let ports = node_ports(&c);
+    let file = std::env::temp_dir().join(format!("pgsplit-reload-{}.yaml", std::process::id()));
+    std::fs::write(&file, config_text(&ports, ADMIN)).unwrap();
+    let config = pgsplit::config::Config::load(&file).unwrap();
+    let mut proxy = Proxy::start_from(config, Some(file.clone())).await.unwrap();
+    proxy.reached(pgsplit::app::Phase::Ready).await;
+    let client = connect_to(&proxy).await;
+    client.simple_query("BEGIN").await.unwrap();
+    let pid: i32 = scalar(&client, "SELECT pg_backend_pid()").await;
+
+    let c = tokio::task::spawn_blocking(move || {
+        c.add_replica(0).unwrap();
+        c
+    })
+    .await
+    .unwrap();
+    let new_port = c.nodes[3].port;
+    let mut with_pg4 = ports.clone();
+    with_pg4.push(new_port);
+    let url = format!("http://{}", proxy.admin_addr.unwrap());
+    std::fs::write(&file, config_text(&with_pg4, ADMIN)).unwrap();
+    let answer = request(&url, "POST", "/reload", None, None).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let reader = connect_to(&proxy).await;
+    let got_reads = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut ok = false;
+        while Instant::now() < deadline && !ok {
+            ok = served_by(&reader, "SELECT inet_server_port()").await == new_port;
+        }
+        ok
+    };
+    assert!(got_reads, "the added replica never took a read");
+    // the client in its transaction kept its connection throughout
+    assert_eq!(scalar::<i32>(&client, "SELECT pg_backend_pid()").await, pid);
+    client.simple_query("COMMIT").await.unwrap();
+
+    // A broken file is refused; the running configuration keeps serving.
+    std::fs::write(&file, "listen: [this is not valid\n").unwrap();
+    let answer = request(&url, "POST", "/reload", None, None).await.unwrap();
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(
+        answer.body.contains("pgsplit-reload"),
+        "names the file: {}",
+        answer.body
+    );
+    assert_eq!(scalar::<i32>(&reader, "SELECT 1").await, 1);
+    let metrics = request(&url, "GET", "/metrics", None, None)
+        .await
+        .unwrap()
+        .body;
+    assert!(
+        metrics.contains("pgsplit_config_reloads_total{result=\"error\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("pgsplit_config_reloads_total{result=\"error\"} 0"),
+        "the refusal was counted"
+    );
+    assert_eq!(proxy.state.topology.load().nodes.len(), 4);
+    proxy.stop().await;
+    drop(c);
+    let _ = std::fs::remove_file(file);
+}
