@@ -478,6 +478,9 @@ impl<'s> Session<'s> {
     /// Sends the gathered batch where it belongs.
     async fn dispatch(&mut self) -> Result<(), SessionError> {
         let frames = self.batch.take();
+        if tracing::enabled!(tracing::Level::TRACE) {
+            trace_sql(&frames);
+        }
         let plan = batch::plan(&frames, &self.statements, &self.state.router.load())
             .map_err(SessionError::ClientProtocol)?;
         let Some(held) = self.held.as_mut() else {
@@ -778,6 +781,27 @@ impl<'s> Session<'s> {
             }
         }
         self.slot.set(None);
+    }
+}
+
+/// Logs the SQL of a batch at trace level, truncated (never at any other
+/// level: statements can carry personal data).
+fn trace_sql(frames: &[Frame]) {
+    const MAX: usize = 200;
+    for frame in frames {
+        let sql = match frame.tag {
+            fe::QUERY_TAG => fe::query_text(frame.body()).ok(),
+            fe::PARSE_TAG => fe::parse(frame.body()).ok().map(|p| p.sql),
+            _ => None,
+        };
+        if let Some(sql) = sql {
+            let cut = sql.char_indices().nth(MAX).map_or(sql.len(), |(i, _)| i);
+            tracing::trace!(
+                sql = &sql[..cut],
+                truncated = cut < sql.len(),
+                "statement text"
+            );
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod drivers;
 mod extended;
 mod faults;
 mod harness;
+mod monitoring;
 mod protocol;
 mod routing;
 mod tools;
