@@ -49,6 +49,8 @@ pub struct State {
     pub writes_held: watch::Sender<bool>,
     /// One failover at a time.
     pub failover_lock: tokio::sync::Mutex<()>,
+    /// Sessions open per route rule they matched at startup.
+    pub rule_sessions: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// Databases clients have used (the catalog is read in each).
     pub databases: std::sync::Mutex<std::collections::BTreeSet<String>>,
     next_session: AtomicI32,
@@ -79,6 +81,7 @@ impl State {
             catalog_loads: watch::channel(0).0,
             databases: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             writes_held: watch::channel(false).0,
+            rule_sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
             failover_lock: tokio::sync::Mutex::new(()),
             next_session: AtomicI32::new(1),
         }
@@ -94,6 +97,16 @@ impl State {
             ROUTER_CACHE_BYTES,
         );
         self.router.store(Arc::new(router));
+    }
+
+    /// Counts a session in (`+1`) or out (`-1`) of a rule.
+    pub fn count_rule_session(&self, rule: &str, delta: i64) {
+        *self
+            .rule_sessions
+            .lock()
+            .expect("poisoned")
+            .entry(rule.to_owned())
+            .or_default() += delta;
     }
 
     /// Holds (or releases) new write transactions during a switchover.

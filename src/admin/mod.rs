@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::state::State;
 
-pub use status::{NodeStatus, PoolStatus, Status};
+pub use status::{NodeStatus, PoolStatus, RuleStatus, Status};
 
 /// What the handlers share.
 #[derive(Clone)]

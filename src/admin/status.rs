@@ -11,6 +11,20 @@ pub struct Status {
     pub nodes: Vec<NodeStatus>,
     /// Client connections now open.
     pub clients: i64,
+    /// Route rules and the sessions that matched each at startup.
+    #[serde(default)]
+    pub rules: Vec<RuleStatus>,
+}
+
+/// One route rule in `/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleStatus {
+    /// Name.
+    pub name: String,
+    /// Tags its reads go to.
+    pub tags: Vec<String>,
+    /// Sessions open that matched it.
+    pub sessions: i64,
 }
 
 /// One node in `/status`.
@@ -36,6 +50,12 @@ pub struct NodeStatus {
     pub timeline: u32,
     /// Server connections.
     pub pool: PoolStatus,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Zone.
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 /// Pool counts of one node.
@@ -81,12 +101,27 @@ impl Status {
                         active: pool.active,
                         idle: pool.idle,
                     },
+                    tags: n.tags.clone(),
+                    zone: n.zone.clone(),
                 }
+            })
+            .collect();
+        let config = state.config.load();
+        let counts = state.rule_sessions.lock().expect("poisoned").clone();
+        let rules = config
+            .routing
+            .rules
+            .iter()
+            .map(|r| RuleStatus {
+                name: r.name.clone(),
+                tags: r.tags.clone(),
+                sessions: counts.get(&r.name).copied().unwrap_or(0),
             })
             .collect();
         Status {
             nodes,
             clients: state.metrics.client_connections.get(),
+            rules,
         }
     }
 
@@ -123,6 +158,12 @@ impl Status {
             ));
         }
         out.push_str(&format!("clients: {}\n", self.clients));
+        for r in &self.rules {
+            out.push_str(&format!(
+                "rule {} -> tags {:?}: {} sessions\n",
+                r.name, r.tags, r.sessions
+            ));
+        }
         out
     }
 }

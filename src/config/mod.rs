@@ -4,6 +4,7 @@
 //! file is refused with its path, line and key named and the running proxy
 //! keeps its old configuration. Nothing here touches a socket.
 
+mod rules;
 mod values;
 
 use std::collections::HashSet;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+pub use rules::{RuleConfig, RuleFallback, RuleMatch, first_match};
 pub use values::{ByteSize, Duration, MissingVar, expand_env};
 
 /// Why a configuration was refused.
@@ -54,6 +56,9 @@ pub enum ConfigError {
 pub struct Config {
     /// Where clients connect.
     pub listen: Spanned<String>,
+    /// The zone this proxy runs in: replicas of the same zone are preferred.
+    #[serde(default)]
+    pub zone: Option<String>,
     /// The HTTP admin API.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
@@ -150,6 +155,9 @@ pub struct UserConfig {
     /// Plaintext password.
     #[serde(default)]
     pub password: Option<String>,
+    /// Only reads: anything that needs the primary is refused (25006).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// One entry of `nodes`.
@@ -168,6 +176,15 @@ pub struct NodeConfig {
     /// Share of reads among replicas.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Tags that route rules and `/* pgsplit:tag=... */` hints select.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// A tagged replica takes ordinary reads too.
+    #[serde(default)]
+    pub serve_default: bool,
+    /// Availability zone.
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 fn default_pg_port() -> u16 {
@@ -234,6 +251,11 @@ pub struct RoutingConfig {
     pub write_functions: Vec<String>,
     /// How often the catalog's volatile user functions are re-read.
     pub functions_refresh: Duration,
+    /// Session rules for tagged replicas, first match wins.
+    pub rules: Vec<RuleConfig>,
+    /// Share of reads (0 to 1) sent to other zones even when the proxy's
+    /// own zone has an eligible replica.
+    pub cross_zone_share: f64,
 }
 
 impl Default for RoutingConfig {
@@ -244,6 +266,8 @@ impl Default for RoutingConfig {
             read_your_writes: ReadYourWrites::Session,
             write_functions: Vec::new(),
             functions_refresh: Duration(std::time::Duration::from_secs(30)),
+            rules: Vec::new(),
+            cross_zone_share: 0.0,
         }
     }
 }
@@ -422,6 +446,16 @@ impl Config {
             }
         }
         self.validate_nodes(path)?;
+        if let Err((key, message)) = rules::validate(&self.routing.rules) {
+            return Err(invalid(&serde_saphyr::Location::UNKNOWN, &key, message));
+        }
+        if !(0.0..=1.0).contains(&self.routing.cross_zone_share) {
+            return Err(invalid(
+                &serde_saphyr::Location::UNKNOWN,
+                "routing.cross_zone_share",
+                "must be between 0 and 1".into(),
+            ));
+        }
         let durations = [
             ("pool.checkout_timeout", self.pool.checkout_timeout),
             ("lag.check_interval", self.lag.check_interval),

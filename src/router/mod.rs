@@ -64,11 +64,15 @@ pub enum Reason {
     ReadYourWrites,
     /// A read sent again to another node after its first node failed.
     Retry,
+    /// A route rule (or a tag hint) chose tagged replicas.
+    Rule,
+    /// The zone preference chose a replica of the proxy's zone.
+    Zone,
 }
 
 impl Reason {
     /// Every reason, for pre-creating metric series.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Write,
         Reason::Read,
         Reason::Transaction,
@@ -81,6 +85,8 @@ impl Reason {
         Reason::NoReplica,
         Reason::ReadYourWrites,
         Reason::Retry,
+        Reason::Rule,
+        Reason::Zone,
     ];
 
     /// Whether a statement routed for this reason may have written (and
@@ -112,6 +118,8 @@ impl Reason {
             Reason::NoReplica => "no_replica",
             Reason::ReadYourWrites => "read_your_writes",
             Reason::Retry => "retry",
+            Reason::Rule => "rule",
+            Reason::Zone => "zone",
         }
     }
 }

@@ -63,6 +63,19 @@ pub fn leading_hint(sql: &str) -> Option<Target> {
     })
 }
 
+/// A `pgsplit:tag=NAME` hint in a comment before the first keyword.
+pub fn leading_tag(sql: &str) -> Option<String> {
+    let (_, comments) = skip_leading_comments(sql);
+    comments.iter().rev().find_map(|c| {
+        let at = c.find("pgsplit:tag=")? + "pgsplit:tag=".len();
+        let tag: String = c[at..]
+            .chars()
+            .take_while(|ch| ch.is_ascii_alphanumeric() || *ch == '_' || *ch == '-')
+            .collect();
+        (!tag.is_empty()).then_some(tag)
+    })
+}
+
 /// The first keyword, lowercased, and what follows it.
 fn first_keyword(sql: &str) -> Option<(String, &str)> {
     let (rest, _) = skip_leading_comments(sql);
@@ -149,6 +162,11 @@ mod tests {
         );
         assert_eq!(leading_hint("SELECT '/* pgsplit:replica */'"), None);
         assert_eq!(leading_hint("/* unterminated pgsplit:replica"), None);
+        assert_eq!(
+            leading_tag("/* pgsplit:tag=analytics */ SELECT 1").as_deref(),
+            Some("analytics")
+        );
+        assert_eq!(leading_tag("SELECT '/* pgsplit:tag=analytics */'"), None);
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct Plan {
     pub syncs: usize,
     /// Creates, alters or drops a function (the catalog must be re-read).
     pub function_ddl: bool,
+    /// A `/* pgsplit:tag=NAME */` hint on one of its statements.
+    pub tag: Option<String>,
 }
 
 /// Routes a batch from the statements it parses or executes: a Bind of an
@@ -67,6 +69,7 @@ pub fn plan(
     let mut route = Route::replica(Reason::Read);
     let mut commands: Vec<Option<Command>> = Vec::new();
     let mut function_ddl = false;
+    let mut tag = None;
     let mut syncs = 0;
     let mut parsed_unnamed = false;
     // Statements parsed earlier in this same batch route by their text.
@@ -87,6 +90,7 @@ pub fn plan(
             fe::QUERY_TAG => {
                 let sql = fe::query_text(body)?;
                 function_ddl |= is_function_ddl(sql);
+                tag = tag.or_else(|| crate::router::scan::leading_tag(sql));
                 route = route.merge(tracked(router.classify(sql), sql, &mut commands));
                 syncs += 1;
             }
@@ -94,6 +98,7 @@ pub fn plan(
                 let p = fe::parse(body)?;
                 parsed_unnamed |= p.name.is_empty();
                 function_ddl |= is_function_ddl(p.sql);
+                tag = tag.or_else(|| crate::router::scan::leading_tag(p.sql));
                 let r = tracked(router.classify(p.sql), p.sql, &mut commands);
                 parsed_here.push((p.name, r));
                 route = route.merge(r);
@@ -147,6 +152,7 @@ pub fn plan(
         command,
         syncs,
         function_ddl,
+        tag,
     })
 }
 

@@ -7,6 +7,7 @@
 
 mod batch;
 pub mod cancel;
+mod choose;
 mod commands;
 mod handshake;
 mod outbound;

@@ -18,11 +18,12 @@ use tokio::net::TcpStream;
 use super::SessionError;
 use super::batch::{self, Batch, Plan};
 use super::cancel::{CancelSlot, CancelTarget};
+use super::choose::{Choice, Wants, choose};
 use super::handshake::{self, Startup};
 use super::outbound::Translation;
 use super::replies::{Context, Replies};
 use super::state::{Settings, Statements};
-use crate::config::{NoReplica, PoolMode, ReadYourWrites};
+use crate::config::{PoolMode, ReadYourWrites};
 use crate::pool::{PoolError, Pooled};
 use crate::protocol::backend::{self as be, Severity, TxnStatus};
 use crate::protocol::codec::{self, Frame, MAX_MESSAGE_LEN};
@@ -104,11 +105,16 @@ pub struct Session<'s> {
     function_ddl: bool,
     /// When the oldest unanswered batch was sent, and where.
     timing: Option<(std::time::Instant, Target)>,
+    /// The route rule the session matched at startup (for `/status`).
+    rule: Option<String>,
 }
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
         self.state.cancels.unregister(self.pid);
+        if let Some(rule) = &self.rule {
+            self.state.count_rule_session(rule, -1);
+        }
     }
 }
 
@@ -166,7 +172,20 @@ impl<'s> Session<'s> {
             wrote: false,
             function_ddl: false,
             timing: None,
+            rule: None,
         };
+        let app = session.application_name();
+        session.rule = crate::config::first_match(
+            &config.routing.rules,
+            &session.startup.user,
+            &session.startup.database,
+            &app,
+        )
+        .map(|r| r.name.clone());
+        if let Some(rule) = &session.rule {
+            session.state.count_rule_session(rule, 1);
+            tracing::debug!(rule = %rule, "session matches a route rule");
+        }
         let mut first = session.first_connection().await?;
         let params = session.apply_startup_settings(&mut first).await?;
         handshake::greeting(&mut session.cwbuf, &params, pid, secret);
@@ -554,7 +573,24 @@ impl<'s> Session<'s> {
         plan: Plan,
         mut tried: Vec<Arc<str>>,
     ) -> Result<(), SessionError> {
-        let route = plan.route;
+        let mut route = plan.route;
+        let config = self.state.config.load_full();
+        if route.target == Target::Primary
+            && config.user(&self.startup.user).is_some_and(|u| u.read_only)
+        {
+            // A read-only user: transaction control and tracked SETs run on
+            // a replica (where nothing can write); the rest never leaves.
+            if matches!(route.reason, Reason::Transaction | Reason::Session) && !route.pins {
+                route.target = Target::Replica;
+            } else {
+                let message = format!(
+                    "user \"{}\" may only read through pgsplit: this statement needs the primary",
+                    self.startup.user
+                );
+                self.fail_batch(sqlstate::READ_ONLY_SQL_TRANSACTION, &message, plan.syncs);
+                return Ok(());
+            }
+        }
         // A switchover holds new write transactions until the new primary
         // takes them; reads keep flowing.
         if route.target == Target::Primary && !self.state.writes_released(WRITE_HOLD_LIMIT).await {
@@ -562,7 +598,6 @@ impl<'s> Session<'s> {
             self.fail_batch(sqlstate::CONNECTION_FAILURE, message, plan.syncs);
             return Ok(());
         }
-        let config = self.state.config.load_full();
         let floor = self.read_floor();
         loop {
             let topology = self.state.topology.load_full();
@@ -577,35 +612,21 @@ impl<'s> Session<'s> {
                     })
                 })
                 .flatten();
-            let (node, reason) = match (kept, route.target) {
-                (Some(i), _) => (self.spare[i].node.clone(), route.reason),
-                (None, Target::Primary) => (topology.primary().clone(), route.reason),
-                (None, Target::Replica) => {
-                    let mut rng = rand::rng();
-                    let reads = config.routing.primary_reads;
-                    let pick = topology
-                        .pick_reader(reads, floor, &tried, &mut rng)
-                        .cloned();
-                    let behind = pick.is_none()
-                        && floor > 0
-                        && topology.pick_reader(reads, 0, &tried, &mut rng).is_some();
-                    let reason = if tried.is_empty() {
-                        route.reason
-                    } else {
-                        Reason::Retry
+            let (node, reason) = match kept {
+                Some(i) => (self.spare[i].node.clone(), route.reason),
+                None => {
+                    let app = self.application_name();
+                    let wants = Wants {
+                        route,
+                        tag: plan.tag.as_deref(),
+                        who: (&self.startup.user, &self.startup.database, &app),
+                        floor,
+                        tried: &tried,
                     };
-                    match (pick, config.routing.no_replica) {
-                        (Some(n), _) => (n, reason),
-                        (None, _) if behind => (topology.primary().clone(), Reason::ReadYourWrites),
-                        (None, NoReplica::Primary) => {
-                            (topology.primary().clone(), Reason::NoReplica)
-                        }
-                        (None, NoReplica::Error) => {
-                            self.fail_batch(
-                                sqlstate::CONNECTION_FAILURE,
-                                "no replica is available for this read",
-                                plan.syncs,
-                            );
+                    match choose(&config, &topology, &wants) {
+                        Choice::Node { node, reason } => (node, reason),
+                        Choice::Refuse { code, message } => {
+                            self.fail_batch(code, &message, plan.syncs);
                             return Ok(());
                         }
                     }
@@ -689,6 +710,16 @@ impl<'s> Session<'s> {
                 Err(e) => self.backend_failed(e.into()).await,
             };
         }
+    }
+
+    /// The `application_name` the client gave at startup.
+    fn application_name(&self) -> String {
+        self.startup
+            .params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
     }
 
     fn take_spare(&mut self, node: &Arc<Node>) -> Option<Pooled> {

@@ -34,6 +34,12 @@ pub struct Node {
     pub role: Role,
     /// Configured read weight.
     pub weight: u32,
+    /// Tags for route rules and tag hints.
+    pub tags: Vec<String>,
+    /// A tagged node that takes ordinary reads too.
+    pub serve_default: bool,
+    /// Availability zone.
+    pub zone: Option<String>,
     /// Whether it accepts connections.
     pub health: NodeHealth,
     /// The monitor's latest view.
@@ -176,7 +182,12 @@ impl Topology {
             .iter()
             .map(|n| {
                 if let Some(old) = previous.and_then(|p| p.node(&n.name.value)).filter(|old| {
-                    old.host == n.host && old.port == n.port && old.weight == n.weight
+                    old.host == n.host
+                        && old.port == n.port
+                        && old.weight == n.weight
+                        && old.tags == n.tags
+                        && old.serve_default == n.serve_default
+                        && old.zone == n.zone
                 }) {
                     return old.clone();
                 }
@@ -186,6 +197,9 @@ impl Topology {
                     port: n.port,
                     role: n.role.value,
                     weight: n.weight,
+                    tags: n.tags.clone(),
+                    serve_default: n.serve_default,
+                    zone: n.zone.clone(),
                     health: NodeHealth::default(),
                     stats: ArcSwap::from_pointee(NodeStats {
                         // Until the first poll, a replica takes reads at its
@@ -311,36 +325,46 @@ impl Topology {
         self.nodes.iter().find(|n| &*n.name == name)
     }
 
-    /// Picks a node for a read: among replicas that are up, within the lag
-    /// limits and (for read-your-writes) replayed past `floor`, two are
-    /// drawn by effective weight and the less loaded one (in flight per
-    /// unit of weight) wins. The primary takes part with `primary_reads`
-    /// as its weight. `None` when no replica is eligible (the caller
-    /// applies `routing.no_replica`). `exclude` names nodes already tried.
-    pub fn pick_reader(
-        &self,
-        primary_reads: u32,
-        floor: u64,
-        exclude: &[Arc<str>],
-        rng: &mut impl Rng,
-    ) -> Option<&Arc<Node>> {
-        let candidates: Vec<(&Arc<Node>, f64)> = self
+    /// Picks a node for a read (see [`ReadRequest`]): among replicas that
+    /// are up, within the lag limits, replayed past the floor and carrying
+    /// the requested tags (or, for ordinary reads, untagged or
+    /// `serve_default`), preferring the proxy's zone, two are drawn by
+    /// effective weight and the less loaded one (in flight per unit of
+    /// weight) wins. The primary takes part with `primary_reads` as its
+    /// weight. `None` when no replica is eligible.
+    pub fn pick_reader(&self, req: &ReadRequest<'_>, rng: &mut impl Rng) -> Option<Pick<'_>> {
+        let mut candidates: Vec<(&Arc<Node>, f64)> = self
             .nodes
             .iter()
-            .filter(|n| self.is_replica(n) && n.health.is_up() && !exclude.contains(&n.name))
+            .filter(|n| self.is_replica(n) && n.health.is_up() && !req.exclude.contains(&n.name))
+            .filter(|n| match req.tags {
+                Some(tags) => tags.iter().all(|t| n.tags.contains(t)),
+                None => n.tags.is_empty() || n.serve_default,
+            })
             .filter_map(|n| {
                 let stats = n.stats.load();
-                (stats.eligible && stats.lsn >= floor && stats.effective_weight > 0.0)
+                (stats.eligible && stats.lsn >= req.floor && stats.effective_weight > 0.0)
                     .then_some((n, stats.effective_weight))
             })
             .collect();
         if candidates.is_empty() {
             return None;
         }
-        let mut candidates = candidates;
+        let mut by_zone = false;
+        if let Some(zone) = req.zone {
+            let (local, remote): (Vec<_>, Vec<_>) = candidates
+                .iter()
+                .partition(|(n, _)| n.zone.as_deref() == Some(zone));
+            if !local.is_empty() && !remote.is_empty() {
+                let cross =
+                    req.cross_zone_share > 0.0 && rng.random_bool(req.cross_zone_share.min(1.0));
+                by_zone = !cross;
+                candidates = if cross { remote } else { local };
+            }
+        }
         let primary = self.primary();
-        if primary_reads > 0 && primary.health.is_up() && !exclude.contains(&primary.name) {
-            candidates.push((primary, f64::from(primary_reads)));
+        if req.primary_reads > 0 && primary.health.is_up() && !req.exclude.contains(&primary.name) {
+            candidates.push((primary, f64::from(req.primary_reads)));
         }
         let total: f64 = candidates.iter().map(|(_, w)| w).sum();
         let mut draw = || {
@@ -356,8 +380,35 @@ impl Topology {
         let (a, wa) = draw();
         let (b, wb) = draw();
         let load = |n: &Arc<Node>, w: f64| f64::from(n.in_flight.load(Ordering::Relaxed)) / w;
-        Some(if load(b, wb) < load(a, wa) { b } else { a })
+        let node = if load(b, wb) < load(a, wa) { b } else { a };
+        Some(Pick { node, by_zone })
     }
+}
+
+/// What a read asks of the balancer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadRequest<'a> {
+    /// Weight of the primary among readers.
+    pub primary_reads: u32,
+    /// Read-your-writes floor: replicas must have replayed this far.
+    pub floor: u64,
+    /// Nodes already tried for this statement.
+    pub exclude: &'a [Arc<str>],
+    /// Only nodes carrying all these tags (`None`: an ordinary read).
+    pub tags: Option<&'a [String]>,
+    /// The proxy's zone, preferred.
+    pub zone: Option<&'a str>,
+    /// Share of reads sent out of the zone anyway.
+    pub cross_zone_share: f64,
+}
+
+/// The balancer's choice.
+#[derive(Debug, Clone, Copy)]
+pub struct Pick<'a> {
+    /// The node.
+    pub node: &'a Arc<Node>,
+    /// The zone preference decided it (other zones had eligible replicas).
+    pub by_zone: bool,
 }
 
 #[cfg(test)]
@@ -377,8 +428,12 @@ mod tests {
         let mut rng = rand::rng();
         let mut counts = [0u32; 3];
         for _ in 0..10_000 {
-            if let Some(n) = t.pick_reader(primary_reads, 0, &[], &mut rng) {
-                counts[t.nodes.iter().position(|x| Arc::ptr_eq(x, n)).unwrap()] += 1;
+            let req = ReadRequest {
+                primary_reads,
+                ..ReadRequest::default()
+            };
+            if let Some(p) = t.pick_reader(&req, &mut rng) {
+                counts[t.nodes.iter().position(|x| Arc::ptr_eq(x, p.node)).unwrap()] += 1;
             }
         }
         counts
@@ -411,12 +466,20 @@ mod tests {
         t.nodes[1].health.mark_down();
         assert_eq!(shares(&t, 0), [0, 0, 10_000]);
         t.nodes[2].health.mark_down();
-        assert!(t.pick_reader(100, 0, &[], &mut rand::rng()).is_none());
+        let req = ReadRequest {
+            primary_reads: 100,
+            ..ReadRequest::default()
+        };
+        assert!(t.pick_reader(&req, &mut rand::rng()).is_none());
         assert!(!t.nodes[1].health.observe_success(2));
         assert!(t.nodes[1].health.observe_success(2));
         assert_eq!(shares(&t, 0), [0, 10_000, 0]);
         let tried = [t.nodes[1].name.clone()];
-        assert!(t.pick_reader(0, 0, &tried, &mut rand::rng()).is_none());
+        let req = ReadRequest {
+            exclude: &tried,
+            ..ReadRequest::default()
+        };
+        assert!(t.pick_reader(&req, &mut rand::rng()).is_none());
         // one failed poll does not flap a node; three do
         assert!(!t.nodes[1].health.observe_failure(3));
         assert!(!t.nodes[1].health.observe_failure(3));
@@ -443,8 +506,54 @@ mod tests {
         set(2, false, 0.0, 200);
         assert_eq!(shares(&t, 0), [0, 10_000, 0]);
         set(2, true, 100.0, 200);
-        let pick = t.pick_reader(0, 150, &[], &mut rand::rng()).unwrap();
-        assert_eq!(&*pick.name, "b", "only b replayed past the floor");
-        assert!(t.pick_reader(0, 250, &[], &mut rand::rng()).is_none());
+        let floor = |floor| ReadRequest {
+            floor,
+            ..ReadRequest::default()
+        };
+        let pick = t.pick_reader(&floor(150), &mut rand::rng()).unwrap();
+        assert_eq!(&*pick.node.name, "b", "only b replayed past the floor");
+        assert!(t.pick_reader(&floor(250), &mut rand::rng()).is_none());
+    }
+
+    #[test]
+    fn tags_and_zones() {
+        let t = topology("");
+        // reshape: a is tagged analytics in zone z2, b untagged in z1
+        let text = "listen: 127.0.0.1:1\nzone: z1\nnodes:\n  - {name: p, host: h, port: 1, role: primary}\n  - {name: a, host: h, port: 2, role: replica, tags: [analytics], zone: z2}\n  - {name: b, host: h, port: 3, role: replica, zone: z1}\n  - {name: c, host: h, port: 4, role: replica, zone: z2}\n";
+        let config = Config::from_text(Path::new("t.yaml"), text, |_| None).unwrap();
+        let t2 = Topology::from_config(&config, Some(&t), &Metrics::new());
+        let mut rng = rand::rng();
+        let names = |req: ReadRequest| {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..500 {
+                if let Some(p) = t2.pick_reader(&req, &mut rand::rng()) {
+                    seen.insert(p.node.name.to_string());
+                }
+            }
+            seen.into_iter().collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(ReadRequest::default()),
+            ["b", "c"],
+            "tagged a gets no ordinary reads"
+        );
+        let analytics = ["analytics".to_owned()];
+        let tagged = ReadRequest {
+            tags: Some(&analytics),
+            ..ReadRequest::default()
+        };
+        assert_eq!(names(tagged), ["a"]);
+        let zoned = ReadRequest {
+            zone: Some("z1"),
+            ..ReadRequest::default()
+        };
+        assert_eq!(names(zoned), ["b"]);
+        assert!(t2.pick_reader(&zoned, &mut rng).unwrap().by_zone);
+        let mostly = ReadRequest {
+            zone: Some("z1"),
+            cross_zone_share: 0.5,
+            ..ReadRequest::default()
+        };
+        assert_eq!(names(mostly), ["b", "c"]);
     }
 }

@@ -8,6 +8,7 @@ mod extended;
 mod faults;
 mod harness;
 mod monitoring;
+mod policies;
 mod protocol;
 mod routing;
 mod tools;
