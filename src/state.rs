@@ -34,6 +34,8 @@ pub struct State {
     pub pools: Pools,
     /// Cancel keys handed to clients.
     pub cancels: CancelRegistry,
+    /// SCRAM secrets of configured users.
+    pub secrets: crate::auth::scram::Secrets,
     /// Fires when the proxy starts shutting down.
     pub shutdown: CancellationToken,
     /// The highest WAL position of any write this proxy acknowledged
@@ -74,6 +76,7 @@ impl State {
             router: ArcSwap::from_pointee(router),
             pools,
             cancels: CancelRegistry::default(),
+            secrets: crate::auth::scram::Secrets::default(),
             shutdown,
             global_floor: AtomicU64::new(0),
             catalog_refresh: Arc::new(Notify::new()),

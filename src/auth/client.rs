@@ -1,4 +1,5 @@
-//! Checks a client's credentials: `trust` or `md5` against `auth.users`.
+//! Checks a client's credentials against `auth.users`: `trust`, `md5` or
+//! `scram-sha-256` (with `-PLUS` channel binding over TLS).
 //!
 //! A wrong password and an unknown user get the same answer, after the
 //! same exchange, so user names cannot be probed.
@@ -7,6 +8,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::AuthError;
+use super::scram::{Binding, Exchange, Secrets};
 use crate::config::{AuthMethod, Config};
 use crate::protocol::{backend, frontend};
 use crate::wire;
@@ -21,6 +23,8 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     rbuf: &mut BytesMut,
     config: &Config,
     user: &str,
+    secrets: &Secrets,
+    binding: &Binding,
 ) -> Result<(), AuthError> {
     match config.auth.method.value {
         AuthMethod::Trust => {
@@ -31,9 +35,7 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         AuthMethod::Md5 => md5(stream, rbuf, config, user).await,
-        AuthMethod::ScramSha256 => Err(AuthError::Unsupported(
-            "scram-sha-256 for clients is not implemented".into(),
-        )),
+        AuthMethod::ScramSha256 => scram(stream, rbuf, config, user, secrets, binding).await,
     }
 }
 
@@ -67,6 +69,72 @@ async fn md5<S: AsyncRead + AsyncWrite + Unpin>(
     } else {
         Err(AuthError::BadPassword { user: user.into() })
     }
+}
+
+fn bad(user: &str) -> AuthError {
+    AuthError::BadPassword { user: user.into() }
+}
+
+/// Reads a `'p'` message (SASLInitialResponse / SASLResponse).
+async fn read_password_message<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    user: &str,
+) -> Result<bytes::Bytes, AuthError> {
+    let frame = wire::read_frame(stream, rbuf, 64 * 1024).await?;
+    if frame.tag != frontend::PASSWORD_TAG {
+        return Err(bad(user));
+    }
+    Ok(frame.bytes.slice(5..))
+}
+
+async fn scram<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    config: &Config,
+    user: &str,
+    secrets: &Secrets,
+    binding: &Binding,
+) -> Result<(), AuthError> {
+    let mut out = BytesMut::new();
+    let mut mechanisms: Vec<&str> = vec!["SCRAM-SHA-256"];
+    if matches!(binding, Binding::EndPoint(_)) {
+        mechanisms.insert(0, "SCRAM-SHA-256-PLUS");
+    }
+    backend::authentication_sasl(&mut out, &mechanisms);
+    wire::flush(stream, &mut out)
+        .await
+        .map_err(wire::WireError::Io)?;
+    // SASLInitialResponse: mechanism, then an i32 length and the data.
+    let body = read_password_message(stream, rbuf, user).await?;
+    let mut rest = &body[..];
+    let mechanism = crate::protocol::codec::take_cstr(&mut rest)
+        .ok_or_else(|| bad(user))?
+        .to_owned();
+    if !mechanisms.contains(&mechanism.as_str()) || rest.len() < 4 {
+        return Err(bad(user));
+    }
+    let data = std::str::from_utf8(&rest[4..]).map_err(|_| bad(user))?;
+    // Unknown users run the same exchange against a mock secret.
+    let password = config.user(user).and_then(|u| u.password.as_deref());
+    let secret = secrets.get(user, password);
+    let (exchange, server_first) =
+        Exchange::start(&mechanism, data, secret, binding).map_err(|_| bad(user))?;
+    backend::authentication_sasl_continue(&mut out, server_first.as_bytes());
+    wire::flush(stream, &mut out)
+        .await
+        .map_err(wire::WireError::Io)?;
+    let body = read_password_message(stream, rbuf, user).await?;
+    let client_final = std::str::from_utf8(&body).map_err(|_| bad(user))?;
+    let server_final = exchange.finish(client_final).map_err(|_| bad(user))?;
+    if password.is_none() {
+        return Err(bad(user));
+    }
+    backend::authentication_sasl_final(&mut out, server_final.as_bytes());
+    wire::flush(stream, &mut out)
+        .await
+        .map_err(wire::WireError::Io)?;
+    Ok(())
 }
 
 /// Compares without an early exit.

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod scram;
 
 /// Why a login failed.
 #[derive(Debug, thiserror::Error)]

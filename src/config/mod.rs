@@ -142,7 +142,8 @@ pub enum AuthMethod {
     Trust,
     /// MD5 challenge.
     Md5,
-    /// SCRAM-SHA-256 (not served to clients yet).
+    /// SCRAM-SHA-256.
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
 }
 
@@ -414,15 +415,6 @@ impl Config {
                 &admin.listen.referenced,
                 "admin.listen",
                 format!("{:?} is not an address:port", admin.listen.value),
-            ));
-        }
-        if self.auth.method.value == AuthMethod::ScramSha256 {
-            return Err(invalid(
-                &self.auth.method.referenced,
-                "auth.method",
-                "scram-sha-256 for clients is not implemented yet; use md5 or trust \
-                 (nodes may still require SCRAM: the proxy logs in to them with it)"
-                    .into(),
             ));
         }
         let mut users = HashSet::new();

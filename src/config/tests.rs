@@ -140,3 +140,15 @@ fn md5_needs_passwords_and_bad_addresses_are_refused() {
     let e = error_of(&GOOD.replace("role: primary }", "role: boss }"));
     assert!(e.contains("boss"), "{e}");
 }
+
+#[test]
+fn auth_methods_are_spelled_as_in_postgresql() {
+    for (text, method) in [
+        ("trust", AuthMethod::Trust),
+        ("md5", AuthMethod::Md5),
+        ("scram-sha-256", AuthMethod::ScramSha256),
+    ] {
+        let c = load(&GOOD.replace("method: md5", &format!("method: {text}"))).unwrap();
+        assert_eq!(c.auth.method.value, method);
+    }
+}

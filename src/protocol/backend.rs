@@ -90,6 +90,33 @@ pub fn authentication_md5(buf: &mut BytesMut, salt: [u8; 4]) {
     });
 }
 
+/// AuthenticationSASL with the mechanisms offered.
+pub fn authentication_sasl(buf: &mut BytesMut, mechanisms: &[&str]) {
+    with_frame(buf, AUTHENTICATION_TAG, |b| {
+        b.put_i32(10);
+        for m in mechanisms {
+            put_cstr(b, m);
+        }
+        b.put_u8(0);
+    });
+}
+
+/// AuthenticationSASLContinue.
+pub fn authentication_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
+    with_frame(buf, AUTHENTICATION_TAG, |b| {
+        b.put_i32(11);
+        b.put_slice(data);
+    });
+}
+
+/// AuthenticationSASLFinal.
+pub fn authentication_sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    with_frame(buf, AUTHENTICATION_TAG, |b| {
+        b.put_i32(12);
+        b.put_slice(data);
+    });
+}
+
 /// ParameterStatus.
 pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
     with_frame(buf, PARAMETER_STATUS_TAG, |b| {

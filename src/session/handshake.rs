@@ -133,20 +133,29 @@ async fn negotiate(
 /// # Errors
 /// 28P01 for a wrong password or unknown user.
 pub async fn login(
+    state: &State,
     config: &Config,
     stream: &mut TcpStream,
     rbuf: &mut BytesMut,
     startup: &Startup,
 ) -> Result<(), SessionError> {
-    authenticate(stream, rbuf, config, &startup.user)
-        .await
-        .map_err(|e| match e {
-            crate::auth::AuthError::Wire(w) => SessionError::Client(w),
-            other => SessionError::Refused {
-                code: sqlstate::INVALID_PASSWORD,
-                message: other.to_string(),
-            },
-        })
+    let binding = crate::auth::scram::Binding::None;
+    authenticate(
+        stream,
+        rbuf,
+        config,
+        &startup.user,
+        &state.secrets,
+        &binding,
+    )
+    .await
+    .map_err(|e| match e {
+        crate::auth::AuthError::Wire(w) => SessionError::Client(w),
+        other => SessionError::Refused {
+            code: sqlstate::INVALID_PASSWORD,
+            message: other.to_string(),
+        },
+    })
 }
 
 /// Writes the greeting that ends a successful startup: the parameters are

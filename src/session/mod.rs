@@ -118,7 +118,7 @@ async fn run(
             return Ok(None);
         };
         let config = state.config.load();
-        handshake::login(&config, socket, &mut rbuf, &startup).await?;
+        handshake::login(state, &config, socket, &mut rbuf, &startup).await?;
         Ok::<_, SessionError>(Some(startup))
     })
     .await

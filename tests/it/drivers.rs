@@ -34,7 +34,7 @@ fn run_or_explain(cmd: &mut Command, fix: &str) {
 }
 
 /// psycopg 3, asyncpg and SQLAlchemy, pinned, in target/drivers/python.
-fn python_deps() -> &'static Path {
+pub fn python_deps() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = drivers_dir().join("python");

@@ -11,4 +11,5 @@ mod monitoring;
 mod policies;
 mod protocol;
 mod routing;
+mod security;
 mod tools;
