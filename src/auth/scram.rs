@@ -160,7 +160,7 @@ pub struct Exchange {
     expected_binding: Option<Vec<u8>>,
 }
 
-fn attr<'a>(part: &'a str, name: char) -> Option<&'a str> {
+fn attr(part: &str, name: char) -> Option<&str> {
     part.strip_prefix(name)?.strip_prefix('=')
 }
 
