@@ -170,13 +170,27 @@ async fn accept_loop(
     phase: watch::Sender<Phase>,
 ) {
     phase.send_replace(Phase::Ready);
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        state.config.load().limits.max_clients as usize,
+    ));
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
-                    tasks.spawn(crate::session::serve(state.clone(), socket, peer));
-                }
+                Ok((socket, peer)) => match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let state = state.clone();
+                        tasks.spawn(async move {
+                            crate::session::serve(state, socket, peer).await;
+                            drop(slot);
+                        });
+                    }
+                    // Over limits.max_clients: this client is told, nobody
+                    // else is affected.
+                    Err(_) => {
+                        tasks.spawn(crate::session::refuse_too_many(socket));
+                    }
+                },
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");

@@ -82,6 +82,34 @@ pub struct Config {
     /// TLS towards clients (parsed and checked; not served yet).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Limits that protect the proxy from clients.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `limits:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Client connections at once; beyond: 53300.
+    pub max_clients: u32,
+    /// Time from connect to the end of authentication.
+    pub startup_timeout: Duration,
+    /// Largest message a client may send (08P01 beyond, before buffering it).
+    pub max_message_size: ByteSize,
+    /// Close a client idle (outside a transaction) this long; none when absent.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_clients: 10_000,
+            startup_timeout: Duration(std::time::Duration::from_secs(10)),
+            max_message_size: ByteSize(64 << 20),
+            idle_timeout: None,
+        }
+    }
 }
 
 /// `admin:`.
@@ -470,6 +498,17 @@ impl Config {
                     "must be greater than 0".into(),
                 ));
             }
+        }
+        if self.limits.max_clients == 0
+            || self.limits.max_message_size.0 < 1024
+            || self.limits.startup_timeout.0.is_zero()
+        {
+            return Err(invalid(
+                &serde_saphyr::Location::UNKNOWN,
+                "limits",
+                "max_clients and startup_timeout must be above 0, max_message_size at least 1kB"
+                    .into(),
+            ));
         }
         if self.pool.size == 0 {
             return Err(invalid(

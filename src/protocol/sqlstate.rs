@@ -25,3 +25,5 @@ pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
 pub const INTERNAL_ERROR: &str = "XX000";
 /// 42P05 duplicate_prepared_statement.
 pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+/// 57P05 idle_session_timeout.
+pub const IDLE_SESSION_TIMEOUT: &str = "57P05";

@@ -57,6 +57,9 @@ pub enum SessionError {
     /// The proxy is shutting down.
     #[error("terminating connection due to administrator command")]
     Shutdown,
+    /// `limits.idle_timeout` passed with nothing to do.
+    #[error("terminating connection due to idle-session timeout")]
+    IdleTimeout,
 }
 
 impl SessionError {
@@ -72,8 +75,24 @@ impl SessionError {
                 Some(sqlstate::CONNECTION_FAILURE)
             }
             SessionError::Shutdown => Some(sqlstate::ADMIN_SHUTDOWN),
+            SessionError::IdleTimeout => Some(sqlstate::IDLE_SESSION_TIMEOUT),
         }
     }
+}
+
+/// Answers a client beyond `limits.max_clients` with 53300 and closes.
+pub async fn refuse_too_many(mut socket: TcpStream) {
+    let mut out = BytesMut::new();
+    handshake::refusal(
+        &mut out,
+        sqlstate::TOO_MANY_CONNECTIONS,
+        "sorry, too many clients already",
+    );
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        wire::flush(&mut socket, &mut out),
+    )
+    .await;
 }
 
 /// Serves one client until it leaves, fails, or the proxy shuts down.
@@ -92,7 +111,9 @@ pub async fn serve(state: Arc<State>, mut socket: TcpStream, peer: SocketAddr) {
                     let _ = wire::flush(&mut socket, &mut out).await;
                 }
                 match e {
-                    SessionError::Client(_) | SessionError::Shutdown => {
+                    SessionError::Client(_)
+                    | SessionError::Shutdown
+                    | SessionError::IdleTimeout => {
                         tracing::debug!(error = %e, "session ended")
                     }
                     _ => tracing::info!(error = %e, "session failed"),
@@ -111,7 +132,7 @@ async fn run(
     session_id: i32,
 ) -> Result<(), SessionError> {
     let mut rbuf = BytesMut::with_capacity(8192);
-    let handshake_deadline = std::time::Duration::from_secs(30);
+    let handshake_deadline = state.config.load().limits.startup_timeout.0;
     let startup = tokio::time::timeout(handshake_deadline, async {
         let opening = handshake::read_startup(state, socket, &mut rbuf).await?;
         let handshake::Opening::Session(startup) = opening else {

@@ -40,6 +40,10 @@ const MAX_READ_TRIES: usize = 3;
 const FLUSH_AT: usize = 64 * 1024;
 /// A batch without a boundary is sent on once it reaches this size.
 const MAX_BATCH: usize = 1 << 20;
+/// Message types a client may send after startup.
+const KNOWN_TAGS: &[u8] = b"QPBDECSHXdcfF";
+/// Buffers above this are dropped once empty, so idle clients stay small.
+const IDLE_BUFFER_LIMIT: usize = 64 * 1024;
 /// How long a write waits for a switchover to release it.
 const WRITE_HOLD_LIMIT: Duration = Duration::from_secs(30);
 /// How long resetting a server connection at session end may take.
@@ -107,6 +111,8 @@ pub struct Session<'s> {
     timing: Option<(std::time::Instant, Target)>,
     /// The route rule the session matched at startup (for `/status`).
     rule: Option<String>,
+    /// `limits.max_message_size`.
+    max_message: usize,
 }
 
 impl Drop for Session<'_> {
@@ -151,7 +157,7 @@ impl<'s> Session<'s> {
             state,
             client,
             crbuf,
-            cwbuf: BytesMut::with_capacity(8192),
+            cwbuf: BytesMut::new(),
             startup,
             password,
             mode: config.pool.mode,
@@ -173,6 +179,9 @@ impl<'s> Session<'s> {
             function_ddl: false,
             timing: None,
             rule: None,
+            max_message: usize::try_from(config.limits.max_message_size.0)
+                .unwrap_or(MAX_MESSAGE_LEN)
+                .min(MAX_MESSAGE_LEN),
         };
         let app = session.application_name();
         session.rule = crate::config::first_match(
@@ -323,8 +332,14 @@ impl<'s> Session<'s> {
             let idle = self.held.as_ref().is_none_or(|h| {
                 h.conn.status == TxnStatus::Idle && self.replies.is_empty() && !self.open_batch
             });
+            // limits.idle_timeout: only a client with nothing in progress.
+            let idle_limit = self.state.config.load().limits.idle_timeout.map(|d| d.0);
+            let quiet =
+                idle && self.held.is_none() && self.batch.len() == 0 && idle_limit.is_some();
+            let idle_sleep = tokio::time::sleep(idle_limit.unwrap_or(Duration::MAX / 4));
             tokio::select! {
                 _ = shutdown.cancelled(), if idle => return Err(SessionError::Shutdown),
+                _ = idle_sleep, if quiet => return Err(SessionError::IdleTimeout),
                 read = wire::fill(&mut *self.client, &mut self.crbuf), if reading_client => match read {
                     Ok(()) => {}
                     Err(WireError::Closed) => return Ok(()),
@@ -465,9 +480,26 @@ impl<'s> Session<'s> {
     /// Consumes complete client frames; false when the client said goodbye.
     async fn drain_client(&mut self) -> Result<bool, SessionError> {
         while self.waiting.is_none() {
-            let Some(frame) = codec::decode_frame(&mut self.crbuf, MAX_MESSAGE_LEN)
+            // An unknown type is refused as soon as its first byte arrives,
+            // before waiting for the length it claims.
+            if self
+                .crbuf
+                .first()
+                .is_some_and(|tag| !KNOWN_TAGS.contains(tag))
+            {
+                return Err(SessionError::ClientProtocol(
+                    crate::protocol::ProtocolError::Malformed {
+                        what: "unknown message type",
+                    },
+                ));
+            }
+            let Some(frame) = codec::decode_frame(&mut self.crbuf, self.max_message)
                 .map_err(SessionError::ClientProtocol)?
             else {
+                if self.crbuf.is_empty() && self.crbuf.capacity() > IDLE_BUFFER_LIMIT {
+                    // Do not keep a big message's buffer for an idle client.
+                    self.crbuf = BytesMut::new();
+                }
                 return Ok(true);
             };
             match frame.tag {
@@ -790,7 +822,11 @@ impl<'s> Session<'s> {
     async fn flush(&mut self) -> Result<(), SessionError> {
         wire::flush(&mut *self.client, &mut self.cwbuf)
             .await
-            .map_err(|e| SessionError::Client(WireError::Io(e)))
+            .map_err(|e| SessionError::Client(WireError::Io(e)))?;
+        if self.cwbuf.capacity() > IDLE_BUFFER_LIMIT {
+            self.cwbuf = BytesMut::new();
+        }
+        Ok(())
     }
 
     /// Resets or drops every connection still held when the session ends.
