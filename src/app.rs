@@ -76,13 +76,13 @@ impl Proxy {
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
-        if config.tls.is_some() {
-            tracing::warn!(
-                "tls: is configured but TLS is not served yet; SSLRequest is answered 'N'"
-            );
-        }
+        let tls = match &config.tls {
+            Some(t) => Some(crate::tls::ServerTls::load(t)?),
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         let state = Arc::new(State::new(config, shutdown.clone()));
+        state.tls.store(Arc::new(tls));
         let (phase_tx, phase) = watch::channel(Phase::Starting);
         let tasks = TaskTracker::new();
         tasks.spawn(monitor::run(

@@ -14,5 +14,6 @@ pub mod protocol;
 pub mod router;
 pub mod session;
 pub mod state;
+pub mod tls;
 pub mod topology;
 pub mod wire;

@@ -34,6 +34,8 @@ pub struct State {
     pub pools: Pools,
     /// Cancel keys handed to clients.
     pub cancels: CancelRegistry,
+    /// TLS towards clients, when configured.
+    pub tls: ArcSwap<Option<crate::tls::ServerTls>>,
     /// SCRAM secrets of configured users.
     pub secrets: crate::auth::scram::Secrets,
     /// Fires when the proxy starts shutting down.
@@ -77,6 +79,7 @@ impl State {
             pools,
             cancels: CancelRegistry::default(),
             secrets: crate::auth::scram::Secrets::default(),
+            tls: ArcSwap::from_pointee(None),
             shutdown,
             global_floor: AtomicU64::new(0),
             catalog_refresh: Arc::new(Notify::new()),

@@ -79,7 +79,7 @@ pub struct Config {
     /// Replication-lag limits.
     #[serde(default)]
     pub lag: LagConfig,
-    /// TLS towards clients (parsed and checked; not served yet).
+    /// TLS towards clients.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// Limits that protect the proxy from clients.
@@ -380,6 +380,9 @@ pub struct TlsConfig {
     pub cert: Spanned<PathBuf>,
     /// PEM private key.
     pub key: Spanned<PathBuf>,
+    /// Refuse clients that do not use TLS.
+    #[serde(default)]
+    pub require: bool,
 }
 
 impl Config {

@@ -2,8 +2,8 @@
 //! the protocol version, authentication, and the greeting
 //! (AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery).
 
+use super::ClientStream;
 use bytes::{BufMut, BytesMut};
-use tokio::net::TcpStream;
 
 use super::SessionError;
 use crate::auth::client::authenticate;
@@ -40,9 +40,10 @@ pub enum Opening {
 /// Malformed packets, unsupported protocol versions, a missing user name.
 pub async fn read_startup(
     state: &State,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     rbuf: &mut BytesMut,
 ) -> Result<Opening, SessionError> {
+    let tls = state.tls.load_full();
     loop {
         let packet = loop {
             if let Some(p) = decode_startup(rbuf).map_err(SessionError::ClientProtocol)? {
@@ -53,9 +54,29 @@ pub async fn read_startup(
                 .map_err(SessionError::Client)?;
         };
         match packet {
+            StartupPacket::Ssl if !stream.is_tls() && tls.is_some() => {
+                let tls = tls.as_ref().as_ref().expect("checked");
+                if !rbuf.is_empty() {
+                    // Bytes after the SSLRequest would be plaintext smuggled
+                    // into the TLS session (CVE-2021-23214 style).
+                    return Err(SessionError::ClientProtocol(
+                        crate::protocol::ProtocolError::Malformed {
+                            what: "data after SSLRequest",
+                        },
+                    ));
+                }
+                let mut out = BytesMut::from(&b"S"[..]);
+                wire::flush(stream, &mut out).await.map_err(client_io)?;
+                let ClientStream::Plain(tcp) = std::mem::replace(stream, ClientStream::Upgrading)
+                else {
+                    unreachable!("checked is_tls");
+                };
+                let encrypted = tls.acceptor.accept(tcp).await.map_err(client_io)?;
+                *stream = ClientStream::Tls(Box::new(encrypted));
+            }
             StartupPacket::Ssl | StartupPacket::GssEnc => {
-                // TLS is not served yet: 'N' tells the client to go on in
-                // plaintext or give up, as its sslmode says.
+                // 'N' tells the client to go on in plaintext or give up, as
+                // its sslmode says.
                 let mut out = BytesMut::from(&b"N"[..]);
                 wire::flush(stream, &mut out).await.map_err(client_io)?;
             }
@@ -64,6 +85,12 @@ pub async fn read_startup(
                 return Ok(Opening::Cancelled);
             }
             StartupPacket::Startup { version, params } => {
+                if !stream.is_tls() && tls.as_ref().as_ref().is_some_and(|t| t.require) {
+                    return Err(SessionError::Refused {
+                        code: sqlstate::INVALID_AUTHORIZATION,
+                        message: "this proxy requires TLS (sslmode=require)".into(),
+                    });
+                }
                 return negotiate(stream, version, params)
                     .await
                     .map(Opening::Session);
@@ -77,7 +104,7 @@ fn client_io(e: std::io::Error) -> SessionError {
 }
 
 async fn negotiate(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     version: i32,
     params: Vec<(String, String)>,
 ) -> Result<Startup, SessionError> {
@@ -135,11 +162,15 @@ async fn negotiate(
 pub async fn login(
     state: &State,
     config: &Config,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     rbuf: &mut BytesMut,
     startup: &Startup,
 ) -> Result<(), SessionError> {
-    let binding = crate::auth::scram::Binding::None;
+    let tls = state.tls.load();
+    let binding = match (stream.is_tls(), tls.as_ref()) {
+        (true, Some(t)) => crate::auth::scram::Binding::EndPoint(t.end_point.clone()),
+        _ => crate::auth::scram::Binding::None,
+    };
     authenticate(
         stream,
         rbuf,

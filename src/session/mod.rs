@@ -14,6 +14,9 @@ mod outbound;
 mod relay;
 mod replies;
 mod state;
+mod stream;
+
+pub use stream::ClientStream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -96,12 +99,13 @@ pub async fn refuse_too_many(mut socket: TcpStream) {
 }
 
 /// Serves one client until it leaves, fails, or the proxy shuts down.
-pub async fn serve(state: Arc<State>, mut socket: TcpStream, peer: SocketAddr) {
+pub async fn serve(state: Arc<State>, socket: TcpStream, peer: SocketAddr) {
     let session_id = state.next_session_id();
     let span = tracing::info_span!("session", session_id, %peer, user = tracing::field::Empty, db = tracing::field::Empty);
     async move {
         state.metrics.client_connections.inc();
         let _ = socket.set_nodelay(true);
+        let mut socket = ClientStream::Plain(socket);
         match run(&state, &mut socket, session_id).await {
             Ok(()) => tracing::debug!("session ended"),
             Err(e) => {
@@ -128,7 +132,7 @@ pub async fn serve(state: Arc<State>, mut socket: TcpStream, peer: SocketAddr) {
 
 async fn run(
     state: &Arc<State>,
-    socket: &mut TcpStream,
+    socket: &mut ClientStream,
     session_id: i32,
 ) -> Result<(), SessionError> {
     let mut rbuf = BytesMut::with_capacity(8192);

@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::ClientStream;
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use super::SessionError;
 use super::batch::{self, Batch, Plan};
@@ -79,7 +79,7 @@ struct Retry {
 /// A client session after its handshake.
 pub struct Session<'s> {
     state: Arc<State>,
-    client: &'s mut TcpStream,
+    client: &'s mut ClientStream,
     crbuf: BytesMut,
     cwbuf: BytesMut,
     startup: Startup,
@@ -141,7 +141,7 @@ impl<'s> Session<'s> {
     /// reachable node.
     pub async fn start(
         state: Arc<State>,
-        client: &'s mut TcpStream,
+        client: &'s mut ClientStream,
         crbuf: BytesMut,
         startup: Startup,
         pid: i32,

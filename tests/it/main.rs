@@ -12,4 +12,5 @@ mod policies;
 mod protocol;
 mod routing;
 mod security;
+mod tls;
 mod tools;
