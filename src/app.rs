@@ -77,17 +77,20 @@ impl Proxy {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         let tls = match &config.tls {
-            Some(t) => Some(crate::tls::ServerTls::load(t)?),
-            None => None,
+            Some(t) if t.cert.is_some() => Some(crate::tls::ServerTls::load(t)?),
+            _ => None,
         };
         let shutdown = CancellationToken::new();
-        let state = Arc::new(State::new(config, shutdown.clone()));
+        let ca = config.tls.as_ref().and_then(|t| t.ca.as_ref()).map(|c| c.value.clone());
+        let node_tls = crate::tls::NodeTls::load(ca.as_deref())?;
+        let state = Arc::new(State::new(config, shutdown.clone(), node_tls));
         state.tls.store(Arc::new(tls));
         let (phase_tx, phase) = watch::channel(Phase::Starting);
         let tasks = TaskTracker::new();
         tasks.spawn(monitor::run(
             state.topology.clone(),
             state.config.clone(),
+            state.node_tls.clone(),
             shutdown.clone(),
         ));
         let on_change = {
@@ -112,6 +115,7 @@ impl Proxy {
         tasks.spawn(catalog::run(
             state.topology.clone(),
             state.config.clone(),
+            state.node_tls.clone(),
             state.catalog_refresh.clone(),
             databases,
             on_change,

@@ -36,6 +36,8 @@ pub struct State {
     pub cancels: CancelRegistry,
     /// TLS towards clients, when configured.
     pub tls: ArcSwap<Option<crate::tls::ServerTls>>,
+    /// TLS towards nodes.
+    pub node_tls: crate::tls::NodeTls,
     /// SCRAM secrets of configured users.
     pub secrets: crate::auth::scram::Secrets,
     /// Fires when the proxy starts shutting down.
@@ -62,7 +64,7 @@ pub struct State {
 
 impl State {
     /// A fresh state for `config`.
-    pub fn new(config: Config, shutdown: CancellationToken) -> State {
+    pub fn new(config: Config, shutdown: CancellationToken, node_tls: crate::tls::NodeTls) -> State {
         let metrics = Arc::new(Metrics::new());
         let topology = Topology::from_config(&config, None, &metrics);
         let router = Router::new(
@@ -70,7 +72,7 @@ impl State {
             &HashSet::new(),
             ROUTER_CACHE_BYTES,
         );
-        let pools = Pools::new(config.pool.size, config.pool.checkout_timeout.0);
+        let pools = Pools::new(config.pool.size, config.pool.checkout_timeout.0, node_tls.clone());
         State {
             metrics,
             config: Arc::new(ArcSwap::from_pointee(config)),
@@ -79,6 +81,7 @@ impl State {
             pools,
             cancels: CancelRegistry::default(),
             secrets: crate::auth::scram::Secrets::default(),
+            node_tls: node_tls.clone(),
             tls: ArcSwap::from_pointee(None),
             shutdown,
             global_floor: AtomicU64::new(0),

@@ -214,6 +214,9 @@ pub struct NodeConfig {
     /// Availability zone.
     #[serde(default)]
     pub zone: Option<String>,
+    /// TLS towards this node (default: `tls.backend`).
+    #[serde(default)]
+    pub tls: Option<BackendTls>,
 }
 
 fn default_pg_port() -> u16 {
@@ -376,13 +379,37 @@ impl Default for LagConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// PEM certificate chain.
-    pub cert: Spanned<PathBuf>,
-    /// PEM private key.
-    pub key: Spanned<PathBuf>,
+    /// PEM certificate chain served to clients.
+    #[serde(default)]
+    pub cert: Option<Spanned<PathBuf>>,
+    /// Its PEM private key.
+    #[serde(default)]
+    pub key: Option<Spanned<PathBuf>>,
     /// Refuse clients that do not use TLS.
     #[serde(default)]
     pub require: bool,
+    /// TLS towards the nodes (a node's own `tls` wins).
+    #[serde(default)]
+    pub backend: BackendTls,
+    /// PEM CA certificates that node certificates must chain to
+    /// (`verify-full`).
+    #[serde(default)]
+    pub ca: Option<Spanned<PathBuf>>,
+}
+
+/// `tls.backend` and `nodes[].tls`: how the proxy talks to a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendTls {
+    /// Plaintext.
+    #[default]
+    Disable,
+    /// TLS when the node offers it, unverified.
+    Prefer,
+    /// TLS or no connection, unverified.
+    Require,
+    /// TLS, the certificate chained to `tls.ca` and naming the node's host.
+    VerifyFull,
 }
 
 impl Config {
@@ -521,8 +548,10 @@ impl Config {
             ));
         }
         if let Some(tls) = &self.tls {
-            for (key, file) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
-                if !file.value.is_file() {
+            for (key, file) in [("tls.cert", &tls.cert), ("tls.key", &tls.key), ("tls.ca", &tls.ca)] {
+                if let Some(file) = file
+                    && !file.value.is_file()
+                {
                     return Err(invalid(
                         &file.referenced,
                         key,
@@ -530,6 +559,21 @@ impl Config {
                     ));
                 }
             }
+            if tls.cert.is_some() != tls.key.is_some() || (tls.require && tls.cert.is_none()) {
+                return Err(invalid(
+                    &serde_saphyr::Location::UNKNOWN,
+                    "tls",
+                    "cert and key go together, and require needs them".into(),
+                ));
+            }
+        }
+        let verify_full = self
+            .nodes
+            .value
+            .iter()
+            .any(|n| self.backend_tls(n) == BackendTls::VerifyFull);
+        if verify_full && self.tls.as_ref().and_then(|t| t.ca.as_ref()).is_none() {
+            return Err(invalid(&serde_saphyr::Location::UNKNOWN, "tls.ca", "verify-full needs a CA file".into()));
         }
         Ok(())
     }
@@ -588,6 +632,13 @@ impl Config {
     /// The configured user of that name.
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
         self.auth.users.iter().find(|u| u.name.value == name)
+    }
+
+    /// How the proxy talks to `node`: its own `tls`, else `tls.backend`.
+    pub fn backend_tls(&self, node: &NodeConfig) -> BackendTls {
+        node.tls
+            .or_else(|| self.tls.as_ref().map(|t| t.backend))
+            .unwrap_or_default()
     }
 
     /// Who the monitor logs in as: `monitor`, else the first user.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 pub use steps::{Step, Steps};
 
@@ -63,26 +63,8 @@ impl Report {
 }
 
 /// Connects to a node as the monitor's login.
-async fn connect(config: &Config, node: &Node) -> Result<Client, String> {
-    let (user, password, database) = config.monitor_login();
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(&node.host)
-        .port(node.port)
-        .user(&user)
-        .dbname(&database)
-        .application_name("pgsplit-failover")
-        .connect_timeout(Duration::from_secs(5));
-    if let Some(pw) = &password {
-        pg.password(pw);
-    }
-    let (client, connection) = pg
-        .connect(NoTls)
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", node.name))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+async fn connect(state: &State, config: &Config, node: &Node) -> Result<Client, String> {
+    crate::tls::connect_node(config, &state.node_tls, node, None, "pgsplit-failover").await
 }
 
 /// Formats a node's error with PostgreSQL's own message.
@@ -132,8 +114,8 @@ pub async fn run(state: &Arc<State>, to: &Option<String>, force: bool, check: bo
 
 /// Checks the candidate for a switchover: a streaming replica within
 /// `max_lag` that the monitor's login may promote.
-async fn check_candidate(config: &Config, candidate: &Node) -> Result<Client, String> {
-    let client = connect(config, candidate).await?;
+async fn check_candidate(state: &State, config: &Config, candidate: &Node) -> Result<Client, String> {
+    let client = connect(state, config, candidate).await?;
     let row = client
         .query_one(
             "SELECT pg_is_in_recovery(), \
@@ -198,7 +180,7 @@ async fn switchover(state: &Arc<State>, to: Option<&str>, drill: bool) -> Report
         ..Report::default()
     };
     let candidate_client = match steps
-        .run("check candidate", check_candidate(&config, &candidate))
+        .run("check candidate", check_candidate(state, &config, &candidate))
         .await
     {
         Ok(c) => c,
@@ -221,7 +203,7 @@ async fn switchover(state: &Arc<State>, to: Option<&str>, drill: bool) -> Report
         return steps.finish(report, None);
     }
     let old_client = match steps
-        .run("connect to the old primary", connect(&config, &old))
+        .run("connect to the old primary", connect(state, &config, &old))
         .await
     {
         Ok(c) => c,
@@ -389,14 +371,14 @@ async fn finish_promotion(
             continue;
         }
         let step = format!("repoint {}", node.name);
-        let _ = steps.run(&step, repoint(&config, node, candidate)).await;
+        let _ = steps.run(&step, repoint(state, &config, node, candidate)).await;
     }
     held_ms
 }
 
 /// Points a replica's WAL receiver at the new primary.
-async fn repoint(config: &Config, replica: &Node, primary: &Node) -> Result<(), String> {
-    let client = connect(config, replica).await?;
+async fn repoint(state: &State, config: &Config, replica: &Node, primary: &Node) -> Result<(), String> {
+    let client = connect(state, config, replica).await?;
     let row = client
         .query_one("SHOW primary_conninfo", &[])
         .await
@@ -443,7 +425,7 @@ async fn failover(state: &Arc<State>, to: Option<&str>) -> Report {
     let chosen = steps
         .run("choose the most advanced replica", async {
             for node in &candidates {
-                let Ok(client) = connect(&config, node).await else { continue };
+                let Ok(client) = connect(state, &config, node).await else { continue };
                 let Ok(row) = client
                     .query_one(
                         "SELECT pg_is_in_recovery(), (greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0'::pg_lsn)::bigint",

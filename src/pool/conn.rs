@@ -9,6 +9,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::PoolError;
+use super::stream::BackendStream;
+use crate::config::BackendTls;
+use tokio_rustls::rustls::ClientConfig;
 use super::prepared::PreparedSet;
 use crate::auth::backend::{LoginInfo, login};
 use crate::protocol::backend::{self as be, TxnStatus};
@@ -18,8 +21,8 @@ use crate::wire::{self, WireError};
 /// A server connection (to a "backend" in PostgreSQL's words).
 #[derive(Debug)]
 pub struct BackendConn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket, plain or TLS.
+    pub stream: BackendStream,
     /// Bytes read and not yet consumed.
     pub rbuf: BytesMut,
     /// Name of the node it talks to.
@@ -57,6 +60,7 @@ impl BackendConn {
         password: Option<&str>,
         timeout: Duration,
         id: u64,
+        tls: (BackendTls, Option<Arc<ClientConfig>>, &str),
     ) -> Result<BackendConn, PoolError> {
         let connect_error = |e: std::io::Error| PoolError::Connect {
             node: node.clone(),
@@ -67,6 +71,11 @@ impl BackendConn {
             .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
             .map_err(connect_error)?;
         stream.set_nodelay(true).map_err(connect_error)?;
+        let (mode, config, host) = tls;
+        let stream = tokio::time::timeout(timeout, BackendStream::negotiate(stream, mode, config, host))
+            .await
+            .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
+            .map_err(connect_error)?;
         let mut conn = BackendConn {
             stream,
             rbuf: BytesMut::with_capacity(8192),
@@ -220,7 +229,10 @@ impl BackendConn {
     /// on an idle connection means the node closed or is closing it.
     pub fn idle_and_open(&self) -> bool {
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        let mut buf = tokio::io::ReadBuf::new(&mut probe);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // Nothing to read (Pending) is what an idle, open connection looks like.
+        self.stream.tcp().poll_peek(&mut cx, &mut buf).is_pending()
     }
 }
 

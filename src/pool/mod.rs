@@ -8,6 +8,7 @@
 //! while it waits gives up at once with that error.
 
 mod conn;
+mod stream;
 pub mod prepared;
 
 use std::collections::HashMap;
@@ -64,6 +65,9 @@ pub struct Manager {
     password: Option<String>,
     timeout: Duration,
     ids: Arc<AtomicU64>,
+    host: String,
+    tls_mode: crate::config::BackendTls,
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl ManageConnection for Manager {
@@ -79,6 +83,7 @@ impl ManageConnection for Manager {
             self.password.as_deref(),
             self.timeout,
             self.ids.fetch_add(1, Ordering::Relaxed),
+            (self.tls_mode, self.tls.clone(), &self.host),
         )
         .await
     }
@@ -184,17 +189,19 @@ pub struct Pools {
     size: u32,
     timeout: Duration,
     ids: Arc<AtomicU64>,
+    node_tls: crate::tls::NodeTls,
 }
 
 impl Pools {
     /// Pools of at most `size` connections each; a checkout waits at most
     /// `timeout`.
-    pub fn new(size: u32, timeout: Duration) -> Pools {
+    pub fn new(size: u32, timeout: Duration, node_tls: crate::tls::NodeTls) -> Pools {
         Pools {
             pools: Mutex::new(HashMap::new()),
             size,
             timeout,
             ids: Arc::new(AtomicU64::new(1)),
+            node_tls,
         }
     }
 
@@ -227,6 +234,9 @@ impl Pools {
                     password: password.map(str::to_owned),
                     timeout: self.timeout,
                     ids: self.ids.clone(),
+                    host: node.host.clone(),
+                    tls_mode: node.tls,
+                    tls: self.node_tls.for_mode(node.tls),
                 };
                 let pool = Pool::builder()
                     .max_size(self.size)

@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{Notify, watch};
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use super::Topology;
 use crate::config::Config;
+use crate::tls::{NodeTls, connect_node};
 
 const VOLATILE_SQL: &str = "SELECT DISTINCT lower(p.proname) FROM pg_proc p \
     JOIN pg_namespace n ON n.oid = p.pronamespace \
@@ -23,6 +23,7 @@ const VOLATILE_SQL: &str = "SELECT DISTINCT lower(p.proname) FROM pg_proc p \
 
 async fn load_all(
     config: &Config,
+    node_tls: &NodeTls,
     topology: &Topology,
     databases: &[String],
 ) -> Result<HashSet<String>, String> {
@@ -31,7 +32,7 @@ async fn load_all(
     let mut any = false;
     let mut last_error = None;
     for db in std::iter::once(&monitor_db).chain(databases.iter().filter(|d| **d != monitor_db)) {
-        match load(config, topology, db).await {
+        match load(config, node_tls, topology, db).await {
             Ok(set) => {
                 any = true;
                 all.extend(set);
@@ -48,26 +49,12 @@ async fn load_all(
 
 async fn load(
     config: &Config,
+    node_tls: &NodeTls,
     topology: &Topology,
     database: &str,
-) -> Result<HashSet<String>, tokio_postgres::Error> {
-    let (user, password, _) = config.monitor_login();
-    let primary = topology.primary();
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(&primary.host)
-        .port(primary.port)
-        .user(&user)
-        .dbname(database)
-        .application_name("pgsplit-catalog")
-        .connect_timeout(config.lag.check_timeout.0);
-    if let Some(pw) = &password {
-        pg.password(pw);
-    }
-    let (client, connection) = pg.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let rows = client.query(VOLATILE_SQL, &[]).await?;
+) -> Result<HashSet<String>, String> {
+    let client = connect_node(config, node_tls, topology.primary(), Some(database), "pgsplit-catalog").await?;
+    let rows = client.query(VOLATILE_SQL, &[]).await.map_err(|e| e.to_string())?;
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 
@@ -77,6 +64,7 @@ async fn load(
 pub async fn run(
     topology: Arc<ArcSwap<Topology>>,
     config: Arc<ArcSwap<Config>>,
+    node_tls: NodeTls,
     refresh_now: Arc<Notify>,
     databases: impl Fn() -> Vec<String>,
     on_change: impl Fn(Arc<HashSet<String>>),
@@ -86,7 +74,7 @@ pub async fn run(
     let mut current: Option<HashSet<String>> = None;
     loop {
         let cfg = config.load_full();
-        match load_all(&cfg, &topology.load(), &databases()).await {
+        match load_all(&cfg, &node_tls, &topology.load(), &databases()).await {
             Ok(set) => {
                 if current.as_ref() != Some(&set) {
                     tracing::info!(count = set.len(), "volatile user functions reloaded");

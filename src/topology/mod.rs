@@ -40,6 +40,8 @@ pub struct Node {
     pub serve_default: bool,
     /// Availability zone.
     pub zone: Option<String>,
+    /// TLS towards it.
+    pub tls: crate::config::BackendTls,
     /// Whether it accepts connections.
     pub health: NodeHealth,
     /// The monitor's latest view.
@@ -188,6 +190,7 @@ impl Topology {
                         && old.tags == n.tags
                         && old.serve_default == n.serve_default
                         && old.zone == n.zone
+                        && old.tls == config.backend_tls(n)
                 }) {
                     return old.clone();
                 }
@@ -200,6 +203,7 @@ impl Topology {
                     tags: n.tags.clone(),
                     serve_default: n.serve_default,
                     zone: n.zone.clone(),
+                    tls: config.backend_tls(n),
                     health: NodeHealth::default(),
                     stats: ArcSwap::from_pointee(NodeStats {
                         // Until the first poll, a replica takes reads at its

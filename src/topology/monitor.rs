@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::lag::{History, Limits, ReplicaTrack};
-use super::{NodeStats, Topology};
+use super::{Node, NodeStats, Topology};
+use crate::tls::{NodeTls, connect_node};
 use crate::config::Config;
 
 /// One poll's answer.
@@ -45,8 +46,8 @@ struct Poller {
 }
 
 impl Poller {
-    async fn poll(&mut self, config: &Config, timeout: Duration) -> Result<Sample, String> {
-        let result = tokio::time::timeout(timeout, self.poll_inner(config)).await;
+    async fn poll(&mut self, config: &Config, node_tls: &NodeTls, node: &Node, timeout: Duration) -> Result<Sample, String> {
+        let result = tokio::time::timeout(timeout, self.poll_inner(config, node_tls, node)).await;
         match result {
             Ok(Ok(sample)) => Ok(sample),
             Ok(Err(e)) => {
@@ -60,30 +61,12 @@ impl Poller {
         }
     }
 
-    async fn poll_inner(&mut self, config: &Config) -> Result<Sample, String> {
+    async fn poll_inner(&mut self, config: &Config, node_tls: &NodeTls, node: &Node) -> Result<Sample, String> {
         if self.client.is_none() {
-            let (user, password, database) = config.monitor_login();
-            let mut pg = tokio_postgres::Config::new();
-            pg.host(&self.address.0)
-                .port(self.address.1)
-                .user(&user)
-                .dbname(&database)
-                .application_name("pgsplit-monitor")
-                .connect_timeout(config.lag.check_timeout.0);
-            if let Some(pw) = &password {
-                pg.password(pw);
-            }
-            let (client, connection) = pg.connect(NoTls).await.map_err(|e| e.to_string())?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            self.client = Some(client);
+            self.client = Some(connect_node(config, node_tls, node, None, "pgsplit-monitor").await?);
         }
         let client = self.client.as_ref().expect("connected");
-        let row = client
-            .query_one(SAMPLE_SQL, &[])
-            .await
-            .map_err(|e| e.to_string())?;
+        let row = client.query_one(SAMPLE_SQL, &[]).await.map_err(|e| e.to_string())?;
         Ok(Sample {
             in_recovery: row.get(0),
             current: row.get(1),
@@ -99,6 +82,7 @@ impl Poller {
 pub async fn run(
     topology: Arc<ArcSwap<Topology>>,
     config: Arc<ArcSwap<Config>>,
+    node_tls: NodeTls,
     shutdown: CancellationToken,
 ) {
     let mut pollers: Vec<Poller> = Vec::new();
@@ -109,8 +93,17 @@ pub async fn run(
         let topo = topology.load_full();
         sync_pollers(&mut pollers, &topo);
         let timeout = cfg.lag.check_timeout.0;
-        let results =
-            futures_util::future::join_all(pollers.iter_mut().map(|p| p.poll(&cfg, timeout))).await;
+        let results = futures_util::future::join_all(pollers.iter_mut().map(|p| {
+            let node = topo.node(&p.name).cloned();
+            let (cfg, node_tls) = (&cfg, &node_tls);
+            async move {
+                match node {
+                    Some(node) => p.poll(cfg, node_tls, &node, timeout).await,
+                    None => Err("removed".to_owned()),
+                }
+            }
+        }))
+        .await;
         let now = Instant::now();
         let window = (cfg.lag.max_lag.0 * 10).max(Duration::from_secs(300));
         let limits = Limits {
