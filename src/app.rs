@@ -81,7 +81,11 @@ impl Proxy {
             _ => None,
         };
         let shutdown = CancellationToken::new();
-        let ca = config.tls.as_ref().and_then(|t| t.ca.as_ref()).map(|c| c.value.clone());
+        let ca = config
+            .tls
+            .as_ref()
+            .and_then(|t| t.ca.as_ref())
+            .map(|c| c.value.clone());
         let node_tls = crate::tls::NodeTls::load(ca.as_deref())?;
         let state = Arc::new(State::new(config, shutdown.clone(), node_tls));
         state.tls.store(Arc::new(tls));

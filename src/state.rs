@@ -64,7 +64,11 @@ pub struct State {
 
 impl State {
     /// A fresh state for `config`.
-    pub fn new(config: Config, shutdown: CancellationToken, node_tls: crate::tls::NodeTls) -> State {
+    pub fn new(
+        config: Config,
+        shutdown: CancellationToken,
+        node_tls: crate::tls::NodeTls,
+    ) -> State {
         let metrics = Arc::new(Metrics::new());
         let topology = Topology::from_config(&config, None, &metrics);
         let router = Router::new(
@@ -72,7 +76,11 @@ impl State {
             &HashSet::new(),
             ROUTER_CACHE_BYTES,
         );
-        let pools = Pools::new(config.pool.size, config.pool.checkout_timeout.0, node_tls.clone());
+        let pools = Pools::new(
+            config.pool.size,
+            config.pool.checkout_timeout.0,
+            node_tls.clone(),
+        );
         State {
             metrics,
             config: Arc::new(ArcSwap::from_pointee(config)),

@@ -10,7 +10,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
 use tokio_rustls::rustls::crypto::{verify_tls12_signature, verify_tls13_signature};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -44,7 +46,8 @@ impl ServerTls {
             .with_context(|| format!("parsing {}", cert.value.display()))?;
         let leaf = certs.first().context("tls.cert holds no certificate")?;
         let end_point = Sha256::digest(leaf.as_ref()).to_vec();
-        let key = PrivateKeyDer::from_pem_file(&key.value).with_context(|| format!("reading {}", key.value.display()))?;
+        let key = PrivateKeyDer::from_pem_file(&key.value)
+            .with_context(|| format!("reading {}", key.value.display()))?;
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
         let server = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -82,7 +85,9 @@ impl NodeTls {
         let verified = match ca {
             Some(path) => {
                 let mut roots = RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading {}", path.display()))? {
+                for cert in CertificateDer::pem_file_iter(path)
+                    .with_context(|| format!("reading {}", path.display()))?
+                {
                     roots.add(cert.with_context(|| format!("parsing {}", path.display()))?)?;
                 }
                 Some(Arc::new(
@@ -138,7 +143,12 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &tokio_rustls::rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -147,7 +157,12 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &tokio_rustls::rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
@@ -175,7 +190,13 @@ pub async fn connect_node(
         .user(&user)
         .dbname(database.unwrap_or(&monitor_db))
         .application_name(application_name)
-        .connect_timeout(config.lag.check_timeout.0.max(std::time::Duration::from_secs(1)));
+        .connect_timeout(
+            config
+                .lag
+                .check_timeout
+                .0
+                .max(std::time::Duration::from_secs(1)),
+        );
     if let Some(pw) = &password {
         pg.password(pw);
     }

@@ -548,7 +548,11 @@ impl Config {
             ));
         }
         if let Some(tls) = &self.tls {
-            for (key, file) in [("tls.cert", &tls.cert), ("tls.key", &tls.key), ("tls.ca", &tls.ca)] {
+            for (key, file) in [
+                ("tls.cert", &tls.cert),
+                ("tls.key", &tls.key),
+                ("tls.ca", &tls.ca),
+            ] {
                 if let Some(file) = file
                     && !file.value.is_file()
                 {
@@ -573,7 +577,11 @@ impl Config {
             .iter()
             .any(|n| self.backend_tls(n) == BackendTls::VerifyFull);
         if verify_full && self.tls.as_ref().and_then(|t| t.ca.as_ref()).is_none() {
-            return Err(invalid(&serde_saphyr::Location::UNKNOWN, "tls.ca", "verify-full needs a CA file".into()));
+            return Err(invalid(
+                &serde_saphyr::Location::UNKNOWN,
+                "tls.ca",
+                "verify-full needs a CA file".into(),
+            ));
         }
         Ok(())
     }

@@ -114,7 +114,11 @@ pub async fn run(state: &Arc<State>, to: &Option<String>, force: bool, check: bo
 
 /// Checks the candidate for a switchover: a streaming replica within
 /// `max_lag` that the monitor's login may promote.
-async fn check_candidate(state: &State, config: &Config, candidate: &Node) -> Result<Client, String> {
+async fn check_candidate(
+    state: &State,
+    config: &Config,
+    candidate: &Node,
+) -> Result<Client, String> {
     let client = connect(state, config, candidate).await?;
     let row = client
         .query_one(
@@ -180,7 +184,10 @@ async fn switchover(state: &Arc<State>, to: Option<&str>, drill: bool) -> Report
         ..Report::default()
     };
     let candidate_client = match steps
-        .run("check candidate", check_candidate(state, &config, &candidate))
+        .run(
+            "check candidate",
+            check_candidate(state, &config, &candidate),
+        )
         .await
     {
         Ok(c) => c,
@@ -371,13 +378,20 @@ async fn finish_promotion(
             continue;
         }
         let step = format!("repoint {}", node.name);
-        let _ = steps.run(&step, repoint(state, &config, node, candidate)).await;
+        let _ = steps
+            .run(&step, repoint(state, &config, node, candidate))
+            .await;
     }
     held_ms
 }
 
 /// Points a replica's WAL receiver at the new primary.
-async fn repoint(state: &State, config: &Config, replica: &Node, primary: &Node) -> Result<(), String> {
+async fn repoint(
+    state: &State,
+    config: &Config,
+    replica: &Node,
+    primary: &Node,
+) -> Result<(), String> {
     let client = connect(state, config, replica).await?;
     let row = client
         .query_one("SHOW primary_conninfo", &[])

@@ -9,14 +9,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::PoolError;
-use super::stream::BackendStream;
-use crate::config::BackendTls;
-use tokio_rustls::rustls::ClientConfig;
 use super::prepared::PreparedSet;
+use super::stream::BackendStream;
 use crate::auth::backend::{LoginInfo, login};
+use crate::config::BackendTls;
 use crate::protocol::backend::{self as be, TxnStatus};
 use crate::protocol::codec::{self, Frame, MAX_MESSAGE_LEN};
 use crate::wire::{self, WireError};
+use tokio_rustls::rustls::ClientConfig;
 
 /// A server connection (to a "backend" in PostgreSQL's words).
 #[derive(Debug)]
@@ -72,10 +72,13 @@ impl BackendConn {
             .map_err(connect_error)?;
         stream.set_nodelay(true).map_err(connect_error)?;
         let (mode, config, host) = tls;
-        let stream = tokio::time::timeout(timeout, BackendStream::negotiate(stream, mode, config, host))
-            .await
-            .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
-            .map_err(connect_error)?;
+        let stream = tokio::time::timeout(
+            timeout,
+            BackendStream::negotiate(stream, mode, config, host),
+        )
+        .await
+        .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(connect_error)?;
         let mut conn = BackendConn {
             stream,
             rbuf: BytesMut::with_capacity(8192),

@@ -8,8 +8,8 @@
 //! while it waits gives up at once with that error.
 
 mod conn;
-mod stream;
 pub mod prepared;
+mod stream;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -63,7 +63,10 @@ impl BackendStream {
                 std::io::ErrorKind::ConnectionRefused,
                 "the node does not offer TLS, which tls.backend requires",
             )),
-            _ => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad answer to SSLRequest")),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "bad answer to SSLRequest",
+            )),
         }
     }
 
@@ -77,7 +80,11 @@ impl BackendStream {
 }
 
 impl AsyncRead for BackendStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             BackendStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -86,7 +93,11 @@ impl AsyncRead for BackendStream {
 }
 
 impl AsyncWrite for BackendStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             BackendStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),

@@ -53,8 +53,18 @@ async fn load(
     topology: &Topology,
     database: &str,
 ) -> Result<HashSet<String>, String> {
-    let client = connect_node(config, node_tls, topology.primary(), Some(database), "pgsplit-catalog").await?;
-    let rows = client.query(VOLATILE_SQL, &[]).await.map_err(|e| e.to_string())?;
+    let client = connect_node(
+        config,
+        node_tls,
+        topology.primary(),
+        Some(database),
+        "pgsplit-catalog",
+    )
+    .await?;
+    let rows = client
+        .query(VOLATILE_SQL, &[])
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::lag::{History, Limits, ReplicaTrack};
 use super::{Node, NodeStats, Topology};
-use crate::tls::{NodeTls, connect_node};
 use crate::config::Config;
+use crate::tls::{NodeTls, connect_node};
 
 /// One poll's answer.
 #[derive(Debug, Clone, Copy)]
@@ -46,7 +46,13 @@ struct Poller {
 }
 
 impl Poller {
-    async fn poll(&mut self, config: &Config, node_tls: &NodeTls, node: &Node, timeout: Duration) -> Result<Sample, String> {
+    async fn poll(
+        &mut self,
+        config: &Config,
+        node_tls: &NodeTls,
+        node: &Node,
+        timeout: Duration,
+    ) -> Result<Sample, String> {
         let result = tokio::time::timeout(timeout, self.poll_inner(config, node_tls, node)).await;
         match result {
             Ok(Ok(sample)) => Ok(sample),
@@ -61,12 +67,21 @@ impl Poller {
         }
     }
 
-    async fn poll_inner(&mut self, config: &Config, node_tls: &NodeTls, node: &Node) -> Result<Sample, String> {
+    async fn poll_inner(
+        &mut self,
+        config: &Config,
+        node_tls: &NodeTls,
+        node: &Node,
+    ) -> Result<Sample, String> {
         if self.client.is_none() {
-            self.client = Some(connect_node(config, node_tls, node, None, "pgsplit-monitor").await?);
+            self.client =
+                Some(connect_node(config, node_tls, node, None, "pgsplit-monitor").await?);
         }
         let client = self.client.as_ref().expect("connected");
-        let row = client.query_one(SAMPLE_SQL, &[]).await.map_err(|e| e.to_string())?;
+        let row = client
+            .query_one(SAMPLE_SQL, &[])
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(Sample {
             in_recovery: row.get(0),
             current: row.get(1),

@@ -165,3 +165,100 @@ async fn tls_require_refuses_plaintext_and_no_tls_refuses_sslmode_require() {
     );
     proxy.stop().await;
 }
+
+/// Hands a file to the `postgres` OS user when running as root, with
+/// PostgreSQL's permission demands for keys.
+fn give_to_postgres(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    let root =
+        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    if matches!(root, Ok(true)) {
+        let status = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_nodes_prefer_require_and_verify_full() {
+    let pki = TestPki::new();
+    give_to_postgres(&pki.dir, 0o755);
+    give_to_postgres(&pki.dir.join("server.pem"), 0o644);
+    give_to_postgres(&pki.dir.join("server.key"), 0o600);
+    let options = pgsplit::cluster::ClusterOptions {
+        replicas: 1,
+        extra_conf: vec![
+            "ssl = on".into(),
+            format!("ssl_cert_file = '{}'", pki.dir.join("server.pem").display()),
+            format!("ssl_key_file = '{}'", pki.dir.join("server.key").display()),
+        ],
+        ..pgsplit::cluster::ClusterOptions::default()
+    };
+    let cluster = tokio::task::spawn_blocking(move || {
+        pgsplit::cluster::LocalCluster::start(&options).unwrap()
+    })
+    .await
+    .unwrap();
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let ca = pki.dir.join("ca.pem");
+    for mode in ["prefer", "require", "verify-full"] {
+        let extra = format!("tls:\n  backend: {mode}\n  ca: {}\n", ca.display());
+        // nodes addressed as "localhost" so that verify-full can check the name
+        let text = config_text(&ports, &extra).replace("host: 127.0.0.1", "host: localhost");
+        let proxy = start_proxy(&text).await;
+        let client = app(&proxy).await;
+        for sql in [
+            "SELECT ssl::text, inet_server_port() FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            "/* pgsplit:primary */ SELECT ssl::text, inet_server_port() FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ] {
+            let r = rows(&client, sql).await.unwrap();
+            assert_eq!(r[0][0].as_deref(), Some("true"), "{mode}: {sql}");
+        }
+        // the monitor reaches the nodes over TLS too
+        let up = proxy
+            .state
+            .topology
+            .load()
+            .nodes
+            .iter()
+            .all(|n| n.stats.load().sampled);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut sampled = up;
+        while !sampled && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            sampled = proxy
+                .state
+                .topology
+                .load()
+                .nodes
+                .iter()
+                .all(|n| n.stats.load().sampled);
+        }
+        assert!(sampled, "{mode}: the monitor could not poll the nodes");
+        proxy.stop().await;
+    }
+    // verify-full with a CA that did not sign the nodes' certificate fails
+    let stranger = TestPki::new();
+    let extra = format!(
+        "tls:\n  backend: verify-full\n  ca: {}\n",
+        stranger.dir.join("ca.pem").display()
+    );
+    let text = config_text(&ports, &extra).replace("host: 127.0.0.1", "host: localhost");
+    let proxy = start_proxy(&text).await;
+    let err = connect(&proxy, "app", "app")
+        .await
+        .err()
+        .expect("an unknown CA is refused");
+    assert_eq!(code(&err).as_deref(), Some("08006"), "{err}");
+    let message = err.as_db_error().unwrap().message().to_lowercase();
+    assert!(
+        message.contains("certificate") || message.contains("issuer"),
+        "{message}"
+    );
+    proxy.stop().await;
+    drop(cluster);
+}
