@@ -116,16 +116,19 @@ impl Proxy {
                     .collect()
             }
         };
-        tasks.spawn(catalog::run(
-            state.topology.clone(),
-            state.config.clone(),
-            state.node_tls.clone(),
-            state.catalog_refresh.clone(),
-            databases,
-            on_change,
-            state.catalog_loads.clone(),
-            shutdown.clone(),
-        ));
+        tasks.spawn(
+            catalog::CatalogTask {
+                topology: state.topology.clone(),
+                config: state.config.clone(),
+                node_tls: state.node_tls.clone(),
+                refresh_now: state.catalog_refresh.clone(),
+                databases,
+                on_change,
+                loads: state.catalog_loads.clone(),
+                shutdown: shutdown.clone(),
+            }
+            .run(),
+        );
         if let Some(listener) = admin_listener {
             let admin = crate::admin::Admin {
                 state: state.clone(),

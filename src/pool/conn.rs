@@ -18,6 +18,30 @@ use crate::protocol::codec::{self, Frame, MAX_MESSAGE_LEN};
 use crate::wire::{self, WireError};
 use tokio_rustls::rustls::ClientConfig;
 
+/// Everything needed to open a server connection to one node as one user
+/// on one database.
+#[derive(Debug)]
+pub struct ConnectSpec {
+    /// Node name.
+    pub node: Arc<str>,
+    /// `host:port`.
+    pub address: String,
+    /// Host name, for TLS verification.
+    pub host: String,
+    /// Role.
+    pub user: String,
+    /// Database.
+    pub database: String,
+    /// Password, when the node asks for one.
+    pub password: Option<String>,
+    /// Connect and login timeout.
+    pub timeout: Duration,
+    /// TLS mode towards the node.
+    pub tls_mode: BackendTls,
+    /// The rustls configuration for that mode.
+    pub tls: Option<Arc<ClientConfig>>,
+}
+
 /// A server connection (to a "backend" in PostgreSQL's words).
 #[derive(Debug)]
 pub struct BackendConn {
@@ -52,26 +76,19 @@ impl BackendConn {
     /// # Errors
     /// [`PoolError::Connect`] when the node cannot be reached in time,
     /// [`PoolError::Login`] when it refuses the login.
-    pub async fn connect(
-        node: Arc<str>,
-        address: String,
-        user: &str,
-        database: &str,
-        password: Option<&str>,
-        timeout: Duration,
-        id: u64,
-        tls: (BackendTls, Option<Arc<ClientConfig>>, &str),
-    ) -> Result<BackendConn, PoolError> {
+    pub async fn connect(spec: &ConnectSpec, id: u64) -> Result<BackendConn, PoolError> {
+        let node = spec.node.clone();
+        let timeout = spec.timeout;
         let connect_error = |e: std::io::Error| PoolError::Connect {
             node: node.clone(),
             source: e,
         };
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(&address))
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(&spec.address))
             .await
             .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
             .map_err(connect_error)?;
         stream.set_nodelay(true).map_err(connect_error)?;
-        let (mode, config, host) = tls;
+        let (mode, config, host) = (spec.tls_mode, spec.tls.clone(), spec.host.as_str());
         let stream = tokio::time::timeout(
             timeout,
             BackendStream::negotiate(stream, mode, config, host),
@@ -83,7 +100,7 @@ impl BackendConn {
             stream,
             rbuf: BytesMut::with_capacity(8192),
             node: node.clone(),
-            address,
+            address: spec.address.clone(),
             login: LoginInfo::default(),
             status: TxnStatus::Idle,
             dirty: false,
@@ -97,9 +114,9 @@ impl BackendConn {
             login(
                 &mut conn.stream,
                 &mut conn.rbuf,
-                user,
-                database,
-                password,
+                &spec.user,
+                &spec.database,
+                spec.password.as_deref(),
                 &[],
             ),
         )

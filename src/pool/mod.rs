@@ -19,7 +19,7 @@ use std::time::Duration;
 use bb8::{ErrorSink, ManageConnection, Pool, PooledConnection, RunError};
 use tokio::sync::watch;
 
-pub use conn::BackendConn;
+pub use conn::{BackendConn, ConnectSpec};
 
 use crate::auth::AuthError;
 use crate::topology::Node;
@@ -58,16 +58,8 @@ impl PoolError {
 
 /// Creates and checks connections for one (node, user, database).
 pub struct Manager {
-    node: Arc<str>,
-    address: String,
-    user: String,
-    database: String,
-    password: Option<String>,
-    timeout: Duration,
+    spec: ConnectSpec,
     ids: Arc<AtomicU64>,
-    host: String,
-    tls_mode: crate::config::BackendTls,
-    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl ManageConnection for Manager {
@@ -75,17 +67,7 @@ impl ManageConnection for Manager {
     type Error = PoolError;
 
     async fn connect(&self) -> Result<BackendConn, PoolError> {
-        BackendConn::connect(
-            self.node.clone(),
-            self.address.clone(),
-            &self.user,
-            &self.database,
-            self.password.as_deref(),
-            self.timeout,
-            self.ids.fetch_add(1, Ordering::Relaxed),
-            (self.tls_mode, self.tls.clone(), &self.host),
-        )
-        .await
+        BackendConn::connect(&self.spec, self.ids.fetch_add(1, Ordering::Relaxed)).await
     }
 
     async fn is_valid(&self, conn: &mut BackendConn) -> Result<(), PoolError> {
@@ -93,7 +75,7 @@ impl ManageConnection for Manager {
             Ok(())
         } else {
             Err(PoolError::Closed {
-                node: self.node.clone(),
+                node: self.spec.node.clone(),
             })
         }
     }
@@ -227,16 +209,18 @@ impl Pools {
                     failures: watch::channel(0).0,
                 };
                 let manager = Manager {
-                    node: key.node.clone(),
-                    address: key.address.clone(),
-                    user: key.user.clone(),
-                    database: key.database.clone(),
-                    password: password.map(str::to_owned),
-                    timeout: self.timeout,
+                    spec: ConnectSpec {
+                        node: key.node.clone(),
+                        address: key.address.clone(),
+                        host: node.host.clone(),
+                        user: key.user.clone(),
+                        database: key.database.clone(),
+                        password: password.map(str::to_owned),
+                        timeout: self.timeout,
+                        tls_mode: node.tls,
+                        tls: self.node_tls.for_mode(node.tls),
+                    },
                     ids: self.ids.clone(),
-                    host: node.host.clone(),
-                    tls_mode: node.tls,
-                    tls: self.node_tls.for_mode(node.tls),
                 };
                 let pool = Pool::builder()
                     .max_size(self.size)

@@ -68,37 +68,58 @@ async fn load(
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 
-/// Refreshes the set until `shutdown`. `on_change` gets each new set;
-/// `loads` counts every attempt, so a session that asked for a refresh can
-/// wait for it.
-pub async fn run(
-    topology: Arc<ArcSwap<Topology>>,
-    config: Arc<ArcSwap<Config>>,
-    node_tls: NodeTls,
-    refresh_now: Arc<Notify>,
-    databases: impl Fn() -> Vec<String>,
-    on_change: impl Fn(Arc<HashSet<String>>),
-    loads: watch::Sender<u64>,
-    shutdown: CancellationToken,
-) {
-    let mut current: Option<HashSet<String>> = None;
-    loop {
-        let cfg = config.load_full();
-        match load_all(&cfg, &node_tls, &topology.load(), &databases()).await {
-            Ok(set) => {
-                if current.as_ref() != Some(&set) {
-                    tracing::info!(count = set.len(), "volatile user functions reloaded");
-                    on_change(Arc::new(set.clone()));
-                    current = Some(set);
+/// What the catalog task needs.
+pub struct CatalogTask<D, C> {
+    /// Nodes (the primary is read).
+    pub topology: Arc<ArcSwap<Topology>>,
+    /// Configuration (login, refresh period).
+    pub config: Arc<ArcSwap<Config>>,
+    /// TLS towards nodes.
+    pub node_tls: NodeTls,
+    /// Wakes the task for a refresh now.
+    pub refresh_now: Arc<Notify>,
+    /// The databases clients use.
+    pub databases: D,
+    /// Receives each new set.
+    pub on_change: C,
+    /// Counts every attempt, so a session that asked for a refresh can wait.
+    pub loads: watch::Sender<u64>,
+    /// Stops it.
+    pub shutdown: CancellationToken,
+}
+
+impl<D: Fn() -> Vec<String>, C: Fn(Arc<HashSet<String>>)> CatalogTask<D, C> {
+    /// Refreshes the set until shutdown.
+    pub async fn run(self) {
+        let CatalogTask {
+            topology,
+            config,
+            node_tls,
+            refresh_now,
+            databases,
+            on_change,
+            loads,
+            shutdown,
+        } = self;
+        let mut current: Option<HashSet<String>> = None;
+        loop {
+            let cfg = config.load_full();
+            match load_all(&cfg, &node_tls, &topology.load(), &databases()).await {
+                Ok(set) => {
+                    if current.as_ref() != Some(&set) {
+                        tracing::info!(count = set.len(), "volatile user functions reloaded");
+                        on_change(Arc::new(set.clone()));
+                        current = Some(set);
+                    }
                 }
+                Err(e) => tracing::debug!(error = %e, "reading volatile functions failed"),
             }
-            Err(e) => tracing::debug!(error = %e, "reading volatile functions failed"),
-        }
-        loads.send_modify(|n| *n += 1);
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = refresh_now.notified() => {}
-            _ = tokio::time::sleep(cfg.routing.functions_refresh.0) => {}
+            loads.send_modify(|n| *n += 1);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = refresh_now.notified() => {}
+                _ = tokio::time::sleep(cfg.routing.functions_refresh.0) => {}
+            }
         }
     }
 }

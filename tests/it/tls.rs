@@ -249,10 +249,9 @@ async fn tls_to_nodes_prefer_require_and_verify_full() {
     );
     let text = config_text(&ports, &extra).replace("host: 127.0.0.1", "host: localhost");
     let proxy = start_proxy(&text).await;
-    let err = connect(&proxy, "app", "app")
-        .await
-        .err()
-        .expect("an unknown CA is refused");
+    let Err(err) = connect(&proxy, "app", "app").await else {
+        panic!("an unknown CA is refused");
+    };
     assert_eq!(code(&err).as_deref(), Some("08006"), "{err}");
     let message = err.as_db_error().unwrap().message().to_lowercase();
     assert!(
