@@ -43,7 +43,7 @@ fn classify(c: &mut Criterion) {
     g.bench_function("parsed_select_200b", |b| {
         b.iter(|| classify_text(black_box(SELECT_200), &none))
     });
-    g.bench_function(&format!("parsed_report_{}b", report.len()), |b| {
+    g.bench_function(format!("parsed_report_{}b", report.len()), |b| {
         b.iter(|| classify_text(black_box(&report), &none))
     });
     g.finish();
