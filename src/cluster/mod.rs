@@ -236,7 +236,7 @@ impl LocalCluster {
             "\n# pgsplit local cluster\nlisten_addresses = '127.0.0.1'\nport = {port}\n\
              unix_socket_directories = '{dir}'\nwal_level = replica\nmax_wal_senders = 10\n\
              max_replication_slots = 10\nhot_standby = on\nfsync = off\nfull_page_writes = off\n\
-             shared_buffers = 32MB\nmax_connections = 300\nwal_keep_size = 256MB\n\
+             shared_buffers = 32MB\nmax_connections = 1000\nwal_keep_size = 256MB\n\
              wal_receiver_status_interval = 1s\nhot_standby_feedback = on\n\
              logging_collector = off\nlog_min_messages = warning\n",
             dir = self.dir.display()
@@ -283,24 +283,43 @@ impl LocalCluster {
         self.pg_ctl(0, "start")?;
         for user in &options.users {
             let encryption = if user.md5 { "md5" } else { "scram-sha-256" };
-            self.psql(
+            let name = user.name.replace('"', "\"\"");
+            let password = user.password.replace('\'', "''");
+            // An existing role (postgres itself) gets the password; others are created.
+            let exists = self.psql(
                 0,
                 "postgres",
                 &format!(
-                    "SET password_encryption = '{encryption}'; CREATE ROLE \"{name}\" LOGIN SUPERUSER PASSWORD '{pw}'",
-                    name = user.name,
-                    pw = user.password.replace('\'', "''"),
+                    "SELECT count(*) FROM pg_roles WHERE rolname = '{}'",
+                    user.name.replace('\'', "''")
                 ),
             )?;
-            // CREATE DATABASE refuses to run inside psql's implicit transaction.
+            let verb = if exists.trim() == "1" {
+                "ALTER ROLE"
+            } else {
+                "CREATE ROLE"
+            };
             self.psql(
                 0,
                 "postgres",
+                &format!("SET password_encryption = '{encryption}'; {verb} \"{name}\" LOGIN SUPERUSER PASSWORD '{password}'"),
+            )?;
+            let has_db = self.psql(
+                0,
+                "postgres",
                 &format!(
-                    "CREATE DATABASE \"{name}\" OWNER \"{name}\"",
-                    name = user.name
+                    "SELECT count(*) FROM pg_database WHERE datname = '{}'",
+                    user.name.replace('\'', "''")
                 ),
             )?;
+            if has_db.trim() == "0" {
+                // CREATE DATABASE refuses to run inside psql's implicit transaction.
+                self.psql(
+                    0,
+                    "postgres",
+                    &format!("CREATE DATABASE \"{name}\" OWNER \"{name}\""),
+                )?;
+            }
         }
         Ok(())
     }

@@ -213,16 +213,100 @@ impl Router {
         }
     }
 
-    /// Routes one query string (which may hold several statements).
+    /// Routes one query string (which may hold several statements). The
+    /// cache key is the text with its number and string literals replaced,
+    /// so `WHERE id = 1` and `WHERE id = 2` share one parse.
     pub fn classify(&self, sql: &str) -> Route {
-        if let Some(route) = self.cache.get(sql) {
+        if sql.len() > MAX_CACHED_SQL {
+            return classify_text(sql, &self.write_functions);
+        }
+        let key = cache_key(sql);
+        if let Some(route) = self.cache.get(key.as_str()) {
             return route;
         }
         let route = classify_text(sql, &self.write_functions);
-        if sql.len() <= MAX_CACHED_SQL {
-            self.cache.insert(sql.into(), route);
-        }
+        self.cache.insert(key.into(), route);
         route
+    }
+}
+
+/// The statement with number and single-quoted string literals replaced by
+/// `?`, so texts that differ only in literal values share one cache entry.
+/// Literal values never change a route, with one exception kept whole:
+/// `set_config(..., false)`. Texts with comments, dollar quoting or
+/// backslashes are used as they are (a quote inside them could otherwise
+/// hide a function call from the key); so are unterminated literals.
+pub fn cache_key(sql: &str) -> String {
+    let raw = sql.contains('$') || sql.contains("--") || sql.contains("/*") || sql.contains('\\');
+    let keep_strings = raw || sql.to_ascii_lowercase().contains("set_config");
+    if raw {
+        return sql.to_owned();
+    }
+    let bytes = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    let mut last_ident = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b.is_ascii_digit() && !last_ident {
+            while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
+                i += 1;
+            }
+            out.push('?');
+            continue;
+        }
+        if b == b'"' || (b == b'\'' && (keep_strings || last_ident)) {
+            // Quoted identifiers (and kept or prefixed strings) are copied
+            // whole, quotes and all.
+            let end = closing_quote(bytes, i, b);
+            let Some(end) = end else {
+                return sql.to_owned();
+            };
+            out.push_str(&sql[i..=end]);
+            i = end + 1;
+            last_ident = b == b'"';
+            continue;
+        }
+        if b == b'\'' {
+            let Some(end) = closing_quote(bytes, i, b'\'') else {
+                return sql.to_owned();
+            };
+            out.push('?');
+            i = end + 1;
+            last_ident = false;
+            continue;
+        }
+        let ch_len = utf8_len(b);
+        out.push_str(&sql[i..(i + ch_len).min(sql.len())]);
+        last_ident = b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
+        i += ch_len;
+    }
+    out
+}
+
+/// The index of the quote that closes the one at `start` (doubled quotes
+/// are escapes), if any.
+fn closing_quote(bytes: &[u8], start: usize, quote: u8) -> Option<usize> {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        if bytes[i] == quote {
+            if bytes.get(i + 1) == Some(&quote) {
+                i += 2;
+                continue;
+            }
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0x00..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        _ => 4,
     }
 }
 

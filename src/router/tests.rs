@@ -560,3 +560,53 @@ fn a_write_never_goes_to_a_replica_whatever_the_comments() {
         }
     }
 }
+
+#[test]
+fn cache_keys_drop_literals_but_keep_what_routes() {
+    assert_eq!(
+        cache_key("SELECT a FROM t WHERE id = 42"),
+        cache_key("SELECT a FROM t WHERE id = 7")
+    );
+    assert_eq!(
+        cache_key("SELECT * FROM t1 WHERE v = 'x''y'"),
+        "SELECT * FROM t1 WHERE v = ?"
+    );
+    assert_ne!(cache_key("SELECT * FROM t1"), cache_key("SELECT * FROM t2"));
+    assert_ne!(
+        cache_key("SELECT set_config('a', 'b', false)"),
+        cache_key("SELECT set_config('a', 'b', true)")
+    );
+    assert_ne!(
+        cache_key("SELECT set_config('a', 'b', 'f')"),
+        cache_key("SELECT set_config('a', 'b', 't')")
+    );
+    assert_eq!(
+        cache_key("SELECT 'é', 1.5, x2 FROM ü"),
+        "SELECT ?, ?, x2 FROM ü"
+    );
+    // routes through the cache stay right for the literal-free twins
+    let router = Router::new(&[], &HashSet::new(), 1 << 20);
+    assert_eq!(router.classify("SELECT 1").target, Target::Replica);
+    assert!(router.classify("SELECT set_config('a', 'b', false)").pins);
+    assert!(!router.classify("SELECT set_config('a', 'b', true)").pins);
+    // a quote inside a quoted identifier or dollar string never hides a call
+    assert_ne!(
+        cache_key("SELECT \"it's\", nextval('s')"),
+        cache_key("SELECT \"it's\", lower('s')")
+    );
+    assert_ne!(
+        cache_key("SELECT $$it's$$, nextval('s')"),
+        cache_key("SELECT $$it's$$, lower('s')")
+    );
+    assert_eq!(
+        router
+            .classify("SELECT \"it's\", nextval('s') FROM t")
+            .target,
+        Target::Primary
+    );
+    assert_eq!(
+        router.classify("SELECT \"it's\", lower('s') FROM t").target,
+        Target::Replica
+    );
+    assert_eq!(cache_key("SELECT 'unterminated"), "SELECT 'unterminated");
+}

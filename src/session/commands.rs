@@ -26,6 +26,11 @@ pub enum Command {
 /// Reads a single-statement query string.
 pub fn recognise(sql: &str) -> Option<Command> {
     let (rest, _) = skip_leading_comments(sql);
+    // Cheap exit for the common case: only SET, RESET, DISCARD, DEALLOCATE.
+    let head = rest.get(..3).unwrap_or("").to_ascii_lowercase();
+    if !matches!(head.as_str(), "set" | "res" | "dis" | "dea") {
+        return None;
+    }
     let rest = rest.trim_end().trim_end_matches(';').trim_end();
     if rest.contains(';') {
         return None;

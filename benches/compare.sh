@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# pgbench against the primary directly, pgsplit (transaction pooling, reads
+# to replicas), PgBouncer (transaction pooling, to the primary) and
+# Pgpool-II (streaming replication, load balancing over the replicas), on a
+# local primary and two streaming replicas. Interleaved so drift hits all
+# targets alike. Writes BENCHMARKS.md. Installs pgbouncer and pgpool2 with
+# apt when missing (as root). Leaves nothing running.
+#
+#   DURATION=15 ROUNDS=2 CLIENTS="8 32 128" benches/compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-15}
+ROUNDS=${ROUNDS:-2}
+CLIENTS=${CLIENTS:-"8 32 128"}
+SCALE=${SCALE:-10}
+OUT=${OUT:-BENCHMARKS.md}
+ulimit -n 65536 2>/dev/null || true
+
+if ! command -v pgbouncer >/dev/null || ! ls /usr/sbin/pgpool >/dev/null 2>&1; then
+  [ "$(id -u)" = 0 ] || { echo "install them: apt-get install -y pgbouncer pgpool2" >&2; exit 1; }
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgbouncer pgpool2
+fi
+cargo build --release --quiet
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+AS_PG=(); [ "$(id -u)" = 0 ] && AS_PG=(runuser -u postgres --)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+DIR=$(mktemp -d); chmod 755 "$DIR"
+P1=$(free_port); P2=$(free_port); P3=$(free_port)
+SPLIT=$(free_port); BOUNCER=$(free_port); POOL=$(free_port); PCP=$(free_port)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "${POOLPID:-}" ] && "${AS_PG[@]}" /usr/sbin/pgpool -f "$DIR/pgpool.conf" -m fast stop >/dev/null 2>&1 || true
+  pkill -f "$DIR/pgpool.conf" 2>/dev/null || true
+  [ -n "${DEMO:-}" ] && kill -TERM "$DEMO" 2>/dev/null && wait "$DEMO" 2>/dev/null || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+# the cluster and pgsplit (the demo runs both; the proxy's CPU is the demo's)
+cat > "$DIR/proxy.yaml" <<YAML
+listen: 127.0.0.1:$SPLIT
+auth: { method: trust, users: [ { name: postgres }, { name: app, password: app } ] }
+nodes:
+  - { name: pg1, host: 127.0.0.1, port: $P1, role: primary }
+  - { name: pg2, host: 127.0.0.1, port: $P2, role: replica }
+  - { name: pg3, host: 127.0.0.1, port: $P3, role: replica }
+pool: { mode: transaction, size: 20 }
+limits: { max_clients: 2000 }
+YAML
+target/release/pgsplit demo -c "$DIR/proxy.yaml" > "$DIR/demo.log" 2>&1 &
+DEMO=$!
+for _ in $(seq 1 120); do grep -q "Press Ctrl-C" "$DIR/demo.log" && break; sleep 0.5; done
+grep -q "Press Ctrl-C" "$DIR/demo.log" || { cat "$DIR/demo.log"; exit 1; }
+
+# PgBouncer
+cat > "$DIR/pgbouncer.ini" <<INI
+[databases]
+app = host=127.0.0.1 port=$P1 dbname=app user=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER
+unix_socket_dir =
+auth_type = trust
+auth_file = $DIR/users.txt
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = 2000
+logfile = $DIR/pgbouncer.log
+pidfile = $DIR/pgbouncer.pid
+INI
+echo '"postgres" ""' > "$DIR/users.txt"
+chown -R postgres "$DIR" 2>/dev/null || true
+"${AS_PG[@]}" pgbouncer "$DIR/pgbouncer.ini" > /dev/null 2>&1 &
+sleep 1
+BOUNCERPID=$(cat "$DIR/pgbouncer.pid")
+PIDS+=("$BOUNCERPID")
+
+# Pgpool-II: streaming replication mode, load balancing, no failover
+mkdir -p "$DIR/pgpool"
+cat > "$DIR/pgpool.conf" <<CONF
+backend_clustering_mode = 'streaming_replication'
+listen_addresses = '127.0.0.1'
+port = $POOL
+pcp_port = $PCP
+unix_socket_directories = '$DIR/pgpool'
+pcp_socket_dir = '$DIR/pgpool'
+pid_file_name = '$DIR/pgpool/pgpool.pid'
+logdir = '$DIR/pgpool'
+backend_hostname0 = '127.0.0.1'
+backend_port0 = $P1
+backend_weight0 = 0
+backend_flag0 = 'DISALLOW_TO_FAILOVER'
+backend_hostname1 = '127.0.0.1'
+backend_port1 = $P2
+backend_weight1 = 1
+backend_flag1 = 'DISALLOW_TO_FAILOVER'
+backend_hostname2 = '127.0.0.1'
+backend_port2 = $P3
+backend_weight2 = 1
+backend_flag2 = 'DISALLOW_TO_FAILOVER'
+num_init_children = 140
+max_pool = 1
+load_balance_mode = on
+sr_check_period = 0
+health_check_period = 0
+failover_on_backend_error = off
+enable_pool_hba = off
+CONF
+chown -R postgres "$DIR" 2>/dev/null || true
+"${AS_PG[@]}" /usr/sbin/pgpool -n -f "$DIR/pgpool.conf" > "$DIR/pgpool/out.log" 2>&1 &
+POOLPID=$!
+PIDS+=("$POOLPID")
+for _ in $(seq 1 60); do "$PGBIN/psql" -h 127.0.0.1 -p "$POOL" -U postgres -d app -Atc "SELECT 1" >/dev/null 2>&1 && break; sleep 0.5; done
+
+"$PGBIN/pgbench" -h 127.0.0.1 -p "$P1" -U postgres -i -q -s "$SCALE" app > /dev/null 2>&1
+sleep 2
+
+cpu_ticks() { # sum of utime+stime of a process and its children's processes by pattern
+  local total=0
+  for pid in "$@"; do
+    [ -r "/proc/$pid/stat" ] || continue
+    set -- $(sed 's/^.*) //' "/proc/$pid/stat")
+    total=$((total + ${12} + ${13}))
+  done
+  echo $total
+}
+pids_of() {
+  case $1 in
+    direct) echo "" ;;
+    pgsplit) echo "$DEMO" ;;
+    pgbouncer) echo "$BOUNCERPID" ;;
+    pgpool) pgrep -x pgpool | tr '\n' ' ' ;;
+  esac
+}
+port_of() {
+  case $1 in direct) echo "$P1" ;; pgsplit) echo "$SPLIT" ;; pgbouncer) echo "$BOUNCER" ;; pgpool) echo "$POOL" ;; esac
+}
+HZ=$(getconf CLK_TCK)
+RESULTS="$DIR/results.tsv"
+: > "$RESULTS"
+for round in $(seq 1 "$ROUNDS"); do
+  for workload in select tpcb; do
+    for mode in simple prepared; do
+      for c in $CLIENTS; do
+        for target in direct pgsplit pgbouncer pgpool; do
+          args=(-h 127.0.0.1 -p "$(port_of $target)" -U postgres -n -M "$mode" -c "$c" -j 2 -T "$DURATION")
+          [ $workload = select ] && args+=(-S)
+          pids=$(pids_of $target)
+          before=$(cpu_ticks $pids)
+          out=$("$PGBIN/pgbench" "${args[@]}" app 2>&1) || true
+          after=$(cpu_ticks $pids)
+          tps=$(echo "$out" | awk '/^tps/ {print $3; exit}')
+          lat=$(echo "$out" | awk '/latency average/ {print $4; exit}')
+          tx=$(echo "$out" | awk -F'[ /]+' '/actually processed/ {print $6; exit}')
+          failed=$(echo "$out" | awk '/number of failed/ {print $5; exit}')
+          cpu=$(awk -v a="$after" -v b="$before" -v hz="$HZ" -v tx="${tx:-0}" 'BEGIN { if (tx > 0) printf "%.3f", (a - b) / hz / tx * 10000; else print "-" }')
+          [ "$target" = direct ] && cpu="-"
+          printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$mode" "$c" "$target" "$round" "${tps:-error}" "${lat:--}" "$cpu" "${failed:--}" >> "$RESULTS"
+          echo "round $round $workload -M $mode -c $c $target: tps=${tps:-error} lat=${lat:--}ms cpu/10k=$cpu failed=${failed:--}" >&2
+        done
+      done
+    done
+  done
+done
+
+{
+  echo "# Benchmarks"
+  echo
+  echo "Run of \`benches/compare.sh\` on $(date -u +%Y-%m-%d) (UTC): $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB,"
+  echo "$(uname -sr). PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), $(pgbouncer --version 2>/dev/null | head -1),"
+  echo "$(/usr/sbin/pgpool --version 2>&1 | head -1), pgsplit $(git rev-parse --short HEAD 2>/dev/null || echo dev) (release build)."
+  echo
+  echo "Primary and two streaming replicas on loopback, pgbench scale $SCALE, \`-j 2 -T $DURATION\`, $ROUNDS interleaved rounds."
+  echo "pgsplit: transaction pooling, 20 server connections per node, reads to the replicas. PgBouncer 1.18: transaction"
+  echo "pooling, 20 server connections, to the primary. Pgpool-II: streaming replication mode, load balancing on the two"
+  echo "replicas (weight 0 on the primary), 140 children, no failover. All with trust authentication as \`postgres\`."
+  echo "CPU is the proxy process's user+system seconds per 10,000 transactions (Pgpool-II: all its processes),"
+  echo "from /proc. TPS and latency are pgbench's (\"without initial connection time\")."
+  echo
+  echo "| workload | protocol | clients | target | TPS (rounds) | mean TPS | avg latency ms | CPU s / 10k tx | failed |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  awk -F'\t' '{ k=$1"\t"$2"\t"$3"\t"$4; tps[k]=tps[k] (tps[k]?" / ":"") $6; sum[k]+=$6; n[k]++; lat[k]=lat[k] (lat[k]?" / ":"") $7; cpu[k]=cpu[k] (cpu[k]?" / ":"") $8; f[k]=f[k] (f[k]?" / ":"") $9; order[k]=NR }
+       END { for (k in order) { split(k, p, "\t"); printf "| %s | %s | %s | %s | %s | %.0f | %s | %s | %s |\n", p[1], p[2], p[3], p[4], tps[k], sum[k]/n[k], lat[k], cpu[k], f[k] } }' "$RESULTS" \
+    | sort -t'|' -k2,2 -k3,3 -k4,4n -k5,5
+  echo
+  echo "Commands: \`pgbench -h 127.0.0.1 -p PORT -U postgres -n -M simple|prepared -c N -j 2 -T $DURATION [-S] app\`,"
+  echo "after \`pgbench -i -s $SCALE app\` on the primary. Configurations are written by benches/compare.sh."
+} > "$OUT"
+echo "wrote $OUT" >&2
