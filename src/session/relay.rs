@@ -531,10 +531,15 @@ impl<'s> Session<'s> {
         let frames = self.batch.take();
         if tracing::enabled!(tracing::Level::TRACE) {
             trace_sql(&frames);
+            let tags: String = frames.iter().map(|f| f.tag as char).collect();
+            tracing::trace!(tags, "batch");
         }
         let plan = batch::plan(&frames, &self.statements, &self.state.router.load())
             .map_err(SessionError::ClientProtocol)?;
         let Some(held) = self.held.as_mut() else {
+            if self.prepare_lazily(&frames, &plan) {
+                return Ok(());
+            }
             return self.send_fresh(frames, plan, Vec::new()).await;
         };
         let route = plan.route;
@@ -565,7 +570,13 @@ impl<'s> Session<'s> {
             self.pinned = true;
             held.conn.dirty = true;
         }
-        tracing::debug!(node = %held.node.name, in_txn = must_stay, "statement on held connection");
+        tracing::debug!(
+            node = %held.node.name,
+            in_txn = must_stay,
+            pinned = self.pinned,
+            open_batch = self.open_batch,
+            "statement on held connection"
+        );
         self.wrote |= held.target == Target::Primary
             && route.target == Target::Primary
             && route.reason.may_write();
@@ -596,6 +607,36 @@ impl<'s> Session<'s> {
             Ok(()) => Ok(()),
             Err(e) => self.backend_failed(e.into()).await,
         }
+    }
+
+    /// A lone `Parse` + `Sync` of a named statement outside a transaction
+    /// (libpq's PQprepare, pgbench -M prepared) is answered here: the
+    /// statement is recorded and parsed on a server connection with its first
+    /// Bind, in the same batch. Taking a pooled connection for it would make
+    /// a client that prepares synchronously wait for the pool while its other
+    /// connections hold theirs. The cost: an error in the statement (a
+    /// missing table) is reported at its first execution, not at prepare.
+    /// Statements sqlparser cannot parse still go to a node at once.
+    fn prepare_lazily(&mut self, frames: &[Frame], plan: &Plan) -> bool {
+        let [parse, sync] = frames else { return false };
+        if parse.tag != fe::PARSE_TAG
+            || sync.tag != fe::SYNC_TAG
+            || plan.route.reason == Reason::ParseError
+        {
+            return false;
+        }
+        let Ok(p) = fe::parse(parse.body()) else {
+            return false;
+        };
+        if p.name.is_empty() || plan.route.pins || self.statements.get(p.name).is_some() {
+            return false;
+        }
+        let route = self.state.router.load().classify(p.sql);
+        let statement = Arc::new(super::state::Statement::new(p.sql, p.types, route));
+        self.statements.add(p.name, statement);
+        be::parse_complete(&mut self.cwbuf);
+        be::ready_for_query(&mut self.cwbuf, TxnStatus::Idle);
+        true
     }
 
     /// Routes a batch when no connection is held, and sends it.
