@@ -15,20 +15,21 @@ use std::time::Duration;
 use super::ClientStream;
 use bytes::BytesMut;
 
+mod fresh;
+mod writes;
+
 use super::SessionError;
 use super::batch::{self, Batch, Plan};
-use super::cancel::{CancelSlot, CancelTarget};
-use super::choose::{Choice, Wants, choose};
+use super::cancel::CancelSlot;
 use super::handshake::{self, Startup};
 use super::outbound::Translation;
 use super::replies::{Context, Replies};
 use super::state::{Settings, Statements};
-use crate::config::{PoolMode, ReadYourWrites};
+use crate::config::PoolMode;
 use crate::pool::{PoolError, Pooled};
-use crate::protocol::backend::{self as be, Severity, TxnStatus};
+use crate::protocol::backend::{self as be, TxnStatus};
 use crate::protocol::codec::{self, Frame, MAX_MESSAGE_LEN};
 use crate::protocol::frontend as fe;
-use crate::protocol::sqlstate;
 use crate::router::{Reason, Target};
 use crate::state::State;
 use crate::topology::{InFlight, Node};
@@ -410,73 +411,6 @@ impl<'s> Session<'s> {
         }
     }
 
-    /// A transaction ended on the held connection: record its WAL position
-    /// for read-your-writes if it may have written, and re-read the
-    /// catalog after function DDL.
-    async fn after_transaction(&mut self) -> Result<(), SessionError> {
-        if std::mem::take(&mut self.wrote) {
-            self.record_write_position().await?;
-        }
-        if std::mem::take(&mut self.function_ddl) {
-            self.flush().await?;
-            self.state.refresh_catalog().await;
-        }
-        Ok(())
-    }
-
-    /// Reads the primary's WAL position after a transaction that may have
-    /// written and raises the read-your-writes floors to it.
-    async fn record_write_position(&mut self) -> Result<(), SessionError> {
-        let config = self.state.config.load_full();
-        match config.routing.read_your_writes {
-            ReadYourWrites::Off => return Ok(()),
-            // Only this session's next read needs the position, and it comes
-            // through this task: the client may have its answer first.
-            ReadYourWrites::Session => self.flush().await?,
-            // Another session's read may start the moment the client has
-            // its answer: the floor must be raised before that.
-            ReadYourWrites::Global => {}
-        }
-        let held = self.held.as_mut().expect("held");
-        match held.conn.wal_insert_lsn().await {
-            Ok(lsn) => {
-                self.floor = self.floor.max(lsn);
-                self.floor_expires = None;
-                self.state.raise_global_floor(lsn);
-            }
-            Err(e) => {
-                // Position unknown: this session reads from the primary
-                // until any replica within max_lag must have replayed the
-                // write. (The global floor cannot expire per session, so it
-                // is left as it was.)
-                tracing::warn!(error = %e, "reading the WAL position after a write failed");
-                held.conn.mark_broken();
-                self.floor = u64::MAX;
-                self.floor_expires = Some(std::time::Instant::now() + config.lag.max_lag.0);
-            }
-        }
-        Ok(())
-    }
-
-    /// The position replicas must have replayed for this session's reads.
-    fn read_floor(&mut self) -> u64 {
-        if self
-            .floor_expires
-            .is_some_and(|t| std::time::Instant::now() >= t)
-        {
-            self.floor = 0;
-            self.floor_expires = None;
-        }
-        match self.state.config.load().routing.read_your_writes {
-            ReadYourWrites::Off => 0,
-            ReadYourWrites::Session => self.floor,
-            ReadYourWrites::Global => self
-                .state
-                .global_floor
-                .load(std::sync::atomic::Ordering::Relaxed),
-        }
-    }
-
     /// Consumes complete client frames; false when the client said goodbye.
     async fn drain_client(&mut self) -> Result<bool, SessionError> {
         while self.waiting.is_none() {
@@ -607,248 +541,6 @@ impl<'s> Session<'s> {
             Ok(()) => Ok(()),
             Err(e) => self.backend_failed(e.into()).await,
         }
-    }
-
-    /// A lone `Parse` + `Sync` of a named statement outside a transaction
-    /// (libpq's PQprepare, pgbench -M prepared) is answered here: the
-    /// statement is recorded and parsed on a server connection with its first
-    /// Bind, in the same batch. Taking a pooled connection for it would make
-    /// a client that prepares synchronously wait for the pool while its other
-    /// connections hold theirs. The cost: an error in the statement (a
-    /// missing table) is reported at its first execution, not at prepare.
-    /// Statements sqlparser cannot parse still go to a node at once.
-    fn prepare_lazily(&mut self, frames: &[Frame], plan: &Plan) -> bool {
-        let [parse, sync] = frames else { return false };
-        if parse.tag != fe::PARSE_TAG
-            || sync.tag != fe::SYNC_TAG
-            || plan.route.reason == Reason::ParseError
-        {
-            return false;
-        }
-        let Ok(p) = fe::parse(parse.body()) else {
-            return false;
-        };
-        if p.name.is_empty() || plan.route.pins || self.statements.get(p.name).is_some() {
-            return false;
-        }
-        let route = self.state.router.load().classify(p.sql);
-        let statement = Arc::new(super::state::Statement::new(p.sql, p.types, route));
-        self.statements.add(p.name, statement);
-        be::parse_complete(&mut self.cwbuf);
-        be::ready_for_query(&mut self.cwbuf, TxnStatus::Idle);
-        true
-    }
-
-    /// Routes a batch when no connection is held, and sends it.
-    async fn send_fresh(
-        &mut self,
-        frames: Vec<Frame>,
-        plan: Plan,
-        mut tried: Vec<Arc<str>>,
-    ) -> Result<(), SessionError> {
-        let mut route = plan.route;
-        let config = self.state.config.load_full();
-        if route.target == Target::Primary
-            && config.user(&self.startup.user).is_some_and(|u| u.read_only)
-        {
-            // A read-only user: transaction control and tracked SETs run on
-            // a replica (where nothing can write); the rest never leaves.
-            if matches!(route.reason, Reason::Transaction | Reason::Session) && !route.pins {
-                route.target = Target::Replica;
-            } else {
-                let message = format!(
-                    "user \"{}\" may only read through pgsplit: this statement needs the primary",
-                    self.startup.user
-                );
-                self.fail_batch(sqlstate::READ_ONLY_SQL_TRANSACTION, &message, plan.syncs);
-                return Ok(());
-            }
-        }
-        // A switchover holds new write transactions until the new primary
-        // takes them; reads keep flowing.
-        if route.target == Target::Primary && !self.state.writes_released(WRITE_HOLD_LIMIT).await {
-            let message = "writes are held for a switchover that has not finished";
-            self.fail_batch(sqlstate::CONNECTION_FAILURE, message, plan.syncs);
-            return Ok(());
-        }
-        let floor = self.read_floor();
-        loop {
-            let topology = self.state.topology.load_full();
-            // Session pooling: a read keeps using the replica connection the
-            // session already has.
-            let kept = (route.target == Target::Replica)
-                .then(|| {
-                    self.spare.iter().position(|h| {
-                        h.target == Target::Replica
-                            && h.node.health.is_up()
-                            && !tried.contains(&h.node.name)
-                    })
-                })
-                .flatten();
-            let (node, reason) = match kept {
-                Some(i) => (self.spare[i].node.clone(), route.reason),
-                None => {
-                    let app = self.application_name();
-                    let wants = Wants {
-                        route,
-                        tag: plan.tag.as_deref(),
-                        who: (&self.startup.user, &self.startup.database, &app),
-                        floor,
-                        tried: &tried,
-                    };
-                    match choose(&config, &topology, &wants) {
-                        Choice::Node { node, reason } => (node, reason),
-                        Choice::Refuse { code, message } => {
-                            self.fail_batch(code, &message, plan.syncs);
-                            return Ok(());
-                        }
-                    }
-                }
-            };
-            let is_primary = Arc::ptr_eq(&node, topology.primary());
-            let conn = match self.take_spare(&node) {
-                Some(conn) => Ok(conn),
-                None => self.checkout(&node).await,
-            };
-            let mut conn = match conn {
-                Ok(conn) => conn,
-                Err(e) => {
-                    if route.target == Target::Replica
-                        && !is_primary
-                        && tried.len() < MAX_READ_TRIES
-                    {
-                        tried.push(node.name.clone());
-                        continue;
-                    }
-                    let code = match &e {
-                        PoolError::Timeout { .. } => sqlstate::TOO_MANY_CONNECTIONS.to_owned(),
-                        PoolError::Login {
-                            source: crate::auth::AuthError::Rejected { code, .. },
-                            ..
-                        } => code.clone(),
-                        _ => sqlstate::CONNECTION_FAILURE.to_owned(),
-                    };
-                    self.fail_batch(&code, &e.to_string(), plan.syncs);
-                    return Ok(());
-                }
-            };
-            tracing::debug!(
-                route = route.target.as_str(),
-                reason = reason.as_str(),
-                node = %node.name,
-                in_txn = false,
-                "statement routed"
-            );
-            if route.pins {
-                self.pinned = true;
-                conn.dirty = true;
-            }
-            self.slot.set(Some(CancelTarget {
-                address: conn.address.clone(),
-                pid: conn.login.pid,
-                secret: conn.login.secret,
-            }));
-            let out = Translation {
-                conn: &mut conn,
-                statements: &mut self.statements,
-                settings: &self.settings,
-                router: &self.state.router.load(),
-            }
-            .translate(&frames, plan.command.as_ref(), true)
-            .map_err(SessionError::ClientProtocol)?;
-            let send = conn.send(&out.bytes).await;
-            let target = if is_primary {
-                Target::Primary
-            } else {
-                Target::Replica
-            };
-            self.state.metrics.decision(target, reason);
-            node.metrics.query(target);
-            self.timing
-                .get_or_insert((std::time::Instant::now(), target));
-            self.held = Some(Held::new(conn, node, target));
-            self.wrote |= is_primary && route.target == Target::Primary && route.reason.may_write();
-            self.function_ddl |= plan.function_ddl;
-            self.open_batch = plan.syncs == 0;
-            self.replies.extend(out.expects);
-            self.replies.emit_ready_synthetics(&mut self.cwbuf);
-            self.retry = (route.target == Target::Replica).then(|| Retry {
-                frames,
-                plan,
-                tried,
-                added: out.added,
-            });
-            return match send {
-                Ok(()) => Ok(()),
-                Err(e) => self.backend_failed(e.into()).await,
-            };
-        }
-    }
-
-    /// The `application_name` the client gave at startup.
-    fn application_name(&self) -> String {
-        self.startup
-            .params
-            .iter()
-            .find(|(k, _)| k == "application_name")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    }
-
-    fn take_spare(&mut self, node: &Arc<Node>) -> Option<Pooled> {
-        let at = self.spare.iter().position(|h| Arc::ptr_eq(&h.node, node))?;
-        Some(self.spare.swap_remove(at).conn)
-    }
-
-    /// Tells the client a batch failed before reaching any node.
-    fn fail_batch(&mut self, code: &str, message: &str, syncs: usize) {
-        tracing::info!(code, error = message, "statement failed at the proxy");
-        be::error_response(&mut self.cwbuf, Severity::Error, code, message);
-        for _ in 0..syncs {
-            be::ready_for_query(&mut self.cwbuf, TxnStatus::Idle);
-        }
-    }
-
-    /// The held connection failed: retry a read elsewhere, report a failed
-    /// statement, or end the session when its state is gone.
-    async fn backend_failed(&mut self, error: WireError) -> Result<(), SessionError> {
-        let Some(mut held) = self.held.take() else {
-            return Ok(());
-        };
-        held.conn.mark_broken();
-        held.node.metrics.backend_errors.inc();
-        self.timing = None;
-        self.slot.set(None);
-        if matches!(
-            error,
-            WireError::Io(_) | WireError::Closed | WireError::Protocol(_)
-        ) && held.node.health.mark_down()
-        {
-            tracing::warn!(node = %held.node.name, error = %error, state = "down", "node connection lost");
-        }
-        let in_txn = held.conn.status != TxnStatus::Idle;
-        let node = held.node.name.clone();
-        drop(held);
-        let owed = self.replies.ready_owed();
-        self.replies.clear();
-        if let Some(mut retry) = self.retry.take()
-            && !in_txn
-            && !self.pinned
-        {
-            tracing::info!(node = %node, "read failed before any reply; trying another node");
-            for name in &retry.added {
-                self.statements.remove(name);
-            }
-            retry.tried.push(node);
-            self.open_batch = false;
-            return Box::pin(self.send_fresh(retry.frames, retry.plan, retry.tried)).await;
-        }
-        if in_txn || self.pinned || self.open_batch {
-            return Err(backend_error(&node, error));
-        }
-        let message = format!("connection to node {node} lost: {error}");
-        self.fail_batch(sqlstate::CONNECTION_FAILURE, &message, owed);
-        Ok(())
     }
 
     /// Returns a connection the session no longer needs.
