@@ -275,18 +275,12 @@ async fn switchover(state: &Arc<State>, to: Option<&str>, drill: bool) -> Report
     {
         return abort(state, steps, report, &old, &old_client, e).await;
     }
-    let held_ms = finish_promotion(
-        state,
-        &mut steps,
-        &topology,
-        &candidate,
-        std::slice::from_ref(&old.name),
+    let promoted = Promoted {
+        candidate: &candidate,
+        old: &old.name,
         held,
-    )
-    .await;
-    report.writes_held_ms = Some(held_ms);
-    report.ok = true;
-    steps.finish(report, None)
+    };
+    finish_promotion(state, steps, report, &topology, promoted).await
 }
 
 /// Makes the old primary read-only, ends its client sessions, and returns
@@ -355,15 +349,28 @@ async fn abort(
     steps.finish(report, Some(error))
 }
 
-/// Publishes the new primary, releases writes, repoints the other replicas.
+/// What was promoted, in place of what, since when writes were held.
+struct Promoted<'a> {
+    candidate: &'a Arc<Node>,
+    old: &'a Arc<str>,
+    held: std::time::Instant,
+}
+
+/// Publishes the new primary (the old one retired), releases writes,
+/// repoints the other replicas, and completes the report.
 async fn finish_promotion(
     state: &Arc<State>,
-    steps: &mut Steps,
+    mut steps: Steps,
+    mut report: Report,
     topology: &crate::topology::Topology,
-    candidate: &Arc<Node>,
-    retire: &[Arc<str>],
-    held: std::time::Instant,
-) -> u64 {
+    promoted: Promoted<'_>,
+) -> Report {
+    let Promoted {
+        candidate,
+        old,
+        held,
+    } = promoted;
+    let retire = std::slice::from_ref(old);
     let config = state.config.load_full();
     state
         .topology
@@ -382,7 +389,9 @@ async fn finish_promotion(
             .run(&step, repoint(state, &config, node, candidate))
             .await;
     }
-    held_ms
+    report.writes_held_ms = Some(held_ms);
+    report.ok = true;
+    steps.finish(report, None)
 }
 
 /// Points a replica's WAL receiver at the new primary.
@@ -471,16 +480,10 @@ async fn failover(state: &Arc<State>, to: Option<&str>) -> Report {
     }
     let last_known = old.stats.load().lsn;
     report.lost_bytes = Some(last_known.saturating_sub(received.max(0) as u64));
-    let held_ms = finish_promotion(
-        state,
-        &mut steps,
-        &topology,
-        &candidate,
-        std::slice::from_ref(&old.name),
+    let promoted = Promoted {
+        candidate: &candidate,
+        old: &old.name,
         held,
-    )
-    .await;
-    report.writes_held_ms = Some(held_ms);
-    report.ok = true;
-    steps.finish(report, None)
+    };
+    finish_promotion(state, steps, report, &topology, promoted).await
 }
