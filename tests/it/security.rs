@@ -543,7 +543,8 @@ async fn five_thousand_connections_at_once() {
         "raise the open file limit: ulimit -n 12000 (now {})",
         limit.rlim_cur
     );
-    let extra = "auth:\n  method: trust\n  users:\n    - { name: app, password: app }\n";
+    // The whole suite runs beside this test: give logins time.
+    let extra = "auth:\n  method: trust\n  users:\n    - { name: app, password: app }\nlimits:\n  startup_timeout: 120s\n";
     let proxy = start_proxy(&config_text(&ports(), extra)).await;
     let addr = proxy.addr;
     let mut tasks = Vec::new();
@@ -566,7 +567,11 @@ async fn five_thousand_connections_at_once() {
     }
     let mut open = Vec::new();
     for t in tasks {
-        open.push(t.await.unwrap().expect("every connection logs in"));
+        open.push(
+            t.await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("every connection logs in: {e:?}")),
+        );
     }
     assert_eq!(open.len(), 5000);
     let client = app(&proxy).await;
