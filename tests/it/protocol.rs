@@ -9,22 +9,6 @@ use tokio::net::TcpStream;
 
 use crate::harness::*;
 
-fn startup(version: i32, params: &[(&str, &str)]) -> BytesMut {
-    let mut body = BytesMut::new();
-    body.put_i32(version);
-    for (k, v) in params {
-        body.put_slice(k.as_bytes());
-        body.put_u8(0);
-        body.put_slice(v.as_bytes());
-        body.put_u8(0);
-    }
-    body.put_u8(0);
-    let mut out = BytesMut::new();
-    out.put_i32(body.len() as i32 + 4);
-    out.put_slice(&body);
-    out
-}
-
 /// Reads everything the proxy sends until it closes the socket or goes
 /// quiet for a second.
 async fn read_all(stream: &mut TcpStream) -> Vec<u8> {
@@ -73,9 +57,12 @@ async fn ssl_and_gssenc_requests_are_answered_n() {
         s.read_exact(&mut answer).await.unwrap();
         assert_eq!(&answer, b"N");
         // and the startup may follow on the same socket
-        s.write_all(&startup(196608, &[("user", "app"), ("database", "app")]))
-            .await
-            .unwrap();
+        s.write_all(&startup_packet(
+            196608,
+            &[("user", "app"), ("database", "app")],
+        ))
+        .await
+        .unwrap();
         let mut r = [0u8; 9];
         s.read_exact(&mut r).await.unwrap();
         assert_eq!(r[0], b'R', "authentication request expected");
@@ -94,7 +81,7 @@ async fn bad_startup_and_malformed_messages_end_only_that_client() {
 
     // protocol 2.0
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&startup(2 << 16, &[("user", "app")]))
+    s.write_all(&startup_packet(2 << 16, &[("user", "app")]))
         .await
         .unwrap();
     assert_eq!(
@@ -114,7 +101,7 @@ async fn bad_startup_and_malformed_messages_end_only_that_client() {
 
     // no user
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&startup(196608, &[("database", "app")]))
+    s.write_all(&startup_packet(196608, &[("database", "app")]))
         .await
         .unwrap();
     assert_eq!(
@@ -122,7 +109,7 @@ async fn bad_startup_and_malformed_messages_end_only_that_client() {
         Some("28000")
     );
 
-    let login = startup(196608, &[("user", "app"), ("database", "app")]);
+    let login = startup_packet(196608, &[("user", "app"), ("database", "app")]);
     let bad_messages: Vec<Vec<u8>> = vec![
         vec![b'Q', 0, 0, 0, 2],                         // length below 4
         vec![b'Q', 0x7f, 0xff, 0xff, 0xff, b'x'],       // over 1 GiB

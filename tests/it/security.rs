@@ -4,7 +4,6 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -87,22 +86,6 @@ async fn scram_logins_with_tokio_postgres_psql_and_psycopg() {
     proxy.stop().await;
 }
 
-fn startup(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = BytesMut::new();
-    body.put_i32(version);
-    for (k, v) in params {
-        body.put_slice(k.as_bytes());
-        body.put_u8(0);
-        body.put_slice(v.as_bytes());
-        body.put_u8(0);
-    }
-    body.put_u8(0);
-    let mut out = Vec::new();
-    out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
-}
-
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
     out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
@@ -151,9 +134,12 @@ fn codes(bytes: &[u8]) -> (Vec<String>, bool) {
 
 async fn logged_in(addr: std::net::SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&startup(196608, &[("user", "app"), ("database", "app")]))
-        .await
-        .unwrap();
+    s.write_all(&startup_packet(
+        196608,
+        &[("user", "app"), ("database", "app")],
+    ))
+    .await
+    .unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !got.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
@@ -330,17 +316,17 @@ async fn thirty_kinds_of_hostile_input_hurt_only_their_sender() {
         );
     }
     // before login
-    let mut big = startup(196608, &[("user", "app")]);
+    let mut big = startup_packet(196608, &[("user", "app")]);
     big.extend(std::iter::repeat_n(b'x', 20_000));
     let big_len = big.len() as i32;
     big[..4].copy_from_slice(&big_len.to_be_bytes());
-    let mut dup = startup(
+    let mut dup = startup_packet(
         196608,
         &[("user", "app"), ("user", "app"), ("database", "app")],
     );
     let unterminated = {
         // a complete packet whose parameter list lacks its final NUL
-        let mut v = startup(196608, &[("user", "app")]);
+        let mut v = startup_packet(196608, &[("user", "app")]);
         v.pop();
         let len = v.len() as i32;
         v[..4].copy_from_slice(&len.to_be_bytes());
@@ -355,12 +341,12 @@ async fn thirty_kinds_of_hostile_input_hurt_only_their_sender() {
     let before_login: Vec<(&str, Vec<u8>, Expect)> = vec![
         (
             "protocol 2.0",
-            startup(2 << 16, &[("user", "app")]),
+            startup_packet(2 << 16, &[("user", "app")]),
             Expect::Fatal("0A000"),
         ),
         (
             "missing user",
-            startup(196608, &[("database", "app")]),
+            startup_packet(196608, &[("database", "app")]),
             Expect::Fatal("28000"),
         ),
         ("enormous startup packet", big, Expect::Fatal("08P01")),
@@ -489,7 +475,7 @@ async fn limits_max_clients_startup_timeout_and_idle_timeout() {
         "a silent client is dropped"
     );
     let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
-    let packet = startup(196608, &[("user", "app"), ("database", "app")]);
+    let packet = startup_packet(196608, &[("user", "app"), ("database", "app")]);
     let mut dropped = false;
     for byte in packet {
         if slow.write_all(&[byte]).await.is_err() {
@@ -551,8 +537,11 @@ async fn five_thousand_connections_at_once() {
     for _ in 0..5000 {
         tasks.push(tokio::spawn(async move {
             let mut s = TcpStream::connect(addr).await?;
-            s.write_all(&startup(196608, &[("user", "app"), ("database", "app")]))
-                .await?;
+            s.write_all(&startup_packet(
+                196608,
+                &[("user", "app"), ("database", "app")],
+            ))
+            .await?;
             let mut got = Vec::new();
             let mut buf = [0u8; 1024];
             while !got.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {

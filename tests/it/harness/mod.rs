@@ -229,6 +229,21 @@ pub async fn served_by(client: &Client, sql: &str) -> u16 {
         .expect("port number")
 }
 
+/// A startup packet (untagged: length, version, NUL-terminated pairs).
+pub fn startup_packet(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = (body.len() as i32 + 4).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
 /// The SQLSTATE of an error, if it came from the server side.
 pub fn code(e: &tokio_postgres::Error) -> Option<String> {
     e.as_db_error().map(|d| d.code().code().to_owned())
