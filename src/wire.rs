@@ -1,8 +1,13 @@
-//! Async reading and writing of protocol frames over any byte stream: the
-//! one I/O helper that the session, authentication and pool share.
+//! Async reading and writing of protocol frames over any byte stream, and
+//! the TCP-or-TLS stream type itself: the I/O helpers that the session,
+//! authentication and pool share.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 use crate::protocol::codec::{self, Frame, ProtocolError};
 
@@ -65,4 +70,84 @@ pub async fn flush<W: AsyncWrite + Unpin>(
         buf.clear();
     }
     Ok(())
+}
+
+/// A TCP connection, plain or under TLS (`T`: rustls' client or server
+/// stream). Clients and server connections both use it.
+pub enum MaybeTls<T> {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// TLS.
+    Tls(Box<T>),
+    /// Between plaintext and TLS while a handshake takes the socket; any
+    /// I/O fails.
+    Upgrading,
+}
+
+impl<T> std::fmt::Debug for MaybeTls<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MaybeTls::Plain(_) => "Plain",
+            MaybeTls::Tls(_) => "Tls",
+            MaybeTls::Upgrading => "Upgrading",
+        })
+    }
+}
+
+impl<T> MaybeTls<T> {
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, MaybeTls::Tls(_))
+    }
+}
+
+fn upgrading() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "TLS handshake in progress",
+    )
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            MaybeTls::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            MaybeTls::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            MaybeTls::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MaybeTls::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
 }

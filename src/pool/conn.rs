@@ -252,7 +252,9 @@ impl BackendConn {
         let mut buf = tokio::io::ReadBuf::new(&mut probe);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         // Nothing to read (Pending) is what an idle, open connection looks like.
-        self.stream.tcp().poll_peek(&mut cx, &mut buf).is_pending()
+        self.stream
+            .tcp()
+            .is_some_and(|tcp| tcp.poll_peek(&mut cx, &mut buf).is_pending())
     }
 }
 
