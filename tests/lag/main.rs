@@ -115,29 +115,31 @@ async fn paused_replay_stops_reads_within_about_a_second_and_resume_brings_them_
     let pg2 = node_port("pg2");
     sql(1, "SELECT pg_wal_replay_pause()");
     let paused_at = Instant::now();
+    let pg2_stats = || {
+        proxy
+            .state
+            .topology
+            .load()
+            .node("pg2")
+            .unwrap()
+            .stats
+            .load_full()
+    };
+    // A replica near max_lag has a tiny weight and may miss a sample of reads
+    // by chance: wait for the monitor to exclude it, then check the reads.
     let excluded = eventually(Duration::from_secs(10), || async {
-        !share(&proxy, 30).await.contains_key(&pg2)
+        !pg2_stats().eligible
     })
     .await;
     let took = paused_at.elapsed();
-    assert!(
-        excluded,
-        "pg2 still takes reads after its replay was paused"
-    );
+    assert!(excluded, "pg2 still eligible after its replay was paused");
     eprintln!("paused replica excluded after {took:?} (max_lag 1s)");
-    let stats = proxy
-        .state
-        .topology
-        .load()
-        .node("pg2")
-        .unwrap()
-        .stats
-        .load_full();
+    let stats = pg2_stats();
+    assert!(stats.replay_paused && stats.lag_bytes > 0, "{stats:?}");
     assert!(
-        stats.replay_paused && !stats.eligible && stats.lag_bytes > 0,
-        "{stats:?}"
+        !share(&proxy, 60).await.contains_key(&pg2),
+        "pg2 still takes reads after it was excluded"
     );
-    assert!(stats.lag_bytes > 0);
     sql(1, "SELECT pg_wal_replay_resume()");
     let back = eventually(Duration::from_secs(15), || async {
         share(&proxy, 30).await.contains_key(&pg2)
