@@ -7,11 +7,18 @@
 # apt when missing (as root). Leaves nothing running.
 #
 #   DURATION=15 ROUNDS=2 CLIENTS="8 32 128" benches/compare.sh
+#
+# For a quick look at one case (the table still goes to $OUT):
+#   TARGETS="pgsplit pgbouncer" WORKLOADS=select MODES=simple CLIENTS=32 \
+#   DURATION=10 OUT=/tmp/bench.md benches/compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-15}
 ROUNDS=${ROUNDS:-2}
 CLIENTS=${CLIENTS:-"8 32 128"}
+TARGETS=${TARGETS:-"direct pgsplit pgbouncer pgpool"}
+WORKLOADS=${WORKLOADS:-"select tpcb"}
+MODES=${MODES:-"simple prepared"}
 SCALE=${SCALE:-10}
 OUT=${OUT:-BENCHMARKS.md}
 ulimit -n 65536 2>/dev/null || true
@@ -140,10 +147,10 @@ HZ=$(getconf CLK_TCK)
 RESULTS="$DIR/results.tsv"
 : > "$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
-  for workload in select tpcb; do
-    for mode in simple prepared; do
+  for workload in $WORKLOADS; do
+    for mode in $MODES; do
       for c in $CLIENTS; do
-        for target in direct pgsplit pgbouncer pgpool; do
+        for target in $TARGETS; do
           args=(-h 127.0.0.1 -p "$(port_of $target)" -U postgres -n -M "$mode" -c "$c" -j 2 -T "$DURATION")
           [ $workload = select ] && args+=(-S)
           pids=$(pids_of $target)

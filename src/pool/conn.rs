@@ -25,7 +25,7 @@ pub struct ConnectSpec {
     /// Node name.
     pub node: Arc<str>,
     /// `host:port`.
-    pub address: String,
+    pub address: Arc<str>,
     /// Host name, for TLS verification.
     pub host: String,
     /// Role.
@@ -52,7 +52,7 @@ pub struct BackendConn {
     /// Name of the node it talks to.
     pub node: Arc<str>,
     /// `host:port` of the node, for cancel requests.
-    pub address: String,
+    pub address: Arc<str>,
     /// What the node said at login.
     pub login: LoginInfo,
     /// Transaction status from the last ReadyForQuery.
@@ -83,7 +83,7 @@ impl BackendConn {
             node: node.clone(),
             source: e,
         };
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(&spec.address))
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(&*spec.address))
             .await
             .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
             .map_err(connect_error)?;

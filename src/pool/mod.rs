@@ -1,6 +1,13 @@
 //! Server connection pools: one bb8 pool per node, user and database, with
 //! our own `ManageConnection` over raw protocol streams.
 //!
+//! In front of each bb8 pool sits a small stack of connections that
+//! sessions gave back: the next checkout takes the newest one with one
+//! uncontended lock, without bb8's timer, statistics and waiter machinery.
+//! bb8 still creates, validates, times out and reaps connections; a
+//! connection goes back to bb8 itself whenever a checkout is waiting there,
+//! so the stack never hides a free connection from a waiter.
+//!
 //! bb8 creates connections in a background task and only reports its
 //! errors to an error sink, so a checkout from a dead node would wait the
 //! whole `checkout_timeout`. Each pool therefore keeps the last connect
@@ -12,11 +19,12 @@ pub mod prepared;
 mod stream;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bb8::{ErrorSink, ManageConnection, Pool, PooledConnection, RunError};
+use bb8::{ErrorSink, ManageConnection, Pool, PooledConnection, QueueStrategy, RunError};
 use tokio::sync::watch;
 
 pub use conn::{BackendConn, ConnectSpec};
@@ -138,14 +146,145 @@ impl ErrorSink<PoolError> for FailureSink {
     }
 }
 
-struct NodePool {
+/// Connections given back more than this long ago leave the stack for
+/// bb8, whose idle timeout then closes them if nobody needs them.
+const STACK_IDLE: Duration = Duration::from_secs(30);
+
+/// bb8's handle on a checked-out connection.
+type BbConn = PooledConnection<'static, Manager>;
+
+/// The pool of one (node, user, database).
+pub struct NodePool {
     pool: Pool<Manager>,
     sink: FailureSink,
     node: Arc<str>,
+    timeout: Duration,
+    /// Connections sessions gave back, newest last, with when.
+    stack: Mutex<Vec<(BbConn, Instant)>>,
+    /// Checkouts waiting inside bb8.
+    waiting: AtomicUsize,
 }
 
-/// A checked-out server connection; dropping it returns it to its pool.
-pub type Pooled = PooledConnection<'static, Manager>;
+/// A checked-out server connection; dropping it gives it back.
+pub struct Pooled {
+    conn: Option<BbConn>,
+    home: Arc<NodePool>,
+}
+
+impl Deref for Pooled {
+    type Target = BackendConn;
+    fn deref(&self) -> &BackendConn {
+        self.conn.as_ref().expect("present until drop")
+    }
+}
+
+impl DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut BackendConn {
+        self.conn.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.home.give_back(conn);
+        }
+    }
+}
+
+impl NodePool {
+    /// Checks out a connection: the newest given back, else one from bb8.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Pooled, PoolError> {
+        if let Some(conn) = self.pop_open() {
+            return Ok(self.wrap(conn));
+        }
+        // Announce the wait before looking again: a connection given back
+        // from now on goes to bb8, where this checkout will find it.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        if let Some(conn) = self.pop_open() {
+            return Ok(self.wrap(conn));
+        }
+        let mut failures = self.sink.failures.subscribe();
+        failures.mark_unchanged();
+        tokio::select! {
+            got = self.pool.get_owned() => got.map(|c| self.wrap(c)).map_err(|e| match e {
+                RunError::User(e) => e,
+                RunError::TimedOut => PoolError::Timeout { node: self.node.clone(), timeout: self.timeout },
+            }),
+            _ = failures.changed() => {
+                let last = self.sink.last.lock().expect("poisoned").clone();
+                Err(last
+                    .unwrap_or_else(|| Failure::Unreachable("connection failed".into()))
+                    .into_error(self.node.clone()))
+            }
+        }
+    }
+
+    fn wrap(self: &Arc<Self>, conn: BbConn) -> Pooled {
+        Pooled {
+            conn: Some(conn),
+            home: self.clone(),
+        }
+    }
+
+    /// The newest stacked connection that is still open; closed ones go
+    /// back to bb8 marked broken, which drops them.
+    fn pop_open(&self) -> Option<BbConn> {
+        loop {
+            let (mut conn, _) = self.stack.lock().expect("poisoned").pop()?;
+            if conn.idle_and_open() {
+                return Some(conn);
+            }
+            conn.mark_broken();
+        }
+    }
+
+    fn give_back(&self, conn: BbConn) {
+        if conn.is_broken() || self.waiting.load(Ordering::SeqCst) > 0 {
+            return; // dropping it hands it to bb8 (which discards broken ones)
+        }
+        let now = Instant::now();
+        let stale = {
+            let mut stack = self.stack.lock().expect("poisoned");
+            stack.push((conn, now));
+            match stack.first() {
+                Some((_, at)) if now.duration_since(*at) > STACK_IDLE => Some(stack.remove(0)),
+                _ => None,
+            }
+        };
+        drop(stale);
+        // A checkout that started waiting meanwhile may have missed it.
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            let surplus = self.stack.lock().expect("poisoned").pop();
+            drop(surplus);
+        }
+    }
+
+    fn counts(&self) -> PoolCounts {
+        let state = self.pool.state();
+        let stacked = u32::try_from(self.stack.lock().expect("poisoned").len()).unwrap_or(u32::MAX);
+        PoolCounts {
+            idle: state.idle_connections + stacked,
+            active: state
+                .connections
+                .saturating_sub(state.idle_connections)
+                .saturating_sub(stacked),
+        }
+    }
+}
+
+/// Counts a checkout waiting in bb8 for as long as it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Key of one pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -187,7 +326,9 @@ impl Pools {
         }
     }
 
-    fn pool_for(
+    /// The pool of `user` on `database` at `node`; sessions keep it to
+    /// check out without looking it up again.
+    pub fn pool_for(
         &self,
         node: &Node,
         user: &str,
@@ -211,7 +352,7 @@ impl Pools {
                 let manager = Manager {
                     spec: ConnectSpec {
                         node: key.node.clone(),
-                        address: key.address.clone(),
+                        address: key.address.as_str().into(),
                         host: node.host.clone(),
                         user: key.user.clone(),
                         database: key.database.clone(),
@@ -228,6 +369,7 @@ impl Pools {
                     .connection_timeout(self.timeout)
                     .retry_connection(false)
                     .test_on_check_out(true)
+                    .queue_strategy(QueueStrategy::Lifo)
                     .idle_timeout(Some(Duration::from_secs(300)))
                     .error_sink(Box::new(sink.clone()))
                     .build_unchecked(manager);
@@ -235,6 +377,9 @@ impl Pools {
                     pool,
                     sink,
                     node: key.node.clone(),
+                    timeout: self.timeout,
+                    stack: Mutex::new(Vec::new()),
+                    waiting: AtomicUsize::new(0),
                 })
             })
             .clone()
@@ -256,22 +401,9 @@ impl Pools {
         database: &str,
         password: Option<&str>,
     ) -> Result<Pooled, PoolError> {
-        let np = self.pool_for(node, user, database, password);
-        let mut failures = np.sink.failures.subscribe();
-        failures.mark_unchanged();
-        let get = np.pool.get_owned();
-        tokio::select! {
-            got = get => got.map_err(|e| match e {
-                RunError::User(e) => e,
-                RunError::TimedOut => PoolError::Timeout { node: np.node.clone(), timeout: self.timeout },
-            }),
-            _ = failures.changed() => {
-                let last = np.sink.last.lock().expect("poisoned").clone();
-                Err(last
-                    .unwrap_or_else(|| Failure::Unreachable("connection failed".into()))
-                    .into_error(np.node.clone()))
-            }
-        }
+        self.pool_for(node, user, database, password)
+            .checkout()
+            .await
     }
 
     /// Active and idle connection counts per node name.
@@ -285,10 +417,10 @@ impl Pools {
             .collect();
         let mut out: HashMap<Arc<str>, PoolCounts> = HashMap::new();
         for np in pools {
-            let state = np.pool.state();
+            let counts = np.counts();
             let c = out.entry(np.node.clone()).or_default();
-            c.idle += state.idle_connections;
-            c.active += state.connections - state.idle_connections;
+            c.idle += counts.idle;
+            c.active += counts.active;
         }
         out
     }

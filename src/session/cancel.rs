@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelTarget {
     /// `host:port` of the node.
-    pub address: String,
+    pub address: Arc<str>,
     /// The server process id.
     pub pid: i32,
     /// The server's cancel secret.
@@ -68,7 +68,7 @@ impl CancelRegistry {
         let Some(target) = target else { return };
         let mut out = BytesMut::new();
         crate::auth::backend::cancel_request(&mut out, target.pid, target.secret);
-        match TcpStream::connect(&target.address).await {
+        match TcpStream::connect(&*target.address).await {
             Ok(mut s) => {
                 if let Err(e) = s.write_all(&out).await {
                     tracing::warn!(error = %e, "forwarding cancel request failed");

@@ -150,7 +150,7 @@ impl Translation<'_> {
             sql.push_str("RESET ALL;");
         }
         if let Some(replay) = self.settings.replay_sql() {
-            sql.push_str(&replay);
+            sql.push_str(replay);
         }
         be::query(&mut out.bytes, &sql);
         out.expects.push(Expect::swallowed(Kind::Query));

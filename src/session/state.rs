@@ -86,6 +86,9 @@ pub struct Settings {
     sets: BTreeMap<String, String>,
     /// SETs made inside the open transaction: kept if it commits.
     pending: Vec<(String, Option<String>)>,
+    /// Fingerprint and text of the replay SQL, rebuilt when the settings
+    /// change rather than on every batch.
+    replay: Option<(u64, String)>,
 }
 
 impl Settings {
@@ -100,15 +103,34 @@ impl Settings {
                 startup.push((name.clone(), value.clone()));
             }
         }
-        Settings {
+        let mut settings = Settings {
             startup,
             ..Settings::default()
-        }
+        };
+        settings.rebuild();
+        settings
     }
 
     /// The SQL that brings a fresh server connection to these settings,
     /// or `None` when there are none.
-    pub fn replay_sql(&self) -> Option<String> {
+    pub fn replay_sql(&self) -> Option<&str> {
+        self.replay.as_ref().map(|(_, sql)| sql.as_str())
+    }
+
+    /// Fingerprint of [`Settings::replay_sql`].
+    pub fn fingerprint(&self) -> Option<u64> {
+        self.replay.as_ref().map(|(fingerprint, _)| *fingerprint)
+    }
+
+    fn rebuild(&mut self) {
+        self.replay = self.build_replay().map(|sql| {
+            let mut h = DefaultHasher::new();
+            sql.hash(&mut h);
+            (h.finish(), sql)
+        });
+    }
+
+    fn build_replay(&self) -> Option<String> {
         if self.startup.is_empty() && self.sets.is_empty() {
             return None;
         }
@@ -136,15 +158,6 @@ impl Settings {
         Some(sql)
     }
 
-    /// Fingerprint of [`Settings::replay_sql`].
-    pub fn fingerprint(&self) -> Option<u64> {
-        self.replay_sql().map(|sql| {
-            let mut h = DefaultHasher::new();
-            sql.hash(&mut h);
-            h.finish()
-        })
-    }
-
     /// Records a SET (`Some(sql)`) or RESET (`None`) of `name`, now or when
     /// the open transaction commits.
     pub fn record(&mut self, name: String, sql: Option<String>, in_transaction: bool) {
@@ -164,12 +177,14 @@ impl Settings {
                 self.sets.remove(&name);
             }
         }
+        self.rebuild();
     }
 
     /// RESET ALL or DISCARD ALL: back to the startup settings.
     pub fn reset_all(&mut self) {
         self.sets.clear();
         self.pending.clear();
+        self.rebuild();
     }
 
     /// The transaction ended: keep its SETs if it committed. Returns

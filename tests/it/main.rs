@@ -9,6 +9,7 @@ mod faults;
 mod harness;
 mod monitoring;
 mod policies;
+mod pooling;
 mod protocol;
 mod routing;
 mod security;

@@ -127,10 +127,7 @@ async fn paused_replay_stops_reads_within_about_a_second_and_resume_brings_them_
     };
     // A replica near max_lag has a tiny weight and may miss a sample of reads
     // by chance: wait for the monitor to exclude it, then check the reads.
-    let excluded = eventually(Duration::from_secs(10), || async {
-        !pg2_stats().eligible
-    })
-    .await;
+    let excluded = eventually(Duration::from_secs(10), || async { !pg2_stats().eligible }).await;
     let took = paused_at.elapsed();
     assert!(excluded, "pg2 still eligible after its replay was paused");
     eprintln!("paused replica excluded after {took:?} (max_lag 1s)");

@@ -68,11 +68,10 @@ impl Session<'_> {
             let (node, reason) = match kept {
                 Some(i) => (self.spare[i].node.clone(), route.reason),
                 None => {
-                    let app = self.application_name();
                     let wants = Wants {
                         route,
                         tag: plan.tag.as_deref(),
-                        who: (&self.startup.user, &self.startup.database, &app),
+                        who: (&self.startup.user, &self.startup.database, &self.app),
                         floor,
                         tried: &tried,
                     };

@@ -26,7 +26,7 @@ use super::outbound::Translation;
 use super::replies::{Context, Replies};
 use super::state::{Settings, Statements};
 use crate::config::PoolMode;
-use crate::pool::{PoolError, Pooled};
+use crate::pool::{NodePool, PoolError, Pooled};
 use crate::protocol::backend::{self as be, TxnStatus};
 use crate::protocol::codec::{self, Frame, MAX_MESSAGE_LEN};
 use crate::protocol::frontend as fe;
@@ -49,6 +49,8 @@ const IDLE_BUFFER_LIMIT: usize = 64 * 1024;
 const WRITE_HOLD_LIMIT: Duration = Duration::from_secs(30);
 /// How long resetting a server connection at session end may take.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pool handles a session keeps (one per node it used).
+const MAX_KNOWN_POOLS: usize = 16;
 
 struct Held {
     conn: Pooled,
@@ -114,6 +116,13 @@ pub struct Session<'s> {
     rule: Option<String>,
     /// `limits.max_message_size`.
     max_message: usize,
+    /// The pools this session used, by node: found once, not per batch.
+    pools: Vec<(Arc<Node>, Arc<NodePool>)>,
+    /// The client's `application_name` at startup.
+    app: String,
+    /// Resolves when the proxy shuts down; kept across loop turns so its
+    /// waiter is registered once, not once per statement.
+    shutdown: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
 
 impl Drop for Session<'_> {
@@ -154,6 +163,7 @@ impl<'s> Session<'s> {
         state.cancels.register(pid, secret, slot.clone());
         let settings = Settings::from_startup(&startup.params);
         state.note_database(&startup.database);
+        let shutdown = state.shutdown.clone().cancelled_owned();
         let mut session = Session {
             state,
             client,
@@ -183,8 +193,12 @@ impl<'s> Session<'s> {
             max_message: usize::try_from(config.limits.max_message_size.0)
                 .unwrap_or(MAX_MESSAGE_LEN)
                 .min(MAX_MESSAGE_LEN),
+            pools: Vec::new(),
+            app: String::new(),
+            shutdown: Box::pin(shutdown),
         };
-        let app = session.application_name();
+        session.app = session.application_name();
+        let app = session.app.clone();
         session.rule = crate::config::first_match(
             &config.routing.rules,
             &session.startup.user,
@@ -279,17 +293,24 @@ impl<'s> Session<'s> {
         Err(last.map_or(SessionError::Shutdown, SessionError::Pool))
     }
 
-    async fn checkout(&self, node: &Arc<Node>) -> Result<Pooled, PoolError> {
-        let result = self
-            .state
-            .pools
-            .checkout(
-                node,
-                &self.startup.user,
-                &self.startup.database,
-                self.password.as_deref(),
-            )
-            .await;
+    async fn checkout(&mut self, node: &Arc<Node>) -> Result<Pooled, PoolError> {
+        let pool = match self.pools.iter().find(|(n, _)| Arc::ptr_eq(n, node)) {
+            Some((_, pool)) => pool.clone(),
+            None => {
+                let pool = self.state.pools.pool_for(
+                    node,
+                    &self.startup.user,
+                    &self.startup.database,
+                    self.password.as_deref(),
+                );
+                if self.pools.len() >= MAX_KNOWN_POOLS {
+                    self.pools.clear(); // nodes come and go with reloads
+                }
+                self.pools.push((node.clone(), pool.clone()));
+                pool
+            }
+        };
+        let result = pool.checkout().await;
         if result.is_err() {
             node.metrics.backend_errors.inc();
         }
@@ -325,7 +346,6 @@ impl<'s> Session<'s> {
                 return Ok(());
             }
             self.flush().await?;
-            let shutdown = self.state.shutdown.clone();
             let reading_client = self.waiting.is_none();
             let holding = self.held.is_some();
             // Shutdown ends a session between transactions, pinned or not;
@@ -337,9 +357,15 @@ impl<'s> Session<'s> {
             let idle_limit = self.state.config.load().limits.idle_timeout.map(|d| d.0);
             let quiet =
                 idle && self.held.is_none() && self.batch.len() == 0 && idle_limit.is_some();
-            let idle_sleep = tokio::time::sleep(idle_limit.unwrap_or(Duration::MAX / 4));
+            // Only a quiet session with a limit reads the clock.
+            let idle_sleep = async {
+                match idle_limit {
+                    Some(limit) => tokio::time::sleep(limit).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = shutdown.cancelled(), if idle => return Err(SessionError::Shutdown),
+                _ = self.shutdown.as_mut(), if idle => return Err(SessionError::Shutdown),
                 _ = idle_sleep, if quiet => return Err(SessionError::IdleTimeout),
                 read = wire::fill(&mut *self.client, &mut self.crbuf), if reading_client => match read {
                     Ok(()) => {}
