@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-15}
 ROUNDS=${ROUNDS:-2}
 CLIENTS=${CLIENTS:-"8 32 128"}
-TARGETS=${TARGETS:-"direct pgsplit pgbouncer pgpool"}
+TARGETS=${TARGETS:-"direct pgsplit pgsplit-primary pgbouncer pgpool"}
 WORKLOADS=${WORKLOADS:-"select tpcb"}
 MODES=${MODES:-"simple prepared"}
 SCALE=${SCALE:-10}
@@ -33,7 +33,7 @@ AS_PG=(); [ "$(id -u)" = 0 ] && AS_PG=(runuser -u postgres --)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 DIR=$(mktemp -d); chmod 755 "$DIR"
 P1=$(free_port); P2=$(free_port); P3=$(free_port)
-SPLIT=$(free_port); BOUNCER=$(free_port); POOL=$(free_port); PCP=$(free_port)
+SPLIT=$(free_port); SPLIT1=$(free_port); BOUNCER=$(free_port); POOL=$(free_port); PCP=$(free_port)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -54,11 +54,28 @@ nodes:
   - { name: pg3, host: 127.0.0.1, port: $P3, role: replica }
 pool: { mode: transaction, size: 20 }
 limits: { max_clients: 2000 }
+workers: 1
 YAML
 target/release/pgsplit demo -c "$DIR/proxy.yaml" > "$DIR/demo.log" 2>&1 &
 DEMO=$!
 for _ in $(seq 1 120); do grep -q "Press Ctrl-C" "$DIR/demo.log" && break; sleep 0.5; done
 grep -q "Press Ctrl-C" "$DIR/demo.log" || { cat "$DIR/demo.log"; exit 1; }
+
+# pgsplit-primary: a second pgsplit on the same cluster that knows only the
+# primary, like PgBouncer: the proxy's own cost without the replicas.
+cat > "$DIR/primary.yaml" <<YAML
+listen: 127.0.0.1:$SPLIT1
+auth: { method: trust, users: [ { name: postgres } ] }
+nodes:
+  - { name: pg1, host: 127.0.0.1, port: $P1, role: primary }
+routing: { primary_reads: 100 }
+pool: { mode: transaction, size: 20 }
+limits: { max_clients: 2000 }
+workers: 1
+YAML
+target/release/pgsplit run -c "$DIR/primary.yaml" > "$DIR/primary.log" 2>&1 &
+SPLIT1PID=$!
+PIDS+=("$SPLIT1PID")
 
 # PgBouncer
 cat > "$DIR/pgbouncer.ini" <<INI
@@ -136,12 +153,13 @@ pids_of() {
   case $1 in
     direct) echo "" ;;
     pgsplit) echo "$DEMO" ;;
+    pgsplit-primary) echo "$SPLIT1PID" ;;
     pgbouncer) echo "$BOUNCERPID" ;;
     pgpool) pgrep -x pgpool | tr '\n' ' ' ;;
   esac
 }
 port_of() {
-  case $1 in direct) echo "$P1" ;; pgsplit) echo "$SPLIT" ;; pgbouncer) echo "$BOUNCER" ;; pgpool) echo "$POOL" ;; esac
+  case $1 in direct) echo "$P1" ;; pgsplit) echo "$SPLIT" ;; pgsplit-primary) echo "$SPLIT1" ;; pgbouncer) echo "$BOUNCER" ;; pgpool) echo "$POOL" ;; esac
 }
 HZ=$(getconf CLK_TCK)
 RESULTS="$DIR/results.tsv"
@@ -179,7 +197,10 @@ done
   echo "$(/usr/sbin/pgpool --version 2>&1 | head -1), pgsplit $(git rev-parse --short HEAD 2>/dev/null || echo dev) (release build)."
   echo
   echo "Primary and two streaming replicas on loopback, pgbench scale $SCALE, \`-j 2 -T $DURATION\`, $ROUNDS interleaved rounds."
-  echo "pgsplit: transaction pooling, 20 server connections per node, reads to the replicas. PgBouncer 1.18: transaction"
+  echo "pgsplit: transaction pooling, 20 server connections per node, reads to the replicas, \`workers: 1\` (one runtime"
+  echo "thread, as PgBouncer has one). pgsplit-primary: the same proxy knowing only the primary (what PgBouncer is given),"
+  echo "to separate the proxy's own cost from the cost of spreading reads over two more servers on the same two cores."
+  echo "PgBouncer 1.18: transaction"
   echo "pooling, 20 server connections, to the primary. Pgpool-II: streaming replication mode, load balancing on the two"
   echo "replicas (weight 0 on the primary), 140 children, no failover. All with trust authentication as \`postgres\`."
   echo "CPU is the proxy process's user+system seconds per 10,000 transactions (Pgpool-II: all its processes),"

@@ -37,6 +37,15 @@ fn classify(c: &mut Criterion) {
     g.bench_function("cache_hit", |b| {
         b.iter(|| router.classify(black_box(SELECT_200)))
     });
+    // Simple protocol: literals in the text, normalized into the cache key.
+    const PGBENCH_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = 52341;";
+    router.classify(PGBENCH_SELECT);
+    g.bench_function("cache_hit_with_literals", |b| {
+        b.iter(|| router.classify(black_box(PGBENCH_SELECT)))
+    });
+    g.bench_function("cache_key_with_literals", |b| {
+        b.iter(|| pgsplit::router::cache_key(black_box(PGBENCH_SELECT)))
+    });
     g.bench_function("fast_path_insert", |b| {
         b.iter(|| classify_text(black_box("INSERT INTO t (a, b) VALUES ($1, $2)"), &none))
     });

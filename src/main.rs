@@ -174,7 +174,17 @@ fn main() -> ExitCode {
         };
     }
     init_logging(&cli.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    // `workers:` sizes the runtime; a file that does not load is reported
+    // by the command itself.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(workers) = pgsplit::config::Config::load(&cli.config)
+        .ok()
+        .and_then(|c| c.workers.map(|w| w.value))
+    {
+        builder.worker_threads(workers);
+    }
+    let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

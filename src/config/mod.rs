@@ -85,6 +85,9 @@ pub struct Config {
     /// Limits that protect the proxy from clients.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Runtime worker threads (default: one per CPU). Read at start only.
+    #[serde(default)]
+    pub workers: Option<Spanned<usize>>,
 }
 
 /// `limits:`.
@@ -473,6 +476,15 @@ impl Config {
                 &admin.listen.referenced,
                 "admin.listen",
                 format!("{:?} is not an address:port", admin.listen.value),
+            ));
+        }
+        if let Some(workers) = &self.workers
+            && workers.value == 0
+        {
+            return Err(invalid(
+                &workers.referenced,
+                "workers",
+                "needs at least one worker thread".to_owned(),
             ));
         }
         let mut users = HashSet::new();

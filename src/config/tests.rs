@@ -152,3 +152,15 @@ fn auth_methods_are_spelled_as_in_postgresql() {
         assert_eq!(c.auth.method.value, method);
     }
 }
+
+#[test]
+fn workers_sizes_the_runtime_and_zero_is_refused() {
+    let c = load(&format!("{GOOD}workers: 1\n")).unwrap();
+    assert_eq!(c.workers.map(|w| w.value), Some(1));
+    assert!(load(GOOD).unwrap().workers.is_none());
+    let e = error_of(&format!("{GOOD}workers: 0\n"));
+    assert!(
+        e.starts_with("proxy.yaml:30:") && e.contains("workers"),
+        "{e}"
+    );
+}

@@ -11,6 +11,7 @@ mod classify;
 mod functions;
 pub(crate) mod scan;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use quick_cache::Weighter;
@@ -221,7 +222,7 @@ impl Router {
             return classify_text(sql, &self.write_functions);
         }
         let key = cache_key(sql);
-        if let Some(route) = self.cache.get(key.as_str()) {
+        if let Some(route) = self.cache.get(&*key) {
             return route;
         }
         let route = classify_text(sql, &self.write_functions);
@@ -236,53 +237,80 @@ impl Router {
 /// `set_config(..., false)`. Texts with comments, dollar quoting or
 /// backslashes are used as they are (a quote inside them could otherwise
 /// hide a function call from the key); so are unterminated literals.
-pub fn cache_key(sql: &str) -> String {
-    let raw = sql.contains('$') || sql.contains("--") || sql.contains("/*") || sql.contains('\\');
-    let keep_strings = raw || sql.to_ascii_lowercase().contains("set_config");
-    if raw {
-        return sql.to_owned();
-    }
+pub fn cache_key(sql: &str) -> Cow<'_, str> {
     let bytes = sql.as_bytes();
-    let mut out = String::with_capacity(sql.len());
-    let mut i = 0;
+    let comment = |at: usize| matches!(&bytes[at..], [b'-', b'-', ..] | [b'/', b'*', ..]);
+    if memchr::memchr2(b'$', b'\\', bytes).is_some()
+        || memchr::memchr2_iter(b'-', b'/', bytes).any(comment)
+    {
+        return Cow::Borrowed(sql);
+    }
+    let keep_strings = memchr::memchr_iter(b'_', bytes).any(|at| {
+        at >= 3
+            && bytes
+                .get(at - 3..at + 7)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"set_config"))
+    });
+    // Runs of ordinary bytes are copied whole; every cut falls on an ASCII
+    // byte, so the key stays UTF-8.
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let (mut i, mut run) = (0, 0);
     let mut last_ident = false;
     while i < bytes.len() {
         let b = bytes[i];
-        if b.is_ascii_digit() && !last_ident {
-            while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
+        match KEY_CLASS[usize::from(b)] {
+            DIGIT if !last_ident => {
+                out.extend_from_slice(&bytes[run..i]);
+                while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
+                    i += 1;
+                }
+                out.push(b'?');
+                run = i;
+            }
+            QUOTE => {
+                let Some(end) = closing_quote(bytes, i, b) else {
+                    return Cow::Borrowed(sql);
+                };
+                // Quoted identifiers (and kept or prefixed strings) stay
+                // whole, quotes and all; other strings become `?`.
+                if !(b == b'"' || keep_strings || last_ident) {
+                    out.extend_from_slice(&bytes[run..i]);
+                    out.push(b'?');
+                    run = end + 1;
+                }
+                i = end + 1;
+                last_ident = b == b'"';
+            }
+            class => {
+                last_ident = class != OTHER;
                 i += 1;
             }
-            out.push('?');
-            continue;
         }
-        if b == b'"' || (b == b'\'' && (keep_strings || last_ident)) {
-            // Quoted identifiers (and kept or prefixed strings) are copied
-            // whole, quotes and all.
-            let end = closing_quote(bytes, i, b);
-            let Some(end) = end else {
-                return sql.to_owned();
-            };
-            out.push_str(&sql[i..=end]);
-            i = end + 1;
-            last_ident = b == b'"';
-            continue;
-        }
-        if b == b'\'' {
-            let Some(end) = closing_quote(bytes, i, b'\'') else {
-                return sql.to_owned();
-            };
-            out.push('?');
-            i = end + 1;
-            last_ident = false;
-            continue;
-        }
-        let ch_len = utf8_len(b);
-        out.push_str(&sql[i..(i + ch_len).min(sql.len())]);
-        last_ident = b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
-        i += ch_len;
     }
-    out
+    out.extend_from_slice(&bytes[run..]);
+    String::from_utf8(out).map_or(Cow::Borrowed(sql), Cow::Owned)
 }
+
+/// Byte classes for [`cache_key`]: identifier bytes (letters, `_`, digits
+/// and every byte of a multi-byte character), digits, quotes, the rest.
+const OTHER: u8 = 0;
+const IDENT: u8 = 1;
+const DIGIT: u8 = 2;
+const QUOTE: u8 = 3;
+const KEY_CLASS: [u8; 256] = {
+    let mut table = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = match b as u8 {
+            b'0'..=b'9' => DIGIT,
+            b'a'..=b'z' | b'A'..=b'Z' | b'_' | 0x80..=0xff => IDENT,
+            b'"' | b'\'' => QUOTE,
+            _ => OTHER,
+        };
+        b += 1;
+    }
+    table
+};
 
 /// The index of the quote that closes the one at `start` (doubled quotes
 /// are escapes), if any.
@@ -299,15 +327,6 @@ fn closing_quote(bytes: &[u8], start: usize, quote: u8) -> Option<usize> {
         i += 1;
     }
     None
-}
-
-fn utf8_len(first: u8) -> usize {
-    match first {
-        0x00..=0x7f => 1,
-        0xc0..=0xdf => 2,
-        0xe0..=0xef => 3,
-        _ => 4,
-    }
 }
 
 /// Routes a query string without a cache.

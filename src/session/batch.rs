@@ -25,6 +25,9 @@ impl Batch {
 
     /// Adds a message. Returns true when it ends the batch.
     pub fn push(&mut self, frame: Frame) -> bool {
+        if self.frames.capacity() == 0 {
+            self.frames.reserve(8); // one allocation for a whole P/B/D/E/S batch
+        }
         let boundary = matches!(
             frame.tag,
             fe::QUERY_TAG | fe::SYNC_TAG | fe::FLUSH_TAG | fe::FUNCTION_CALL_TAG
@@ -67,7 +70,7 @@ pub fn plan(
     router: &Router,
 ) -> Result<Plan, ProtocolError> {
     let mut route = Route::replica(Reason::Read);
-    let mut commands: Vec<Option<Command>> = Vec::new();
+    let mut commands = Commands::default();
     let mut function_ddl = false;
     let mut tag = None;
     let mut syncs = 0;
@@ -132,17 +135,12 @@ pub fn plan(
         }
     }
     // Only a batch of one statement is tracked as a session command.
-    let command = match commands.as_slice() {
-        [Some(c)] => Some(c.clone()),
-        _ => None,
+    let command = if commands.count == 1 {
+        commands.first
+    } else {
+        None
     };
-    let untracked_set = commands.len() > 1
-        && commands.iter().any(|c| {
-            matches!(
-                c,
-                Some(Command::Set { .. } | Command::Reset { .. } | Command::ResetAll)
-            )
-        });
+    let untracked_set = commands.count > 1 && commands.any_set;
     if untracked_set {
         // A SET among other statements cannot be tracked: keep the pin.
         route = route.merge(Route::pinned(Reason::Session));
@@ -160,22 +158,46 @@ pub fn plan(
 /// one after such a keyword: a refresh too many costs one catalog query).
 fn is_function_ddl(sql: &str) -> bool {
     let (rest, _) = crate::router::scan::skip_leading_comments(sql);
-    let head = rest.get(..6).unwrap_or(rest).to_ascii_lowercase();
-    let lower = sql.to_ascii_lowercase();
-    (head.starts_with("create") || head.starts_with("alter") || head.starts_with("drop"))
-        && (lower.contains("function") || lower.contains("procedure"))
+    let starts = |word: &str| {
+        rest.as_bytes()
+            .get(..word.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(word.as_bytes()))
+    };
+    (starts("create") || starts("alter") || starts("drop"))
+        && (contains_ignoring_case(sql, "function") || contains_ignoring_case(sql, "procedure"))
+}
+
+/// Whether `haystack` contains the ASCII `needle`, in any case.
+fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// The session commands of a batch's statements: the first, how many
+/// statements, and whether any is a SET or RESET.
+#[derive(Default)]
+struct Commands {
+    first: Option<Command>,
+    count: usize,
+    any_set: bool,
 }
 
 /// Notes a statement's session command; SET and RESET are tracked and
 /// replayed by the session, so they need no pin.
-fn tracked(mut route: Route, sql: &str, commands: &mut Vec<Option<Command>>) -> Route {
+fn tracked(mut route: Route, sql: &str, commands: &mut Commands) -> Route {
     let command = commands::recognise(sql);
     if matches!(
         command,
         Some(Command::Set { .. } | Command::Reset { .. } | Command::ResetAll)
     ) {
         route.pins = false;
+        commands.any_set = true;
     }
-    commands.push(command);
+    if commands.count == 0 {
+        commands.first = command;
+    }
+    commands.count += 1;
     route
 }

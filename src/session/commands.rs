@@ -27,8 +27,11 @@ pub enum Command {
 pub fn recognise(sql: &str) -> Option<Command> {
     let (rest, _) = skip_leading_comments(sql);
     // Cheap exit for the common case: only SET, RESET, DISCARD, DEALLOCATE.
-    let head = rest.get(..3).unwrap_or("").to_ascii_lowercase();
-    if !matches!(head.as_str(), "set" | "res" | "dis" | "dea") {
+    let head = rest
+        .as_bytes()
+        .get(..3)
+        .map(|h| [h[0], h[1], h[2]].map(|c| c.to_ascii_lowercase()));
+    if !matches!(head.as_ref(), Some(b"set" | b"res" | b"dis" | b"dea")) {
         return None;
     }
     let rest = rest.trim_end().trim_end_matches(';').trim_end();

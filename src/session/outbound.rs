@@ -57,7 +57,12 @@ impl Translation<'_> {
         command: Option<&Command>,
         fresh: bool,
     ) -> Result<Outbound, ProtocolError> {
-        let mut out = Outbound::default();
+        let size: usize = frames.iter().map(|f| f.bytes.len()).sum();
+        let mut out = Outbound {
+            bytes: BytesMut::with_capacity(size + 64),
+            expects: Vec::with_capacity(frames.len() + 1),
+            added: Vec::new(),
+        };
         if fresh {
             self.replay_settings(&mut out);
         }

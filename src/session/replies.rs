@@ -122,7 +122,8 @@ pub struct Replies {
     ready_owed: usize,
     /// An error arrived since the last ReadyForQuery.
     query_failed: bool,
-    last_tag: Option<String>,
+    /// The last CommandComplete since ReadyForQuery was COMMIT.
+    committed: bool,
     /// ParameterStatus values seen while swallowing (the settings replay).
     pub captured: Vec<(String, String)>,
 }
@@ -224,7 +225,7 @@ impl Replies {
             b'C' => {
                 self.pass(frame, forward, cx);
                 let mut body = frame.body();
-                self.last_tag = take_cstr(&mut body).map(str::to_owned);
+                self.committed = take_cstr(&mut body) == Some("COMMIT");
                 if head_kind == Some(Kind::Execute) {
                     self.queue.pop_front();
                 }
@@ -287,14 +288,11 @@ impl Replies {
             break;
         }
         cx.conn.status = status;
-        if status == TxnStatus::Idle {
-            let committed = self.last_tag.as_deref() == Some("COMMIT");
-            if cx.settings.end_transaction(committed) {
-                cx.conn.settings = cx.settings.fingerprint();
-            }
+        if status == TxnStatus::Idle && cx.settings.end_transaction(self.committed) {
+            cx.conn.settings = cx.settings.fingerprint();
         }
         self.query_failed = false;
-        self.last_tag = None;
+        self.committed = false;
     }
 }
 

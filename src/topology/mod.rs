@@ -337,20 +337,23 @@ impl Topology {
     /// weight) wins. The primary takes part with `primary_reads` as its
     /// weight. `None` when no replica is eligible.
     pub fn pick_reader(&self, req: &ReadRequest<'_>, rng: &mut impl Rng) -> Option<Pick<'_>> {
-        let mut candidates: Vec<(&Arc<Node>, f64)> = self
-            .nodes
-            .iter()
-            .filter(|n| self.is_replica(n) && n.health.is_up() && !req.exclude.contains(&n.name))
-            .filter(|n| match req.tags {
-                Some(tags) => tags.iter().all(|t| n.tags.contains(t)),
-                None => n.tags.is_empty() || n.serve_default,
-            })
-            .filter_map(|n| {
-                let stats = n.stats.load();
-                (stats.eligible && stats.lsn >= req.floor && stats.effective_weight > 0.0)
-                    .then_some((n, stats.effective_weight))
-            })
-            .collect();
+        let mut candidates: Vec<(&Arc<Node>, f64)> = Vec::with_capacity(self.nodes.len() + 1);
+        candidates.extend(
+            self.nodes
+                .iter()
+                .filter(|n| {
+                    self.is_replica(n) && n.health.is_up() && !req.exclude.contains(&n.name)
+                })
+                .filter(|n| match req.tags {
+                    Some(tags) => tags.iter().all(|t| n.tags.contains(t)),
+                    None => n.tags.is_empty() || n.serve_default,
+                })
+                .filter_map(|n| {
+                    let stats = n.stats.load();
+                    (stats.eligible && stats.lsn >= req.floor && stats.effective_weight > 0.0)
+                        .then_some((n, stats.effective_weight))
+                }),
+        );
         if candidates.is_empty() {
             return None;
         }
