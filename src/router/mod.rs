@@ -1,8 +1,9 @@
 //! Statement routing: SQL text in, [`Route`] out.
 //!
 //! Pure and socket-free. A cheap scan of the leading comments and first
-//! keyword routes obvious writes without parsing; everything else is parsed
-//! with sqlparser (PostgreSQL dialect) and walked. Anything that cannot be
+//! keyword routes obvious writes without parsing, a token scan routes plain
+//! SELECTs (`select`); everything else is parsed with sqlparser
+//! (PostgreSQL dialect) and walked. Anything that cannot be
 //! classified goes to the primary. Results are kept in a bounded cache keyed
 //! by the statement text. What depends on the session (an open transaction,
 //! a pinned connection) is the session's business, not the router's.
@@ -10,6 +11,7 @@
 mod classify;
 mod functions;
 pub(crate) mod scan;
+mod select;
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -332,7 +334,7 @@ fn closing_quote(bytes: &[u8], start: usize, quote: u8) -> Option<usize> {
 /// Routes a query string without a cache.
 pub fn classify_text(sql: &str, write_functions: &HashSet<String>) -> Route {
     let hint = scan::leading_hint(sql);
-    let route = match scan::fast_path(sql) {
+    let route = match scan::fast_path(sql).or_else(|| select::plain_select(sql, write_functions)) {
         Some(route) => route,
         None => classify::parsed(sql, write_functions),
     };
