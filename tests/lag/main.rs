@@ -60,6 +60,18 @@ fn node_port(name: &str) -> u16 {
         .port
 }
 
+/// The monitor's latest view of a node.
+fn stats(proxy: &Proxy, node: &str) -> std::sync::Arc<pgsplit::topology::NodeStats> {
+    proxy
+        .state
+        .topology
+        .load()
+        .node(node)
+        .unwrap()
+        .stats
+        .load_full()
+}
+
 async fn share(proxy: &Proxy, reads: usize) -> HashMap<u16, usize> {
     let client = app(proxy).await;
     let mut counts = HashMap::new();
@@ -115,16 +127,7 @@ async fn paused_replay_stops_reads_within_about_a_second_and_resume_brings_them_
     let pg2 = node_port("pg2");
     sql(1, "SELECT pg_wal_replay_pause()");
     let paused_at = Instant::now();
-    let pg2_stats = || {
-        proxy
-            .state
-            .topology
-            .load()
-            .node("pg2")
-            .unwrap()
-            .stats
-            .load_full()
-    };
+    let pg2_stats = || stats(&proxy, "pg2");
     // A replica near max_lag has a tiny weight and may miss a sample of reads
     // by chance: wait for the monitor to exclude it, then check the reads.
     let excluded = eventually(Duration::from_secs(10), || async { !pg2_stats().eligible }).await;
@@ -162,16 +165,7 @@ async fn a_steadily_lagging_replica_gets_a_smaller_share() {
     let (pg2, pg3) = (node_port("pg2"), node_port("pg3"));
     // let the delay show in the lag
     let lagging = eventually(Duration::from_secs(10), || async {
-        proxy
-            .state
-            .topology
-            .load()
-            .node("pg2")
-            .unwrap()
-            .stats
-            .load()
-            .lag_seconds
-            > 1.5
+        stats(&proxy, "pg2").lag_seconds > 1.5
     })
     .await;
     assert!(lagging, "the apply delay never showed as lag");
@@ -213,30 +207,16 @@ async fn a_replica_whose_wal_receiver_is_cut_is_seen_as_lagging() {
     );
     sql(1, "SELECT pg_reload_conf()");
     let excluded = eventually(Duration::from_secs(15), || async {
-        let stats = proxy
-            .state
-            .topology
-            .load()
-            .node("pg2")
-            .unwrap()
-            .stats
-            .load_full();
-        !stats.eligible && stats.lag_seconds >= 2.0
+        let seen = stats(&proxy, "pg2");
+        !seen.eligible && seen.lag_seconds >= 2.0
     })
     .await;
-    let stats = proxy
-        .state
-        .topology
-        .load()
-        .node("pg2")
-        .unwrap()
-        .stats
-        .load_full();
+    let seen = stats(&proxy, "pg2");
     assert!(
         excluded,
-        "a replica with no WAL receiver still looks fresh: {stats:?}"
+        "a replica with no WAL receiver still looks fresh: {seen:?}"
     );
-    assert!(!stats.receiving);
+    assert!(!seen.receiving);
     assert!(!share(&proxy, 30).await.contains_key(&node_port("pg2")));
     // pg_basebackup -R wrote the real value into postgresql.auto.conf: put it back.
     sql(
@@ -249,15 +229,7 @@ async fn a_replica_whose_wal_receiver_is_cut_is_seen_as_lagging() {
     sql(1, "SELECT pg_reload_conf()");
     writer.stop().await;
     let back = eventually(Duration::from_secs(20), || async {
-        proxy
-            .state
-            .topology
-            .load()
-            .node("pg2")
-            .unwrap()
-            .stats
-            .load()
-            .eligible
+        stats(&proxy, "pg2").eligible
     })
     .await;
     assert!(back, "pg2 never came back after its receiver was restored");
