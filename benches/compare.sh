@@ -169,20 +169,26 @@ for round in $(seq 1 "$ROUNDS"); do
     for mode in $MODES; do
       for c in $CLIENTS; do
         for target in $TARGETS; do
-          args=(-h 127.0.0.1 -p "$(port_of $target)" -U postgres -n -M "$mode" -c "$c" -j 2 -T "$DURATION")
-          [ $workload = select ] && args+=(-S)
-          pids=$(pids_of $target)
-          before=$(cpu_ticks $pids)
-          out=$("$PGBIN/pgbench" "${args[@]}" app 2>&1) || true
-          after=$(cpu_ticks $pids)
-          tps=$(echo "$out" | awk '/^tps/ {print $3; exit}')
-          lat=$(echo "$out" | awk '/latency average/ {print $4; exit}')
-          tx=$(echo "$out" | awk -F'[ /]+' '/actually processed/ {print $6; exit}')
-          failed=$(echo "$out" | awk '/number of failed/ {print $5; exit}')
-          cpu=$(awk -v a="$after" -v b="$before" -v hz="$HZ" -v tx="${tx:-0}" 'BEGIN { if (tx > 0) printf "%.3f", (a - b) / hz / tx * 10000; else print "-" }')
-          [ "$target" = direct ] && cpu="-"
-          printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$mode" "$c" "$target" "$round" "${tps:-error}" "${lat:--}" "$cpu" "${failed:--}" >> "$RESULTS"
-          echo "round $round $workload -M $mode -c $c $target: tps=${tps:-error} lat=${lat:--}ms cpu/10k=$cpu failed=${failed:--}" >&2
+          # PgBouncer 1.18 has no prepared statements in transaction pooling:
+          # it also runs -M extended (the same messages, unnamed statements).
+          modes=$mode
+          [ "$target" = pgbouncer ] && [ "$mode" = prepared ] && modes="prepared extended"
+          for m in $modes; do
+            args=(-h 127.0.0.1 -p "$(port_of $target)" -U postgres -n -M "$m" -c "$c" -j 2 -T "$DURATION")
+            [ $workload = select ] && args+=(-S)
+            pids=$(pids_of $target)
+            before=$(cpu_ticks $pids)
+            out=$("$PGBIN/pgbench" "${args[@]}" app 2>&1) || true
+            after=$(cpu_ticks $pids)
+            tps=$(echo "$out" | awk '/^tps/ {print $3; exit}')
+            lat=$(echo "$out" | awk '/latency average/ {print $4; exit}')
+            tx=$(echo "$out" | awk -F'[ /]+' '/actually processed/ {print $6; exit}')
+            failed=$(echo "$out" | awk '/number of failed/ {print $5; exit}')
+            cpu=$(awk -v a="$after" -v b="$before" -v hz="$HZ" -v tx="${tx:-0}" 'BEGIN { if (tx > 0) printf "%.3f", (a - b) / hz / tx * 10000; else print "-" }')
+            [ "$target" = direct ] && cpu="-"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$m" "$c" "$target" "$round" "${tps:-error}" "${lat:--}" "$cpu" "${failed:--}" >> "$RESULTS"
+            echo "round $round $workload -M $m -c $c $target: tps=${tps:-error} lat=${lat:--}ms cpu/10k=$cpu failed=${failed:--}" >&2
+          done
         done
       done
     done
