@@ -140,6 +140,7 @@ impl Proxy {
         if let Some(path) = path {
             tasks.spawn(watch_file(state.clone(), path));
         }
+        tasks.spawn(sweep_pools(state.clone()));
         let done = tokio::spawn(accept_loop(listener, state.clone(), tasks, phase_tx));
         tracing::info!(%addr, "pgsplit listening");
         Ok(Proxy {
@@ -240,6 +241,18 @@ async fn watch_file(state: Arc<State>, path: PathBuf) {
             last = now;
             let _ = reload(&state, &path);
         }
+    }
+}
+
+/// Every few seconds, hands connections that sat in a pool's give-back
+/// stack too long back to bb8 (which reaps idle and closed ones).
+async fn sweep_pools(state: Arc<State>) {
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+        state.pools.sweep(crate::pool::STACK_IDLE);
     }
 }
 

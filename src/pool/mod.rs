@@ -148,7 +148,7 @@ impl ErrorSink<PoolError> for FailureSink {
 
 /// Connections given back more than this long ago leave the stack for
 /// bb8, whose idle timeout then closes them if nobody needs them.
-const STACK_IDLE: Duration = Duration::from_secs(30);
+pub const STACK_IDLE: Duration = Duration::from_secs(30);
 
 /// bb8's handle on a checked-out connection.
 type BbConn = PooledConnection<'static, Manager>;
@@ -261,6 +261,27 @@ impl NodePool {
         if self.waiting.load(Ordering::SeqCst) > 0 {
             let surplus = self.stack.lock().expect("poisoned").pop();
             drop(surplus);
+        }
+    }
+
+    /// Hands connections stacked longer than `age` to bb8, which closes
+    /// them after its idle timeout (or at once, if the node closed them).
+    /// Give-backs do this for busy pools; [`Pools::sweep`] for quiet ones,
+    /// such as a retired node's.
+    fn sweep(&self, age: Duration) {
+        let now = Instant::now();
+        let stale: Vec<(BbConn, Instant)> = {
+            let mut stack = self.stack.lock().expect("poisoned");
+            let fresh = stack
+                .iter()
+                .position(|(_, at)| now.duration_since(*at) <= age)
+                .unwrap_or(stack.len());
+            stack.drain(..fresh).collect()
+        };
+        for (mut conn, _) in stale {
+            if !conn.idle_and_open() {
+                conn.mark_broken();
+            }
         }
     }
 
@@ -404,6 +425,21 @@ impl Pools {
         self.pool_for(node, user, database, password)
             .checkout()
             .await
+    }
+
+    /// Moves connections stacked longer than `age` (the proxy uses
+    /// [`STACK_IDLE`]) back to bb8, in every pool.
+    pub fn sweep(&self, age: Duration) {
+        let pools: Vec<Arc<NodePool>> = self
+            .pools
+            .lock()
+            .expect("poisoned")
+            .values()
+            .cloned()
+            .collect();
+        for np in pools {
+            np.sweep(age);
+        }
     }
 
     /// Active and idle connection counts per node name.

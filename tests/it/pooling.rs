@@ -60,3 +60,57 @@ async fn twenty_four_clients_share_two_connections_per_node() {
     setup.batch_execute("DROP TABLE pooled").await.unwrap();
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_drops_stacked_connections_the_node_closed() {
+    let proxy = start_proxy(&config_text(&ports(), "pool:\n  size: 2\n")).await;
+    // The startup application_name is set on every server connection the
+    // session uses, so the node shows which of its backends are this proxy's.
+    let (client, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=app password=app dbname=app application_name=sweep-test",
+            proxy.addr.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let port = served_by(&client, "/* pgsplit:primary */ SELECT inet_server_port()").await;
+    assert_eq!(port, primary_port());
+    let pg1 = |proxy: &pgsplit::app::Proxy| {
+        proxy
+            .state
+            .pools
+            .counts()
+            .get("pg1")
+            .copied()
+            .unwrap_or_default()
+    };
+    // (after a hinted statement the session reads the WAL position for
+    // read-your-writes once the client has its answer, then gives it back)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pg1(&proxy).idle == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(pg1(&proxy).idle >= 1, "{:?}", pg1(&proxy));
+    let killer = direct(primary_port()).await;
+    let killed: i64 = scalar(
+        &killer,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = 'sweep-test'",
+    )
+    .await;
+    assert!(killed >= 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.state.pools.sweep(Duration::ZERO);
+    assert_eq!(
+        pg1(&proxy),
+        pgsplit::pool::PoolCounts::default(),
+        "closed connections are gone from the pool"
+    );
+    // and the next statement on the primary gets a new connection
+    let port = served_by(&client, "/* pgsplit:primary */ SELECT inet_server_port()").await;
+    assert_eq!(port, primary_port());
+    proxy.stop().await;
+}
