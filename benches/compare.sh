@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-15}
 ROUNDS=${ROUNDS:-2}
 CLIENTS=${CLIENTS:-"8 32 128"}
-TARGETS=${TARGETS:-"direct pgsplit pgsplit-primary pgbouncer pgpool"}
+TARGETS=${TARGETS:-"direct pgsplit pgsplit-batch pgsplit-primary pgbouncer pgpool"}
 WORKLOADS=${WORKLOADS:-"select tpcb"}
 MODES=${MODES:-"simple prepared"}
 SCALE=${SCALE:-10}
@@ -33,7 +33,7 @@ AS_PG=(); [ "$(id -u)" = 0 ] && AS_PG=(runuser -u postgres --)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 DIR=$(mktemp -d); chmod 755 "$DIR"
 P1=$(free_port); P2=$(free_port); P3=$(free_port)
-SPLIT=$(free_port); SPLIT1=$(free_port); BOUNCER=$(free_port); POOL=$(free_port); PCP=$(free_port)
+SPLIT=$(free_port); SPLIT1=$(free_port); SPLITB=$(free_port); BOUNCER=$(free_port); POOL=$(free_port); PCP=$(free_port)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -76,6 +76,13 @@ YAML
 target/release/pgsplit run -c "$DIR/primary.yaml" > "$DIR/primary.log" 2>&1 &
 SPLIT1PID=$!
 PIDS+=("$SPLIT1PID")
+
+# pgsplit-batch: like pgsplit (reads to the replicas) with sched_batch: true.
+sed -e "s/^listen: .*/listen: 127.0.0.1:$SPLITB/" "$DIR/proxy.yaml" > "$DIR/batch.yaml"
+echo "sched_batch: true" >> "$DIR/batch.yaml"
+target/release/pgsplit run -c "$DIR/batch.yaml" > "$DIR/batch.log" 2>&1 &
+SPLITBPID=$!
+PIDS+=("$SPLITBPID")
 
 # PgBouncer
 cat > "$DIR/pgbouncer.ini" <<INI
@@ -154,12 +161,13 @@ pids_of() {
     direct) echo "" ;;
     pgsplit) echo "$DEMO" ;;
     pgsplit-primary) echo "$SPLIT1PID" ;;
+    pgsplit-batch) echo "$SPLITBPID" ;;
     pgbouncer) echo "$BOUNCERPID" ;;
     pgpool) pgrep -x pgpool | tr '\n' ' ' ;;
   esac
 }
 port_of() {
-  case $1 in direct) echo "$P1" ;; pgsplit) echo "$SPLIT" ;; pgsplit-primary) echo "$SPLIT1" ;; pgbouncer) echo "$BOUNCER" ;; pgpool) echo "$POOL" ;; esac
+  case $1 in direct) echo "$P1" ;; pgsplit) echo "$SPLIT" ;; pgsplit-primary) echo "$SPLIT1" ;; pgsplit-batch) echo "$SPLITB" ;; pgbouncer) echo "$BOUNCER" ;; pgpool) echo "$POOL" ;; esac
 }
 HZ=$(getconf CLK_TCK)
 RESULTS="$DIR/results.tsv"
@@ -206,6 +214,8 @@ done
   echo "pgsplit: transaction pooling, 20 server connections per node, reads to the replicas, \`workers: 1\` (one runtime"
   echo "thread, as PgBouncer has one). pgsplit-primary: the same proxy knowing only the primary (what PgBouncer is given),"
   echo "to separate the proxy's own cost from the cost of spreading reads over two more servers on the same two cores."
+  echo "pgsplit-batch: pgsplit with \`sched_batch: true\` (its threads under SCHED_BATCH: woken, they wait for their turn"
+  echo "instead of preempting a backend)."
   echo "PgBouncer 1.18: transaction pooling, 20 server connections, to the primary. Pgpool-II: streaming replication"
   echo "mode, load balancing on the two"
   echo "replicas (weight 0 on the primary), 140 children, no failover. All with trust authentication as \`postgres\`."

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod router;
+pub mod sched;
 pub mod session;
 pub mod state;
 pub mod tls;

@@ -174,15 +174,17 @@ fn main() -> ExitCode {
         };
     }
     init_logging(&cli.log_format);
-    // `workers:` sizes the runtime; a file that does not load is reported
-    // by the command itself.
+    // `workers:` and `sched_batch:` shape the runtime; a file that does not
+    // load is reported by the command itself.
+    let config = pgsplit::config::Config::load(&cli.config).ok();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if let Some(workers) = pgsplit::config::Config::load(&cli.config)
-        .ok()
-        .and_then(|c| c.workers.map(|w| w.value))
-    {
-        builder.worker_threads(workers);
+    if let Some(workers) = config.as_ref().and_then(|c| c.workers.as_ref()) {
+        builder.worker_threads(workers.value);
+    }
+    if config.as_ref().is_some_and(|c| c.sched_batch) {
+        builder.on_thread_start(pgsplit::sched::batch_this_thread);
+        pgsplit::sched::batch_this_thread();
     }
     let runtime = match builder.build() {
         Ok(r) => r,

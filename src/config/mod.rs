@@ -88,6 +88,11 @@ pub struct Config {
     /// Runtime worker threads (default: one per CPU). Read at start only.
     #[serde(default)]
     pub workers: Option<Spanned<usize>>,
+    /// Run the proxy's threads under Linux `SCHED_BATCH`: a woken proxy
+    /// thread does not preempt a running PostgreSQL backend or client, so
+    /// on shared cores it handles more events per wakeup. Read at start only.
+    #[serde(default)]
+    pub sched_batch: bool,
 }
 
 /// `limits:`.

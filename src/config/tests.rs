@@ -155,9 +155,11 @@ fn auth_methods_are_spelled_as_in_postgresql() {
 
 #[test]
 fn workers_sizes_the_runtime_and_zero_is_refused() {
-    let c = load(&format!("{GOOD}workers: 1\n")).unwrap();
+    let c = load(&format!("{GOOD}workers: 1\nsched_batch: true\n")).unwrap();
     assert_eq!(c.workers.map(|w| w.value), Some(1));
-    assert!(load(GOOD).unwrap().workers.is_none());
+    assert!(c.sched_batch);
+    let defaults = load(GOOD).unwrap();
+    assert!(defaults.workers.is_none() && !defaults.sched_batch);
     let e = error_of(&format!("{GOOD}workers: 0\n"));
     assert!(
         e.starts_with("proxy.yaml:30:") && e.contains("workers"),
