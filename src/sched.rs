@@ -5,8 +5,9 @@
 //! message; under the default policy each wakeup may preempt the backend
 //! that just sent it, and the proxy then handles one or two events per
 //! wakeup. A batch thread waits for its turn instead and finds several
-//! events ready: on the 2-core benchmark box that was 3–9 % more TPS at
-//! 5–15 % less proxy CPU per transaction (BENCHMARKS.md), for a wakeup
+//! events ready: on the 2-core benchmark box (pgbench select-only, 32 and
+//! 128 clients) that was 7–8 % more TPS at 17–18 % less proxy CPU per
+//! transaction, and no change at 8 clients (BENCHMARKS.md), for a wakeup
 //! delay of up to one scheduler slice when the cores are busy.
 
 /// Switches the calling thread to `SCHED_BATCH`; logs and carries on if
