@@ -406,53 +406,29 @@ impl Pools {
             .clone()
     }
 
-    /// Checks out a connection to `node` as `user` on `database`.
-    ///
-    /// # Errors
-    /// [`PoolError::Connect`]/[`PoolError::Login`] as soon as a connection
-    /// attempt fails while this checkout waits; [`PoolError::Timeout`] when
-    /// all connections stay busy.
-    ///
-    /// # Cancel safety
-    /// Cancel safe.
-    pub async fn checkout(
-        &self,
-        node: &Node,
-        user: &str,
-        database: &str,
-        password: Option<&str>,
-    ) -> Result<Pooled, PoolError> {
-        self.pool_for(node, user, database, password)
-            .checkout()
-            .await
-    }
-
     /// Moves connections stacked longer than `age` (the proxy uses
     /// [`STACK_IDLE`]) back to bb8, in every pool.
     pub fn sweep(&self, age: Duration) {
-        let pools: Vec<Arc<NodePool>> = self
-            .pools
-            .lock()
-            .expect("poisoned")
-            .values()
-            .cloned()
-            .collect();
-        for np in pools {
+        for np in self.all() {
             np.sweep(age);
         }
     }
 
-    /// Active and idle connection counts per node name.
-    pub fn counts(&self) -> HashMap<Arc<str>, PoolCounts> {
-        let pools: Vec<Arc<NodePool>> = self
-            .pools
+    /// Every pool, taken out of the map so that no lock is held while
+    /// they are looked at.
+    fn all(&self) -> Vec<Arc<NodePool>> {
+        self.pools
             .lock()
             .expect("poisoned")
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Active and idle connection counts per node name.
+    pub fn counts(&self) -> HashMap<Arc<str>, PoolCounts> {
         let mut out: HashMap<Arc<str>, PoolCounts> = HashMap::new();
-        for np in pools {
+        for np in self.all() {
             let counts = np.counts();
             let c = out.entry(np.node.clone()).or_default();
             c.idle += counts.idle;

@@ -164,16 +164,6 @@ impl Session<'_> {
         }
     }
 
-    /// The `application_name` the client gave at startup.
-    pub(super) fn application_name(&self) -> String {
-        self.startup
-            .params
-            .iter()
-            .find(|(k, _)| k == "application_name")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    }
-
     pub(super) fn take_spare(&mut self, node: &Arc<Node>) -> Option<Pooled> {
         let at = self.spare.iter().position(|h| Arc::ptr_eq(&h.node, node))?;
         Some(self.spare.swap_remove(at).conn)

@@ -164,6 +164,19 @@ impl<'s> Session<'s> {
         let settings = Settings::from_startup(&startup.params);
         state.note_database(&startup.database);
         let shutdown = state.shutdown.clone().cancelled_owned();
+        let app = startup
+            .params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let rule = crate::config::first_match(
+            &config.routing.rules,
+            &startup.user,
+            &startup.database,
+            &app,
+        )
+        .map(|r| r.name.clone());
         let mut session = Session {
             state,
             client,
@@ -189,23 +202,14 @@ impl<'s> Session<'s> {
             wrote: false,
             function_ddl: false,
             timing: None,
-            rule: None,
+            rule,
             max_message: usize::try_from(config.limits.max_message_size.0)
                 .unwrap_or(MAX_MESSAGE_LEN)
                 .min(MAX_MESSAGE_LEN),
             pools: Vec::new(),
-            app: String::new(),
+            app,
             shutdown: Box::pin(shutdown),
         };
-        session.app = session.application_name();
-        let app = session.app.clone();
-        session.rule = crate::config::first_match(
-            &config.routing.rules,
-            &session.startup.user,
-            &session.startup.database,
-            &app,
-        )
-        .map(|r| r.name.clone());
         if let Some(rule) = &session.rule {
             session.state.count_rule_session(rule, 1);
             tracing::debug!(rule = %rule, "session matches a route rule");
