@@ -147,7 +147,8 @@ impl ErrorSink<PoolError> for FailureSink {
 }
 
 /// Connections given back more than this long ago leave the stack for
-/// bb8, whose idle timeout then closes them if nobody needs them.
+/// bb8 at the next sweep; bb8's idle timeout then closes them if nobody
+/// needs them.
 pub const STACK_IDLE: Duration = Duration::from_secs(30);
 
 /// bb8's handle on a checked-out connection.
@@ -247,16 +248,11 @@ impl NodePool {
         if conn.is_broken() || self.waiting.load(Ordering::SeqCst) > 0 {
             return; // dropping it hands it to bb8 (which discards broken ones)
         }
-        let now = Instant::now();
-        let stale = {
-            let mut stack = self.stack.lock().expect("poisoned");
-            stack.push((conn, now));
-            match stack.first() {
-                Some((_, at)) if now.duration_since(*at) > STACK_IDLE => Some(stack.remove(0)),
-                _ => None,
-            }
-        };
-        drop(stale);
+        // Staleness is the sweep's business, not the hot path's.
+        self.stack
+            .lock()
+            .expect("poisoned")
+            .push((conn, Instant::now()));
         // A checkout that started waiting meanwhile may have missed it.
         if self.waiting.load(Ordering::SeqCst) > 0 {
             let surplus = self.stack.lock().expect("poisoned").pop();
@@ -266,8 +262,8 @@ impl NodePool {
 
     /// Hands connections stacked longer than `age` to bb8, which closes
     /// them after its idle timeout (or at once, if the node closed them).
-    /// Give-backs do this for busy pools; [`Pools::sweep`] for quiet ones,
-    /// such as a retired node's.
+    /// Run for every pool by [`Pools::sweep`], busy or quiet (a retired
+    /// node's).
     fn sweep(&self, age: Duration) {
         let now = Instant::now();
         let stale: Vec<(BbConn, Instant)> = {
