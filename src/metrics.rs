@@ -35,6 +35,10 @@ pub struct Metrics {
     backend_errors: IntCounterVec,
     failovers: IntCounterVec,
     reloads: IntCounterVec,
+    /// `pgsplit_pinned_sessions{reason}`, by [`crate::session::PinReason::ALL`].
+    pub pinned: Vec<IntGauge>,
+    /// `pgsplit_pinned_refused_total`.
+    pub pinned_refused: IntCounter,
 }
 
 /// One node's handles, resolved once.
@@ -178,9 +182,28 @@ impl Metrics {
         for result in RELOAD_RESULTS {
             reloads.with_label_values(&[result]);
         }
+        let pinned_vec = int_gauge_vec(
+            "pgsplit_pinned_sessions",
+            "Sessions holding a server connection for themselves, by why",
+            &["reason"],
+        );
+        let pinned = crate::session::PinReason::ALL
+            .iter()
+            .map(|r| pinned_vec.with_label_values(&[r.as_str()]))
+            .collect();
+        let pinned_refused = registered(
+            &r,
+            IntCounter::new(
+                "pgsplit_pinned_refused_total",
+                "Statements refused because limits.max_pinned_sessions were pinned",
+            )
+            .expect("valid metric"),
+        );
         Metrics {
             client_connections,
             queries,
+            pinned,
+            pinned_refused,
             decisions,
             durations,
             node_up: int_gauge_vec(

@@ -59,6 +59,8 @@ pub struct State {
     pub rule_sessions: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// Databases clients have used (the catalog is read in each).
     pub databases: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Sessions pinned to a server connection.
+    pub pins: crate::session::PinCounts,
     next_session: AtomicI32,
 }
 
@@ -97,6 +99,7 @@ impl State {
             volatile: ArcSwap::from_pointee(HashSet::new()),
             catalog_loads: watch::channel(0).0,
             databases: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            pins: crate::session::PinCounts::default(),
             writes_held: watch::channel(false).0,
             rule_sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
             failover_lock: tokio::sync::Mutex::new(()),
@@ -140,6 +143,11 @@ impl State {
         tokio::time::timeout(limit, rx.wait_for(|held| !held))
             .await
             .is_ok()
+    }
+
+    /// Forgets a database a client dropped.
+    pub fn forget_database(&self, database: &str) {
+        self.databases.lock().expect("poisoned").remove(database);
     }
 
     /// Notes a database a client uses; a new one triggers a catalog read.

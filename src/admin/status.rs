@@ -14,6 +14,9 @@ pub struct Status {
     /// Route rules and the sessions that matched each at startup.
     #[serde(default)]
     pub rules: Vec<RuleStatus>,
+    /// Sessions pinned to a server connection, by why.
+    #[serde(default)]
+    pub pinned: std::collections::BTreeMap<String, i64>,
 }
 
 /// One route rule in `/status`.
@@ -118,10 +121,16 @@ impl Status {
                 sessions: counts.get(&r.name).copied().unwrap_or(0),
             })
             .collect();
+        let pinned = crate::session::PinReason::ALL
+            .iter()
+            .zip(&state.metrics.pinned)
+            .map(|(reason, gauge)| (reason.as_str().to_owned(), gauge.get()))
+            .collect();
         Status {
             nodes,
             clients: state.metrics.client_connections.get(),
             rules,
+            pinned,
         }
     }
 
@@ -158,6 +167,15 @@ impl Status {
             ));
         }
         out.push_str(&format!("clients: {}\n", self.clients));
+        let pinned: Vec<String> = self
+            .pinned
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        if !pinned.is_empty() {
+            out.push_str(&format!("pinned sessions: {}\n", pinned.join(", ")));
+        }
         for r in &self.rules {
             out.push_str(&format!(
                 "rule {} -> tags {:?}: {} sessions\n",

@@ -107,6 +107,11 @@ pub struct LimitsConfig {
     pub max_message_size: ByteSize,
     /// Close a client idle (outside a transaction) this long; none when absent.
     pub idle_timeout: Option<Duration>,
+    /// Sessions that may pin a server connection at once (temp tables,
+    /// LISTEN, SQL PREPARE...); a statement that would pin one more gets
+    /// 53300. Default: `pool.size - 1`, so unpinned clients keep at least
+    /// one connection.
+    pub max_pinned_sessions: Option<u32>,
 }
 
 impl Default for LimitsConfig {
@@ -116,6 +121,7 @@ impl Default for LimitsConfig {
             startup_timeout: Duration(std::time::Duration::from_secs(10)),
             max_message_size: ByteSize(64 << 20),
             idle_timeout: None,
+            max_pinned_sessions: None,
         }
     }
 }
@@ -421,6 +427,16 @@ pub enum BackendTls {
 }
 
 impl Config {
+    /// `limits.max_pinned_sessions`, or its default (`pool.size - 1`, at
+    /// least 1).
+    pub fn max_pinned_sessions(&self) -> usize {
+        let cap = self
+            .limits
+            .max_pinned_sessions
+            .unwrap_or_else(|| self.pool.size.saturating_sub(1).max(1));
+        usize::try_from(cap).unwrap_or(usize::MAX)
+    }
+
     /// Reads, expands, parses and validates a file.
     ///
     /// # Errors

@@ -42,31 +42,65 @@ pub struct ConnectSpec {
     pub tls: Option<Arc<ClientConfig>>,
 }
 
-/// A server connection (to a "backend" in PostgreSQL's words).
+/// What the proxy knows of a server connection's protocol and session
+/// state, apart from its socket: the part a session's translation and
+/// reply accounting read and update, testable without any I/O.
+#[derive(Debug)]
+pub struct ConnState {
+    /// Unique among this proxy's connections.
+    pub id: u64,
+    /// Transaction status from the last ReadyForQuery.
+    pub status: TxnStatus,
+    /// Session state that the proxy does not track was (or may have been)
+    /// left on it: it is reset before anyone else uses it.
+    pub dirty: bool,
+    /// Statements prepared on it under pgsplit's names.
+    pub prepared: PreparedSet,
+    /// Fingerprint of the session settings applied on it (`None`: the
+    /// node's defaults).
+    pub settings: Option<u64>,
+    /// Which parse of the unnamed statement it holds (see
+    /// [`ConnState::next_unnamed`]); `None` once anything may have
+    /// replaced it (a simple Query does).
+    pub unnamed: Option<u64>,
+}
+
+impl ConnState {
+    /// A fresh connection's state.
+    pub fn new(id: u64) -> ConnState {
+        ConnState {
+            id,
+            status: TxnStatus::Idle,
+            dirty: false,
+            prepared: PreparedSet::default(),
+            settings: None,
+            unnamed: None,
+        }
+    }
+
+    /// A token for a new parse of the unnamed statement, unique in the
+    /// process: a session compares it with [`ConnState::unnamed`] to know
+    /// whether the connection still holds its statement.
+    pub fn next_unnamed() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A server connection (to a "backend" in PostgreSQL's words). Its socket
+/// and read buffer are its own; sessions go through its methods.
 #[derive(Debug)]
 pub struct BackendConn {
-    /// The socket, plain or TLS.
-    pub stream: BackendStream,
-    /// Bytes read and not yet consumed.
-    pub rbuf: BytesMut,
+    stream: BackendStream,
+    rbuf: BytesMut,
     /// Name of the node it talks to.
     pub node: Arc<str>,
     /// `host:port` of the node, for cancel requests.
     pub address: Arc<str>,
     /// What the node said at login.
     pub login: LoginInfo,
-    /// Transaction status from the last ReadyForQuery.
-    pub status: TxnStatus,
-    /// Session state was changed on it (SET, LISTEN, temp table...): reset
-    /// with DISCARD ALL before anyone else uses it.
-    pub dirty: bool,
-    /// Unique among this proxy's connections.
-    pub id: u64,
-    /// Statements prepared on it under pgsplit's names.
-    pub prepared: PreparedSet,
-    /// Fingerprint of the session settings applied on it (`None`: the
-    /// node's defaults).
-    pub settings: Option<u64>,
+    /// Protocol and session state.
+    pub proto: ConnState,
     broken: bool,
 }
 
@@ -102,11 +136,7 @@ impl BackendConn {
             node: node.clone(),
             address: spec.address.clone(),
             login: LoginInfo::default(),
-            status: TxnStatus::Idle,
-            dirty: false,
-            id,
-            prepared: PreparedSet::default(),
-            settings: None,
+            proto: ConnState::new(id),
             broken: false,
         };
         let login = tokio::time::timeout(
@@ -168,81 +198,145 @@ impl BackendConn {
         self.stream.write_all(bytes).await
     }
 
-    /// Runs a utility command and waits for ReadyForQuery; an
-    /// ErrorResponse marks the connection broken.
+    /// Its id (unique in the proxy).
+    pub fn id(&self) -> u64 {
+        self.proto.id
+    }
+
+    /// Transaction status from the last ReadyForQuery.
+    pub fn status(&self) -> TxnStatus {
+        self.proto.status
+    }
+
+    /// Whether bytes are buffered that nobody has read yet.
+    pub fn has_buffered(&self) -> bool {
+        !self.rbuf.is_empty()
+    }
+
+    /// Waits for more bytes from the node.
     ///
     /// # Errors
-    /// The connection failed or the command failed.
-    pub async fn simple_command(&mut self, sql: &str) -> Result<(), WireError> {
+    /// The connection failed or closed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: bytes read are kept in the buffer.
+    pub async fn fill(&mut self) -> Result<(), WireError> {
+        wire::fill(&mut self.stream, &mut self.rbuf).await
+    }
+
+    /// Runs a simple query of the proxy's own and waits for its
+    /// ReadyForQuery, handing every DataRow to `on_row`. Asynchronous
+    /// notifications that arrive meanwhile belong to the client: they are
+    /// appended to `client` as they came.
+    ///
+    /// # Errors
+    /// The connection failed; an ErrorResponse is `Ok(false)`.
+    pub async fn run_own_query(
+        &mut self,
+        sql: &str,
+        client: &mut BytesMut,
+        mut on_row: impl FnMut(&[u8]),
+    ) -> Result<bool, WireError> {
         let mut out = BytesMut::new();
         be::query(&mut out, sql);
         self.send(&out).await?;
+        // A simple query replaces the unnamed statement.
+        self.proto.unnamed = None;
         let mut failed = false;
         loop {
             let frame = self.read_frame().await?;
             match frame.tag {
                 be::ERROR_RESPONSE_TAG => failed = true,
+                be::DATA_ROW_TAG => on_row(frame.body()),
+                be::NOTIFICATION_TAG => client.extend_from_slice(&frame.bytes),
                 be::READY_FOR_QUERY_TAG => {
-                    self.status = TxnStatus::from_body(frame.body()).unwrap_or(TxnStatus::Failed);
-                    if failed {
-                        self.mark_broken();
-                    }
-                    return Ok(());
+                    self.proto.status =
+                        TxnStatus::from_body(frame.body()).unwrap_or(TxnStatus::Failed);
+                    return Ok(!failed);
                 }
                 _ => {}
             }
         }
+    }
+
+    /// Runs a utility command and waits for ReadyForQuery; an
+    /// ErrorResponse marks the connection broken. Notifications go to
+    /// `client`.
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub async fn simple_command(&mut self, sql: &str) -> Result<(), WireError> {
+        let mut client = BytesMut::new();
+        self.simple_command_for(sql, &mut client).await
+    }
+
+    /// [`BackendConn::simple_command`], keeping notifications for the client.
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub async fn simple_command_for(
+        &mut self,
+        sql: &str,
+        client: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        if !self.run_own_query(sql, client, |_| {}).await? {
+            self.mark_broken();
+        }
+        Ok(())
     }
 
     /// The primary's WAL insert position, read on this connection (at or
     /// after the commit of anything it ran). Used for read-your-writes.
+    /// Notifications that arrive meanwhile go to `client`.
     ///
     /// # Errors
     /// The connection failed or the answer was not a number.
-    pub async fn wal_insert_lsn(&mut self) -> Result<u64, WireError> {
-        let mut out = BytesMut::new();
-        be::query(
-            &mut out,
-            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
-        );
-        self.send(&out).await?;
+    pub async fn wal_insert_lsn(&mut self, client: &mut BytesMut) -> Result<u64, WireError> {
         let mut value = None;
-        loop {
-            let frame = self.read_frame().await?;
-            match frame.tag {
-                b'D' => value = first_column(frame.body()),
-                be::READY_FOR_QUERY_TAG => {
-                    self.status = TxnStatus::from_body(frame.body()).unwrap_or(TxnStatus::Failed);
-                    return value
-                        .and_then(|v| v.parse().ok())
-                        .ok_or(WireError::Protocol(codec::ProtocolError::Malformed {
-                            what: "LSN reply",
-                        }));
-                }
-                _ => {}
-            }
-        }
+        self.run_own_query(
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
+            client,
+            |row| value = first_column(row),
+        )
+        .await?;
+        value
+            .and_then(|v| v.parse().ok())
+            .ok_or(WireError::Protocol(codec::ProtocolError::Malformed {
+                what: "LSN reply",
+            }))
     }
 
     /// Makes it fit for another client: ROLLBACK an open transaction,
     /// DISCARD ALL changed session state. Anything odd marks it broken.
-    pub async fn reset(&mut self) {
-        if self.status != TxnStatus::Idle && self.simple_command("ROLLBACK").await.is_err() {
+    /// Notifications that arrive meanwhile go to `client`.
+    pub async fn reset(&mut self, client: &mut BytesMut) {
+        if self.proto.status != TxnStatus::Idle
+            && self.simple_command_for("ROLLBACK", client).await.is_err()
+        {
             self.mark_broken();
         }
-        if self.dirty && !self.broken {
-            match self.simple_command("DISCARD ALL").await {
+        if self.proto.dirty && !self.broken {
+            match self.simple_command_for("DISCARD ALL", client).await {
                 Ok(()) => {
-                    self.dirty = false;
-                    self.prepared.clear();
-                    self.settings = None;
+                    self.proto.dirty = false;
+                    self.proto.prepared.clear();
+                    self.proto.settings = None;
                 }
                 Err(_) => self.mark_broken(),
             }
         }
-        if self.status != TxnStatus::Idle || !self.rbuf.is_empty() {
+        if !self.is_clean() {
             self.mark_broken();
         }
+    }
+
+    /// Fit for another client as it is: idle, nothing unread, no state
+    /// left that the proxy does not track, not broken.
+    pub fn is_clean(&self) -> bool {
+        self.proto.status == TxnStatus::Idle
+            && self.rbuf.is_empty()
+            && !self.proto.dirty
+            && !self.broken
     }
 
     /// Whether an idle connection is still open: any byte or EOF waiting
@@ -259,7 +353,7 @@ impl BackendConn {
 }
 
 /// The first column of a text-format DataRow.
-fn first_column(body: &[u8]) -> Option<String> {
+pub fn first_column(body: &[u8]) -> Option<String> {
     if body.len() < 6 {
         return None;
     }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use bb8::{ErrorSink, ManageConnection, Pool, PooledConnection, QueueStrategy, RunError};
 use tokio::sync::watch;
 
-pub use conn::{BackendConn, ConnectSpec};
+pub use conn::{BackendConn, ConnState, ConnectSpec, first_column};
 
 use crate::auth::AuthError;
 use crate::topology::Node;
@@ -166,7 +166,11 @@ pub struct NodePool {
     waiting: AtomicUsize,
 }
 
-/// A checked-out server connection; dropping it gives it back.
+/// A checked-out server connection. It goes back to the pool only through
+/// [`Pooled::release`], and only when it is clean (idle, nothing unread,
+/// no untracked session state); dropped any other way (an error, a panic,
+/// a session that ended mid-transaction) it is closed, so no client ever
+/// inherits another's transaction or session state.
 pub struct Pooled {
     conn: Option<BbConn>,
     home: Arc<NodePool>,
@@ -185,9 +189,23 @@ impl DerefMut for Pooled {
     }
 }
 
+impl Pooled {
+    /// Gives it back for the next client if it is clean; closes it if not.
+    pub fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            if !conn.is_clean() {
+                conn.mark_broken();
+            }
+            self.home.give_back(conn);
+        }
+    }
+}
+
 impl Drop for Pooled {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take() {
+            // Not released: its state is unknown.
+            conn.mark_broken();
             self.home.give_back(conn);
         }
     }
@@ -277,6 +295,24 @@ impl NodePool {
         for (mut conn, _) in stale {
             if !conn.idle_and_open() {
                 conn.mark_broken();
+            }
+        }
+    }
+
+    /// Closes every idle connection: the stacked ones and bb8's own.
+    async fn close_idle(&self) {
+        for (mut conn, _) in std::mem::take(&mut *self.stack.lock().expect("poisoned")) {
+            conn.mark_broken();
+        }
+        // bb8 hands out its idle connections first; each is closed. A
+        // bounded number of tries: others may be returning some meanwhile.
+        for _ in 0..self.pool.state().connections {
+            if self.pool.state().idle_connections == 0 {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), self.pool.get()).await {
+                Ok(Ok(mut conn)) => conn.mark_broken(),
+                _ => break,
             }
         }
     }
@@ -419,6 +455,24 @@ impl Pools {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Closes the idle server connections to `database` on every node and
+    /// forgets its pools (before DROP DATABASE, which refuses while any
+    /// connection is open). Connections in use stay until given back.
+    pub async fn close_database(&self, database: &str) {
+        let pools: Vec<Arc<NodePool>> = {
+            let mut map = self.pools.lock().expect("poisoned");
+            let keys: Vec<PoolKey> = map
+                .keys()
+                .filter(|k| k.database == database)
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for pool in pools {
+            pool.close_idle().await;
+        }
     }
 
     /// Active and idle connection counts per node name.

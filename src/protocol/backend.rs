@@ -25,6 +25,28 @@ pub const COPY_OUT_RESPONSE_TAG: u8 = b'H';
 pub const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
 /// NegotiateProtocolVersion ('v').
 pub const NEGOTIATE_PROTOCOL_VERSION_TAG: u8 = b'v';
+/// DataRow ('D').
+pub const DATA_ROW_TAG: u8 = b'D';
+/// NotificationResponse ('A').
+pub const NOTIFICATION_TAG: u8 = b'A';
+/// ParseComplete ('1').
+pub const PARSE_COMPLETE_TAG: u8 = b'1';
+/// BindComplete ('2').
+pub const BIND_COMPLETE_TAG: u8 = b'2';
+/// CloseComplete ('3').
+pub const CLOSE_COMPLETE_TAG: u8 = b'3';
+/// NoData ('n').
+pub const NO_DATA_TAG: u8 = b'n';
+/// EmptyQueryResponse ('I').
+pub const EMPTY_QUERY_TAG: u8 = b'I';
+/// PortalSuspended ('s').
+pub const PORTAL_SUSPENDED_TAG: u8 = b's';
+/// RowDescription ('T').
+pub const ROW_DESCRIPTION_TAG: u8 = b'T';
+/// ParameterDescription ('t').
+pub const PARAMETER_DESCRIPTION_TAG: u8 = b't';
+/// CommandComplete ('C').
+pub const COMMAND_COMPLETE_TAG: u8 = b'C';
 
 /// Transaction status carried by ReadyForQuery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,10 +271,46 @@ pub fn error_code_and_message(body: &[u8]) -> Option<(String, String)> {
     Some((find(b'C')?, find(b'M').unwrap_or_default()))
 }
 
+/// The columns of a text-format DataRow body (NULL as `None`; bytes that
+/// are not UTF-8 replaced). Malformed rows give what could be read.
+pub fn data_row_text(body: &[u8]) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    let Some(count) = body.get(..2) else {
+        return out;
+    };
+    let count = u16::from_be_bytes([count[0], count[1]]);
+    let mut at = 2;
+    for _ in 0..count {
+        let Some(len) = body.get(at..at + 4) else {
+            break;
+        };
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        at += 4;
+        match usize::try_from(len) {
+            Ok(len) => {
+                let Some(value) = body.get(at..at + len) else {
+                    break;
+                };
+                out.push(Some(String::from_utf8_lossy(value).into_owned()));
+                at += len;
+            }
+            Err(_) => out.push(None),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::codec::decode_frame;
+
+    #[test]
+    fn data_rows() {
+        let body = [0, 2, 0, 0, 0, 2, b'h', b'i', 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(data_row_text(&body), vec![Some("hi".to_owned()), None]);
+        assert_eq!(data_row_text(&[0, 1, 0, 0]), Vec::<Option<String>>::new());
+    }
 
     #[test]
     fn error_response_round_trip() {

@@ -3,9 +3,40 @@
 //! Only what routing and state tracking need is decoded; everything else is
 //! forwarded as the raw [`Frame`](super::Frame).
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, BytesMut};
 
 use super::codec::{ProtocolError, take_cstr};
+
+/// The next NUL-terminated field as bytes: clients send text in their
+/// `client_encoding`, which need not be UTF-8.
+fn take_field<'a>(body: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let end = memchr::memchr(0, body)?;
+    let field = &body[..end];
+    *body = &body[end + 1..];
+    Some(field)
+}
+
+/// SQL text for routing: the client's bytes as UTF-8 where they are, with
+/// replacement characters elsewhere (a byte that is not UTF-8 sits inside a
+/// literal or an identifier in every client encoding PostgreSQL accepts
+/// that is a superset of ASCII). Text that is not UTF-8 and holds a
+/// backslash could be cut differently by an encoding whose second bytes
+/// include it (SJIS, BIG5, GBK): the caller treats it as unreadable.
+pub fn sql_text(sql: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(sql)
+}
+
+/// Whether [`sql_text`] may read `sql` other than the server does.
+pub fn ambiguous_text(sql: &[u8]) -> bool {
+    matches!(sql_text(sql), Cow::Owned(_)) && memchr::memchr(b'\\', sql).is_some()
+}
+
+/// A name (statement, portal) as text, lossless for UTF-8 names.
+fn name(bytes: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
+}
 
 /// Query ('Q').
 pub const QUERY_TAG: u8 = b'Q';
@@ -35,22 +66,34 @@ pub const COPY_DONE_TAG: u8 = b'c';
 pub const COPY_FAIL_TAG: u8 = b'f';
 /// FunctionCall ('F').
 pub const FUNCTION_CALL_TAG: u8 = b'F';
+/// Describe and Close of a prepared statement ('S').
+pub const STATEMENT: u8 = b'S';
+/// Describe and Close of a portal ('P').
+pub const PORTAL: u8 = b'P';
 
 fn malformed(what: &'static str) -> ProtocolError {
     ProtocolError::Malformed { what }
 }
 
-/// The SQL text of a Query message.
+/// The SQL of a Query message, as the client's bytes.
 ///
 /// # Errors
-/// A body that is not one NUL-terminated UTF-8 string.
-pub fn query_text(body: &[u8]) -> Result<&str, ProtocolError> {
+/// A body that is not one NUL-terminated string.
+pub fn query_sql(body: &[u8]) -> Result<&[u8], ProtocolError> {
     let mut rest = body;
-    let sql = take_cstr(&mut rest).ok_or_else(|| malformed("Query"))?;
+    let sql = take_field(&mut rest).ok_or_else(|| malformed("Query"))?;
     if !rest.is_empty() {
         return Err(malformed("Query"));
     }
     Ok(sql)
+}
+
+/// The SQL text of a Query message (see [`sql_text`]).
+///
+/// # Errors
+/// A body that is not one NUL-terminated string.
+pub fn query_text(body: &[u8]) -> Result<Cow<'_, str>, ProtocolError> {
+    query_sql(body).map(sql_text)
 }
 
 /// The password of a cleartext or MD5 PasswordMessage.
@@ -66,9 +109,9 @@ pub fn password(body: &[u8]) -> Result<&str, ProtocolError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parse<'a> {
     /// Statement name; empty for the unnamed statement.
-    pub name: &'a str,
-    /// SQL text.
-    pub sql: &'a str,
+    pub name: Cow<'a, str>,
+    /// SQL, as the client's bytes.
+    pub sql: &'a [u8],
     /// The parameter type count and OIDs, as sent.
     pub types: &'a [u8],
 }
@@ -79,17 +122,18 @@ pub struct Parse<'a> {
 /// A body without two NUL-terminated strings and a consistent type list.
 pub fn parse(body: &[u8]) -> Result<Parse<'_>, ProtocolError> {
     let mut rest = body;
-    let name = take_cstr(&mut rest).ok_or_else(|| malformed("Parse"))?;
-    let sql = take_cstr(&mut rest).ok_or_else(|| malformed("Parse"))?;
+    let name = take_field(&mut rest).ok_or_else(|| malformed("Parse"))?;
+    let sql = take_field(&mut rest).ok_or_else(|| malformed("Parse"))?;
     if rest.len() < 2 {
         return Err(malformed("Parse"));
     }
-    let count = i16::from_be_bytes([rest[0], rest[1]]);
-    if count < 0 || rest.len() != 2 + 4 * count as usize {
+    // An unsigned count, as PostgreSQL reads it (up to 65535).
+    let count = u16::from_be_bytes([rest[0], rest[1]]);
+    if rest.len() != 2 + 4 * usize::from(count) {
         return Err(malformed("Parse"));
     }
     Ok(Parse {
-        name,
+        name: self::name(name),
         sql,
         types: rest,
     })
@@ -98,10 +142,10 @@ pub fn parse(body: &[u8]) -> Result<Parse<'_>, ProtocolError> {
 /// Bind's portal and statement names, and the bytes after them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind<'a> {
-    /// Portal name.
-    pub portal: &'a str,
+    /// Portal name, as sent.
+    pub portal: &'a [u8],
     /// Statement name.
-    pub statement: &'a str,
+    pub statement: Cow<'a, str>,
     /// Formats and parameter values, untouched.
     pub rest: &'a [u8],
 }
@@ -112,11 +156,11 @@ pub struct Bind<'a> {
 /// A body without portal and statement names.
 pub fn bind(body: &[u8]) -> Result<Bind<'_>, ProtocolError> {
     let mut rest = body;
-    let portal = take_cstr(&mut rest).ok_or_else(|| malformed("Bind"))?;
-    let statement = take_cstr(&mut rest).ok_or_else(|| malformed("Bind"))?;
+    let portal = take_field(&mut rest).ok_or_else(|| malformed("Bind"))?;
+    let statement = take_field(&mut rest).ok_or_else(|| malformed("Bind"))?;
     Ok(Bind {
         portal,
-        statement,
+        statement: name(statement),
         rest,
     })
 }
@@ -125,7 +169,7 @@ pub fn bind(body: &[u8]) -> Result<Bind<'_>, ProtocolError> {
 ///
 /// # Errors
 /// A body without portal and statement names.
-pub fn bind_statement(body: &[u8]) -> Result<&str, ProtocolError> {
+pub fn bind_statement(body: &[u8]) -> Result<Cow<'_, str>, ProtocolError> {
     bind(body).map(|b| b.statement)
 }
 
@@ -133,13 +177,16 @@ pub fn bind_statement(body: &[u8]) -> Result<&str, ProtocolError> {
 ///
 /// # Errors
 /// A body that is not a kind byte and one NUL-terminated name.
-pub fn target<'a>(body: &'a [u8], what: &'static str) -> Result<(u8, &'a str), ProtocolError> {
+pub fn target<'a>(
+    body: &'a [u8],
+    what: &'static str,
+) -> Result<(u8, Cow<'a, str>), ProtocolError> {
     let (&kind, mut rest) = body.split_first().ok_or_else(|| malformed(what))?;
-    if kind != b'S' && kind != b'P' {
+    if kind != STATEMENT && kind != PORTAL {
         return Err(malformed(what));
     }
-    let name = take_cstr(&mut rest).ok_or_else(|| malformed(what))?;
-    Ok((kind, name))
+    let name = take_field(&mut rest).ok_or_else(|| malformed(what))?;
+    Ok((kind, self::name(name)))
 }
 
 fn frame(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
@@ -151,15 +198,15 @@ fn frame(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-fn put_cstr(out: &mut BytesMut, s: &str) {
-    out.put_slice(s.as_bytes());
+fn put_cstr(out: &mut BytesMut, s: &[u8]) {
+    out.put_slice(s);
     out.put_u8(0);
 }
 
 /// Writes Parse.
-pub fn write_parse(out: &mut BytesMut, name: &str, sql: &str, types: &[u8]) {
+pub fn write_parse(out: &mut BytesMut, name: &str, sql: &[u8], types: &[u8]) {
     frame(out, PARSE_TAG, |b| {
-        put_cstr(b, name);
+        put_cstr(b, name.as_bytes());
         put_cstr(b, sql);
         b.put_slice(types);
     });
@@ -169,7 +216,7 @@ pub fn write_parse(out: &mut BytesMut, name: &str, sql: &str, types: &[u8]) {
 pub fn write_bind(out: &mut BytesMut, bind: &Bind<'_>, statement: &str) {
     frame(out, BIND_TAG, |b| {
         put_cstr(b, bind.portal);
-        put_cstr(b, statement);
+        put_cstr(b, statement.as_bytes());
         b.put_slice(bind.rest);
     });
 }
@@ -178,7 +225,7 @@ pub fn write_bind(out: &mut BytesMut, bind: &Bind<'_>, statement: &str) {
 pub fn write_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
     frame(out, tag, |b| {
         b.put_u8(kind);
-        put_cstr(b, name);
+        put_cstr(b, name.as_bytes());
     });
 }
 
@@ -197,7 +244,10 @@ mod tests {
         assert_eq!(query_text(b"\0").unwrap(), "");
         assert!(query_text(b"SELECT 1").is_err());
         assert!(query_text(b"a\0b\0").is_err());
-        assert!(query_text(b"\xff\xfe\0").is_err());
+        assert_eq!(query_sql(b"caf\xe9\0").unwrap(), b"caf\xe9");
+        assert_eq!(query_text(b"caf\xe9\0").unwrap(), "caf\u{fffd}");
+        assert!(!ambiguous_text(b"caf\xe9"));
+        assert!(ambiguous_text(b"E'\x83\\'"));
         assert_eq!(password(b"md5abc\0").unwrap(), "md5abc");
     }
 
@@ -207,11 +257,16 @@ mod tests {
         assert_eq!(
             p,
             Parse {
-                name: "s1",
-                sql: "SELECT $1",
+                name: "s1".into(),
+                sql: b"SELECT $1",
                 types: &[0, 0]
             }
         );
+        // 40,000 parameters: the count is unsigned.
+        let mut many = b"\0SELECT 1\0".to_vec();
+        many.extend_from_slice(&40_000u16.to_be_bytes());
+        many.extend(std::iter::repeat_n(0u8, 4 * 40_000));
+        assert_eq!(parse(&many).unwrap().types.len(), 2 + 4 * 40_000);
         assert!(parse(b"s1\0SELECT\0").is_err());
         assert!(parse(b"s1\0SELECT\0\0\x01").is_err());
         let p = parse(b"\0SELECT $1\0\0\x01\0\0\0\x17").unwrap();
@@ -224,8 +279,12 @@ mod tests {
         write_bind(&mut out, &b, "srv");
         assert_eq!(&out[5..], b"p\0srv\0\0\0\0\0\0\0");
         assert_eq!(bind_statement(b"\0s1\0\0\0").unwrap(), "s1");
+        assert_eq!(b.portal, b"p");
         assert!(bind_statement(b"portal").is_err());
-        assert_eq!(target(b"Sname\0", "Describe").unwrap(), (b'S', "name"));
+        assert_eq!(
+            target(b"Sname\0", "Describe").unwrap(),
+            (STATEMENT, "name".into())
+        );
         assert!(target(b"Xname\0", "Describe").is_err());
     }
 }

@@ -27,7 +27,8 @@ pub fn parsed(sql: &str, write_functions: &HashSet<String>) -> Route {
         .and_then(|mut p| p.parse_statements())
     {
         Ok(statements) => statements,
-        Err(_) => return Route::primary(Reason::ParseError),
+        // Unreadable: anything may happen, session state included.
+        Err(_) => return Route::primary(Reason::ParseError).dirtying(),
     };
     let mut combined = Route::replica(Reason::Read);
     for statement in &statements {
@@ -115,9 +116,27 @@ fn statement_route(statement: &Statement, write_functions: &HashSet<String>) -> 
         Statement::Deallocate { .. } | Statement::Fetch { .. } | Statement::Close { .. } => {
             Route::primary(Reason::Session)
         }
-        Statement::CreateTable(t) if t.temporary => Route::pinned(Reason::Session),
+        Statement::CreateTable(t) if t.temporary || in_pg_temp(&t.name) => {
+            Route::pinned(Reason::Session)
+        }
+        Statement::CreateView(v) if v.temporary || in_pg_temp(&v.name) => {
+            Route::pinned(Reason::Session)
+        }
+        Statement::CreateSequence {
+            temporary, name, ..
+        } if *temporary || in_pg_temp(name) => Route::pinned(Reason::Session),
+        // A procedure may do anything, set_config included.
+        Statement::Call(_) => Route::primary(Reason::Write).dirtying(),
         _ => Route::primary(Reason::Write),
     }
+}
+
+/// A name qualified by `pg_temp` (the session's temporary schema).
+fn in_pg_temp(name: &sqlparser::ast::ObjectName) -> bool {
+    name.0.len() > 1
+        && name.0[0]
+            .as_ident()
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_temp"))
 }
 
 fn transaction_route(modes: &[TransactionMode]) -> Route {
@@ -147,8 +166,15 @@ fn set_route(set: &Set) -> Route {
             scope: Some(ContextModifier::Local),
             ..
         } => Route::primary(Reason::Session),
+        // SET SESSION CHARACTERISTICS changes the session's defaults.
+        Set::SetTransaction { session: true, .. } => {
+            Route::primary(Reason::Transaction).dirtying()
+        }
         Set::SetTransaction { .. } => Route::primary(Reason::Transaction),
-        _ => Route::pinned(Reason::Session),
+        // Forms the session does not track (SET ROLE, SET XML OPTION...):
+        // it re-reads its state afterwards, and keeps the connection if
+        // what it finds cannot be replayed (a role).
+        _ => Route::primary(Reason::Session).dirtying(),
     }
 }
 
@@ -179,16 +205,18 @@ impl Walker<'_> {
 
     fn function(&mut self, name: &str, is_local_false: bool) -> ControlFlow<()> {
         if name.eq_ignore_ascii_case("set_config") {
-            // set_config(name, value, false) changes the session.
-            return self.force(if is_local_false {
-                Route::pinned(Reason::Function)
-            } else {
-                Route::primary(Reason::Function)
-            });
+            // set_config(name, value, false) changes the session: the
+            // session re-reads its settings afterwards.
+            let _ = is_local_false;
+            return self.force(Route::primary(Reason::Function).dirtying());
         }
         match functions::effect(name, self.write_functions) {
             Effect::None => ControlFlow::Continue(()),
-            Effect::Primary => self.force(Route::primary(Reason::Function)),
+            // A user function may call set_config, create temp tables...
+            Effect::Primary if functions::is_builtin(name) => {
+                self.force(Route::primary(Reason::Function))
+            }
+            Effect::Primary => self.force(Route::primary(Reason::Function).dirtying()),
             Effect::Pins => self.force(Route::pinned(Reason::Function)),
         }
     }

@@ -62,6 +62,14 @@ const PRIMARY_PREFIXES: &[&str] = &[
 
 const PINNING_PREFIXES: &[&str] = &["pg_advisory_lock", "pg_try_advisory_lock"];
 
+/// Whether `name` is one of the built-ins listed here (not a user function).
+pub fn is_builtin(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    PRIMARY_EXACT.contains(&lower.as_str())
+        || PRIMARY_PREFIXES.iter().any(|p| lower.starts_with(p))
+        || PINNING_PREFIXES.iter().any(|p| lower.starts_with(p))
+}
+
 /// Classifies a function by its (unqualified, any case) name. `set_config`
 /// is judged by its caller, which sees the `is_local` argument.
 pub fn effect(name: &str, write_functions: &std::collections::HashSet<String>) -> Effect {

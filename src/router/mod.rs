@@ -138,28 +138,47 @@ pub struct Route {
     /// session advisory lock, SQL PREPARE): the session must keep that
     /// connection from now on.
     pub pins: bool,
+    /// It may leave session state behind that the proxy cannot read from
+    /// the text (`set_config`, DO, CALL, a user function, `SET SESSION
+    /// CHARACTERISTICS`, `pg_settings`, anything unparsed): the session
+    /// re-reads its state from the node afterwards.
+    pub dirties: bool,
 }
 
 impl Route {
-    pub(crate) const fn primary(reason: Reason) -> Route {
+    /// The primary, for `reason`.
+    pub const fn primary(reason: Reason) -> Route {
         Route {
             target: Target::Primary,
             reason,
             pins: false,
+            dirties: false,
         }
     }
 
-    pub(crate) const fn replica(reason: Reason) -> Route {
+    /// Any replica, for `reason`.
+    pub const fn replica(reason: Reason) -> Route {
         Route {
             target: Target::Replica,
             reason,
             pins: false,
+            dirties: false,
         }
     }
 
-    /// Several statements sent together: the primary wins, and so does a pin.
+    /// The same route, marked as leaving untracked session state.
+    pub const fn dirtying(self) -> Route {
+        Route {
+            dirties: true,
+            ..self
+        }
+    }
+
+    /// Several statements sent together: the primary wins, and so does a
+    /// pin or a dirtying statement.
     pub fn merge(self, other: Route) -> Route {
         let pins = self.pins || other.pins;
+        let dirties = self.dirties || other.dirties;
         let pick = match (self.target, other.target) {
             (Target::Replica, Target::Primary) => other,
             (Target::Primary, _) => self,
@@ -168,14 +187,20 @@ impl Route {
             }
             _ => other,
         };
-        Route { pins, ..pick }
+        Route {
+            pins,
+            dirties,
+            ..pick
+        }
     }
 
-    pub(crate) const fn pinned(reason: Reason) -> Route {
+    /// The primary, keeping its connection for the rest of the session.
+    pub const fn pinned(reason: Reason) -> Route {
         Route {
             target: Target::Primary,
             reason,
             pins: true,
+            dirties: false,
         }
     }
 }
@@ -331,13 +356,38 @@ fn closing_quote(bytes: &[u8], start: usize, quote: u8) -> Option<usize> {
     None
 }
 
+/// Whether `haystack` contains the ASCII `needle`, in any case.
+pub(crate) fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
+    let (first, rest) = match needle.as_bytes() {
+        [first, rest @ ..] => (*first, rest),
+        [] => return true,
+    };
+    memchr::memchr2_iter(
+        first.to_ascii_lowercase(),
+        first.to_ascii_uppercase(),
+        haystack.as_bytes(),
+    )
+    .any(|at| {
+        haystack.as_bytes()[at + 1..]
+            .get(..rest.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(rest))
+    })
+}
+
 /// Routes a query string without a cache.
 pub fn classify_text(sql: &str, write_functions: &HashSet<String>) -> Route {
     let hint = scan::leading_hint(sql);
-    let route = match scan::fast_path(sql).or_else(|| select::plain_select(sql, write_functions)) {
-        Some(route) => route,
-        None => classify::parsed(sql, write_functions),
-    };
+    let mut route =
+        match scan::fast_path(sql).or_else(|| select::plain_select(sql, write_functions)) {
+            Some(route) => route,
+            None => classify::parsed(sql, write_functions),
+        };
+    if route.target == Target::Primary
+        && !route.dirties
+        && (contains_ignoring_case(sql, "pg_settings") || contains_ignoring_case(sql, "set_config"))
+    {
+        route = route.dirtying();
+    }
     match hint {
         Some(Target::Primary) => Route {
             reason: Reason::Hint,

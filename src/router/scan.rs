@@ -98,8 +98,9 @@ fn single_statement(sql: &str) -> bool {
 pub fn fast_path(sql: &str) -> Option<Route> {
     let (keyword, rest) = first_keyword(sql)?;
     // A DO body holds semicolons of its own; it is a write whatever follows.
+    // It may also do anything to the session: the session re-reads it.
     if keyword == "do" {
-        return Some(Route::primary(Reason::Write));
+        return Some(Route::primary(Reason::Write).dirtying());
     }
     if !single_statement(sql) {
         return None;
@@ -107,15 +108,18 @@ pub fn fast_path(sql: &str) -> Option<Route> {
     let route = match keyword.as_str() {
         "insert" | "update" | "delete" | "merge" | "drop" | "alter" | "truncate" | "grant"
         | "revoke" | "comment" | "vacuum" | "analyze" | "analyse" | "reindex" | "cluster"
-        | "checkpoint" | "do" | "call" | "refresh" | "security" | "import" | "reassign" => {
+        | "checkpoint" | "refresh" | "security" | "import" | "reassign" => {
             Route::primary(Reason::Write)
         }
+        "call" => Route::primary(Reason::Write).dirtying(),
         "create" => {
             let lower = rest.trim_start().to_ascii_lowercase();
-            // Temporary tables live on one connection: let the parser see them.
+            // Temporary objects live on one connection: let the parser see
+            // them (wherever the word stands: CREATE OR REPLACE TEMP VIEW).
             if ["temp", "local", "global", "unlogged"]
                 .iter()
                 .any(|w| lower.starts_with(w))
+                || lower.contains("temp")
             {
                 return None;
             }

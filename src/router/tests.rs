@@ -376,7 +376,7 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
         "SELECT set_config('search_path', 'a', false)",
         P,
         Function,
-        true,
+        false,
     ),
     ("SELECT audit_log('x')", P, Function, false),
     ("SELECT public.Audit_Log('x')", P, Function, false),
@@ -436,13 +436,13 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
     ("PREPARE TRANSACTION 'gid'", P, ParseError, false),
     ("COMMIT PREPARED 'gid'", P, Transaction, false),
     // session state
-    ("SET search_path TO app, public", P, Session, true),
-    ("set statement_timeout = 1000", P, Session, true),
-    ("SET SESSION timezone = 'UTC'", P, Session, true),
+    ("SET search_path TO app, public", P, Session, false),
+    ("set statement_timeout = 1000", P, Session, false),
+    ("SET SESSION timezone = 'UTC'", P, Session, false),
     ("SET LOCAL statement_timeout = 5", P, Session, false),
-    ("SET ROLE admin", P, Session, true),
-    ("SET SESSION AUTHORIZATION 'bob'", P, Session, true),
-    ("SET TIME ZONE 'UTC'", P, Session, true),
+    ("SET ROLE admin", P, Session, false),
+    ("SET SESSION AUTHORIZATION 'bob'", P, Session, false),
+    ("SET TIME ZONE 'UTC'", P, Session, false),
     ("RESET search_path", P, Session, false),
     ("RESET ALL", P, Session, false),
     ("DISCARD ALL", P, Session, false),
@@ -487,7 +487,7 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
         "/* pgsplit:replica */ SET search_path = a",
         P,
         Session,
-        true,
+        false,
     ),
     ("/* pgsplit:replica */ BEGIN", P, Transaction, false),
     (
@@ -510,6 +510,7 @@ fn routing_table() {
                 target,
                 reason,
                 pins,
+                dirties: got.dirties,
             };
             if got != want {
                 failures.push(format!("{sql:?}: got {got:?}, want {want:?}"));
@@ -612,8 +613,20 @@ fn cache_keys_drop_literals_but_keep_what_routes() {
     // routes through the cache stay right for the literal-free twins
     let router = Router::new(&[], &HashSet::new(), 1 << 20);
     assert_eq!(router.classify("SELECT 1").target, Target::Replica);
-    assert!(router.classify("SELECT set_config('a', 'b', false)").pins);
-    assert!(!router.classify("SELECT set_config('a', 'b', true)").pins);
+    // set_config leaves settings the session re-reads afterwards
+    assert!(router.classify("SELECT set_config('a', 'b', false)").dirties);
+    assert!(router.classify("SELECT set_config('a', 'b', true)").dirties);
+    assert!(!router.classify("SELECT 1").dirties);
+    assert!(!router.classify("INSERT INTO t VALUES (1)").dirties);
+    assert!(router.classify("DO $$ BEGIN END $$").dirties);
+    assert!(router.classify("CALL p()").dirties);
+    assert!(router.classify("UPDATE pg_settings SET setting = '1' WHERE name = 'x'").dirties);
+    assert!(router.classify("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY").dirties);
+    assert!(router.classify("CREATE TEMP VIEW v AS SELECT 1").pins);
+    assert!(router.classify("CREATE OR REPLACE TEMP VIEW v AS SELECT 1").pins);
+    assert!(router.classify("CREATE TEMP SEQUENCE s").pins);
+    assert!(router.classify("CREATE TABLE pg_temp.t (a int)").pins);
+    assert!(!router.classify("CREATE TABLE temperature (a int)").pins);
     // a quote inside a quoted identifier or dollar string never hides a call
     assert_ne!(
         cache_key("SELECT \"it's\", nextval('s')"),

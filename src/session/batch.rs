@@ -7,7 +7,10 @@ use crate::protocol::frontend as fe;
 use crate::router::{Reason, Route, Router};
 
 use super::commands::{self, Command};
+use super::outbound::Tracked;
+use super::pin::PinReason;
 use super::state::Statements;
+use crate::router::contains_ignoring_case;
 
 /// Messages not yet sent anywhere.
 #[derive(Debug, Default)]
@@ -49,18 +52,39 @@ impl Batch {
 pub struct Plan {
     /// Where it must run.
     pub route: Route,
-    /// A single Query that is a session command the proxy tracks.
-    pub command: Option<Command>,
+    /// A single statement that is a session command the proxy tracks.
+    pub command: Option<Tracked>,
     /// Messages that each produce a ReadyForQuery.
     pub syncs: usize,
     /// Creates, alters or drops a function (the catalog must be re-read).
     pub function_ddl: bool,
     /// A `/* pgsplit:tag=NAME */` hint on one of its statements.
     pub tag: Option<String>,
+    /// Why it would pin the session, when its route pins.
+    pub pin: Option<PinReason>,
+    /// `DROP DATABASE name`: the proxy's idle connections to it close first.
+    pub drops_database: Option<String>,
+}
+
+impl Plan {
+    /// A lone `BEGIN`/`START TRANSACTION ... READ ONLY` query: the proxy
+    /// answers it and opens the transaction where its first statement
+    /// must run.
+    pub fn is_read_only_begin(&self) -> bool {
+        self.route.reason == Reason::ReadOnlyTransaction
+            && matches!(
+                self.command,
+                Some(Tracked {
+                    command: Command::Begin,
+                    ..
+                })
+            )
+    }
 }
 
 /// Routes a batch from the statements it parses or executes: a Bind of an
-/// earlier statement is routed by that statement's text.
+/// earlier statement is routed (and tracked, for a prepared SET) by that
+/// statement's text.
 ///
 /// # Errors
 /// A malformed Query, Parse, Bind or Describe.
@@ -74,11 +98,13 @@ pub fn plan(
     let mut function_ddl = false;
     let mut tag = None;
     let mut syncs = 0;
+    let mut pin = None;
+    let mut drops_database = None;
     let mut parsed_unnamed = false;
     // Statements parsed earlier in this same batch route by their text.
-    let mut parsed_here: Vec<(&str, Route)> = Vec::new();
-    let named_route = |name: &str, parsed_here: &[(&str, Route)]| -> Option<Route> {
-        if let Some((_, r)) = parsed_here.iter().rev().find(|(n, _)| *n == name) {
+    let mut parsed_here: Vec<(String, Route)> = Vec::new();
+    let named = |name: &str, parsed_here: &[(String, Route)]| -> Option<Route> {
+        if let Some((_, r)) = parsed_here.iter().rev().find(|(n, _)| n == name) {
             return Some(*r);
         }
         if name.is_empty() {
@@ -87,40 +113,62 @@ pub fn plan(
             statements.get(name).map(|s| s.route)
         }
     };
+    let mut statement = |sql: &[u8], route: &mut Route, commands: &mut Commands| -> Route {
+        let text = fe::sql_text(sql);
+        function_ddl |= is_function_ddl(&text);
+        tag = tag.take().or_else(|| crate::router::scan::leading_tag(&text));
+        if drops_database.is_none() {
+            drops_database = dropped_database(&text);
+        }
+        let mut r = if fe::ambiguous_text(sql) {
+            Route::primary(Reason::ParseError).dirtying()
+        } else {
+            router.classify(&text)
+        };
+        r = tracked(r, &text, commands);
+        if r.pins && pin.is_none() {
+            pin = Some(PinReason::of_sql(&text));
+        }
+        *route = route.merge(r);
+        r
+    };
     for frame in frames {
         let body = frame.body();
         match frame.tag {
             fe::QUERY_TAG => {
-                let sql = fe::query_text(body)?;
-                function_ddl |= is_function_ddl(sql);
-                tag = tag.or_else(|| crate::router::scan::leading_tag(sql));
-                route = route.merge(tracked(router.classify(sql), sql, &mut commands));
+                statement(fe::query_sql(body)?, &mut route, &mut commands);
                 syncs += 1;
             }
             fe::PARSE_TAG => {
                 let p = fe::parse(body)?;
                 parsed_unnamed |= p.name.is_empty();
-                function_ddl |= is_function_ddl(p.sql);
-                tag = tag.or_else(|| crate::router::scan::leading_tag(p.sql));
-                let r = tracked(router.classify(p.sql), p.sql, &mut commands);
-                parsed_here.push((p.name, r));
-                route = route.merge(r);
+                let r = statement(p.sql, &mut route, &mut commands);
+                parsed_here.push((p.name.into_owned(), r));
             }
             fe::BIND_TAG => {
                 let name = fe::bind_statement(body)?;
                 if !(name.is_empty() && parsed_unnamed) {
                     // An unknown name fails on the node; route it safely.
-                    route = route.merge(
-                        named_route(name, &parsed_here).unwrap_or(Route::primary(Reason::Session)),
-                    );
+                    route = route
+                        .merge(named(&name, &parsed_here).unwrap_or(Route::primary(Reason::Session)));
+                    // A prepared SET is tracked when it is executed.
+                    let prepared = if name.is_empty() {
+                        statements.unnamed.as_ref().map(|(s, _)| s)
+                    } else {
+                        statements.get(&name)
+                    };
+                    if let Some(s) = prepared
+                        && let Some(command) = &s.command
+                    {
+                        commands.note(command.clone(), &fe::sql_text(&s.sql));
+                    }
                 }
             }
             fe::DESCRIBE_TAG => {
                 let (kind, name) = fe::target(body, "Describe")?;
-                if kind == b'S' && !(name.is_empty() && parsed_unnamed) {
-                    route = route.merge(
-                        named_route(name, &parsed_here).unwrap_or(Route::primary(Reason::Session)),
-                    );
+                if kind == fe::STATEMENT && !(name.is_empty() && parsed_unnamed) {
+                    route = route
+                        .merge(named(&name, &parsed_here).unwrap_or(Route::primary(Reason::Session)));
                 }
             }
             fe::CLOSE_TAG => {
@@ -128,7 +176,7 @@ pub fn plan(
             }
             fe::SYNC_TAG => syncs += 1,
             fe::FUNCTION_CALL_TAG => {
-                route = route.merge(Route::primary(Reason::Function));
+                route = route.merge(Route::primary(Reason::Function).dirtying());
                 syncs += 1;
             }
             _ => {}
@@ -140,10 +188,10 @@ pub fn plan(
     } else {
         None
     };
-    let untracked_set = commands.count > 1 && commands.any_set;
-    if untracked_set {
-        // A SET among other statements cannot be tracked: keep the pin.
-        route = route.merge(Route::pinned(Reason::Session));
+    if commands.count > 1 && commands.any_set {
+        // A SET among other statements is not tracked: the session re-reads
+        // its settings afterwards.
+        route = route.dirtying();
     }
     Ok(Plan {
         route,
@@ -151,7 +199,50 @@ pub fn plan(
         syncs,
         function_ddl,
         tag,
+        pin,
+        drops_database,
     })
+}
+
+/// The database a `DROP DATABASE [IF EXISTS] name [WITH (FORCE)]` drops.
+fn dropped_database(sql: &str) -> Option<String> {
+    let (rest, _) = crate::router::scan::skip_leading_comments(sql);
+    let mut words = rest.split_whitespace();
+    let drop = words.next()?;
+    let database = words.next()?;
+    if !drop.eq_ignore_ascii_case("drop") || !database.eq_ignore_ascii_case("database") {
+        return None;
+    }
+    let rest = rest.trim_start();
+    let rest = &rest[rest.find(|c: char| c.is_whitespace())?..];
+    let rest = rest.trim_start();
+    let rest = &rest[rest.find(|c: char| c.is_whitespace())?..];
+    let mut rest = rest.trim_start();
+    let _ = (drop, database);
+    if rest.len() > 3 && rest[..3].eq_ignore_ascii_case("if ") {
+        let after_if = rest[3..].trim_start();
+        rest = after_if.get(6..).map(str::trim_start)?; // "exists"
+    }
+    if let Some(quoted) = rest.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = quoted.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                } else {
+                    return Some(name);
+                }
+            }
+            name.push(c);
+        }
+        return None;
+    }
+    let name = rest
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .next()
+        .filter(|n| !n.is_empty())?;
+    Some(name.to_ascii_lowercase())
 }
 
 /// CREATE/ALTER/DROP of a function or procedure (or anything mentioning
@@ -167,21 +258,39 @@ fn is_function_ddl(sql: &str) -> bool {
         && (contains_ignoring_case(sql, "function") || contains_ignoring_case(sql, "procedure"))
 }
 
-/// Whether `haystack` contains the ASCII `needle`, in any case.
-fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
-    haystack
-        .as_bytes()
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
-}
-
 /// The session commands of a batch's statements: the first, how many
 /// statements, and whether any is a SET or RESET.
 #[derive(Default)]
 struct Commands {
-    first: Option<Command>,
+    first: Option<Tracked>,
     count: usize,
     any_set: bool,
+}
+
+impl Commands {
+    fn note_statement(&mut self, command: Option<Command>, sql: &str) {
+        if matches!(
+            command,
+            Some(Command::Set { .. } | Command::Reset { .. } | Command::ResetAll)
+        ) {
+            self.any_set = true;
+        }
+        if self.count == 0 {
+            self.first = command.map(|command| Tracked {
+                command,
+                sql: sql.to_owned(),
+            });
+        }
+        self.count += 1;
+    }
+
+    /// A prepared statement's command, executed by a Bind: it counts as
+    /// the batch's statement unless the batch parsed one itself.
+    fn note(&mut self, command: Command, sql: &str) {
+        if self.count == 0 {
+            self.note_statement(Some(command), sql);
+        }
+    }
 }
 
 /// Notes a statement's session command; SET and RESET are tracked and
@@ -193,11 +302,24 @@ fn tracked(mut route: Route, sql: &str, commands: &mut Commands) -> Route {
         Some(Command::Set { .. } | Command::Reset { .. } | Command::ResetAll)
     ) {
         route.pins = false;
-        commands.any_set = true;
+        route.dirties = false;
     }
-    if commands.count == 0 {
-        commands.first = command;
-    }
-    commands.count += 1;
+    commands.note_statement(command, sql);
     route
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_databases() {
+        assert_eq!(dropped_database("DROP DATABASE x"), Some("x".into()));
+        assert_eq!(
+            dropped_database("drop database if exists \"My Db\";"),
+            Some("My Db".into())
+        );
+        assert_eq!(dropped_database("DROP TABLE x"), None);
+        assert_eq!(dropped_database("SELECT 1"), None);
+    }
 }

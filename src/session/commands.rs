@@ -1,6 +1,7 @@
 //! Recognises the few single statements whose effect on the session the
-//! proxy keeps track of itself: session SET/RESET, DISCARD ALL and
-//! DEALLOCATE. A word-level reading, no parser: anything else returns
+//! proxy keeps track of itself: session SET/RESET, DISCARD ALL,
+//! DEALLOCATE, and BEGIN (for read-only transactions placed by their first
+//! statement). A word-level reading, no parser: anything else returns
 //! `None` and is left to the router's conservative verdict.
 
 use crate::router::scan::skip_leading_comments;
@@ -21,6 +22,8 @@ pub enum Command {
     Deallocate { name: String },
     /// `DEALLOCATE [PREPARE] ALL`.
     DeallocateAll,
+    /// `BEGIN ...` or `START TRANSACTION ...` alone.
+    Begin,
 }
 
 /// Reads a single-statement query string.
@@ -31,7 +34,10 @@ pub fn recognise(sql: &str) -> Option<Command> {
         .as_bytes()
         .get(..3)
         .map(|h| [h[0], h[1], h[2]].map(|c| c.to_ascii_lowercase()));
-    if !matches!(head.as_ref(), Some(b"set" | b"res" | b"dis" | b"dea")) {
+    if !matches!(
+        head.as_ref(),
+        Some(b"set" | b"res" | b"dis" | b"dea" | b"beg" | b"sta")
+    ) {
         return None;
     }
     let rest = rest.trim_end().trim_end_matches(';').trim_end();
@@ -42,7 +48,15 @@ pub fn recognise(sql: &str) -> Option<Command> {
     let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
     let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
     let name_at = |i: usize| -> Option<String> { words.get(i).map(|w| identifier(w)) };
+    let reset = |name: &str| Some(Command::Reset { name: name.into() });
     match lower.as_slice() {
+        ["begin", ..] | ["start", "transaction", ..] => Some(Command::Begin),
+        ["set", "time", "zone", "default" | "local"]
+        | ["set", "session", "time", "zone", "default" | "local"] => reset("timezone"),
+        ["set", "session", _, "to" | "=", "default"] => {
+            Some(Command::Reset { name: name_at(2)? })
+        }
+        ["set", _, "to" | "=", "default"] => Some(Command::Reset { name: name_at(1)? }),
         ["set", "local", ..] | ["set", "transaction", ..] | ["set", "role", ..] => None,
         ["set", "session", "authorization", ..] | ["set", "session", "characteristics", ..] => None,
         ["set", "time", "zone", _, ..] | ["set", "session", "time", "zone", _, ..] => {
@@ -59,9 +73,7 @@ pub fn recognise(sql: &str) -> Option<Command> {
         ["set", "session", _, "to" | "=", _, ..] => Some(Command::Set { name: name_at(2)? }),
         ["set", _, "to" | "=", _, ..] => Some(Command::Set { name: name_at(1)? }),
         ["reset", "all"] => Some(Command::ResetAll),
-        ["reset", "time", "zone"] => Some(Command::Reset {
-            name: "timezone".into(),
-        }),
+        ["reset", "time", "zone"] => reset("timezone"),
         ["reset", _] => Some(Command::Reset { name: name_at(1)? }),
         ["discard", "all"] => Some(Command::DiscardAll),
         ["deallocate", "prepare", "all"] | ["deallocate", "all"] => Some(Command::DeallocateAll),
@@ -166,6 +178,16 @@ mod tests {
             Some(Command::Deallocate { name: "s1".into() })
         );
         assert_eq!(recognise("SELECT 'SET a = 1'"), None);
+        let reset = |n: &str| Some(Command::Reset { name: n.into() });
+        assert_eq!(recognise("SET TimeZone TO DEFAULT"), reset("timezone"));
+        assert_eq!(recognise("set search_path = default"), reset("search_path"));
+        assert_eq!(recognise("SET TIME ZONE LOCAL"), reset("timezone"));
+        assert_eq!(recognise("BEGIN READ ONLY"), Some(Command::Begin));
+        assert_eq!(
+            recognise("start transaction read only"),
+            Some(Command::Begin)
+        );
+        assert_eq!(recognise("BEGIN; SELECT 1"), None);
         assert_eq!(recognise("SET a = 'x;y'"), None);
     }
 }

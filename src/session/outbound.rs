@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use super::commands::Command;
 use super::replies::{Expect, Kind};
 use super::state::{Settings, Statement, Statements};
-use crate::pool::BackendConn;
+use crate::pool::ConnState;
 use crate::protocol::ProtocolError;
 use crate::protocol::backend as be;
 use crate::protocol::codec::Frame;
@@ -35,8 +35,8 @@ pub struct Outbound {
 
 /// Everything a translation reads and updates.
 pub struct Translation<'a> {
-    /// The connection the batch goes to.
-    pub conn: &'a mut BackendConn,
+    /// The state of the connection the batch goes to.
+    pub conn: &'a mut ConnState,
     /// The client's statements.
     pub statements: &'a mut Statements,
     /// The client's settings.
@@ -54,7 +54,7 @@ impl Translation<'_> {
     pub fn translate(
         &mut self,
         frames: &[Frame],
-        command: Option<&Command>,
+        command: Option<&Tracked>,
         fresh: bool,
     ) -> Result<Outbound, ProtocolError> {
         let size: usize = frames.iter().map(|f| f.bytes.len()).sum();
@@ -78,9 +78,10 @@ impl Translation<'_> {
                     let p = fe::parse(body)?;
                     if p.name.is_empty() {
                         parsed_unnamed = true;
-                        let s =
-                            Arc::new(Statement::new(p.sql, p.types, self.router.classify(p.sql)));
-                        self.statements.unnamed = Some((s, self.conn.id));
+                        let s = Arc::new(self.statement(&p));
+                        let token = ConnState::next_unnamed();
+                        self.statements.unnamed = Some((s, token));
+                        self.conn.unnamed = Some(token);
                         forward(&mut out, frame, Kind::Parse);
                     } else {
                         skipping = !self.parse_named(&mut out, p)?;
@@ -88,39 +89,46 @@ impl Translation<'_> {
                 }
                 fe::BIND_TAG => {
                     let b = fe::bind(body)?;
-                    match self.resolve(&mut out, b.statement, parsed_unnamed) {
+                    match self.resolve(&mut out, &b.statement, parsed_unnamed) {
                         Some(server_name) => {
                             fe::write_bind(&mut out.bytes, &b, &server_name);
                             out.expects
-                                .push(Expect::renamed(Kind::Bind, server_name, b.statement));
+                                .push(Expect::renamed(Kind::Bind, server_name, &b.statement));
                         }
                         None => forward(&mut out, frame, Kind::Bind),
                     }
                 }
                 fe::DESCRIBE_TAG => {
                     let (kind, name) = fe::target(body, "Describe")?;
-                    let resolved = (kind == b'S')
-                        .then(|| self.resolve(&mut out, name, parsed_unnamed))
+                    let resolved = (kind == fe::STATEMENT)
+                        .then(|| self.resolve(&mut out, &name, parsed_unnamed))
                         .flatten();
                     match resolved {
                         Some(server_name) => {
-                            fe::write_target(&mut out.bytes, fe::DESCRIBE_TAG, b'S', &server_name);
+                            fe::write_target(
+                                &mut out.bytes,
+                                fe::DESCRIBE_TAG,
+                                fe::STATEMENT,
+                                &server_name,
+                            );
                             out.expects.push(Expect::renamed(
                                 Kind::DescribeStatement,
                                 server_name,
-                                name,
+                                &name,
                             ));
                         }
-                        None if kind == b'S' => forward(&mut out, frame, Kind::DescribeStatement),
+                        None if kind == fe::STATEMENT => {
+                            forward(&mut out, frame, Kind::DescribeStatement);
+                        }
                         None => forward(&mut out, frame, Kind::DescribePortal),
                     }
                 }
                 fe::CLOSE_TAG => {
                     let (kind, name) = fe::target(body, "Close")?;
-                    if kind == b'S' && !name.is_empty() {
+                    if kind == fe::STATEMENT && !name.is_empty() {
                         // Server statements are shared and closed on eviction;
                         // the client's name just goes away.
-                        self.statements.remove(name);
+                        self.statements.remove(&name);
                         synthetic(&mut out, be::close_complete);
                     } else {
                         forward(&mut out, frame, Kind::Close);
@@ -131,10 +139,11 @@ impl Translation<'_> {
                     skipping = false;
                     forward(&mut out, frame, Kind::Sync);
                     // A SET sent as Parse/Bind/Execute is tracked at its Sync.
-                    if let Some(parsed) = tracked_parse(frames, command) {
+                    if let Some(command) = command {
                         let e = out.expects.last_mut().expect("just pushed");
-                        e.command = command.cloned();
-                        e.sql = Some(parsed);
+                        e.command = Some(command.command.clone());
+                        e.sql = Some(command.sql.clone());
+                        self.restore_startup(&mut out, &command.command);
                     }
                 }
                 fe::QUERY_TAG => self.query(&mut out, frame, command),
@@ -160,12 +169,41 @@ impl Translation<'_> {
         be::query(&mut out.bytes, &sql);
         out.expects.push(Expect::swallowed(Kind::Query));
         self.conn.settings = desired;
+        self.conn.unnamed = None;
+    }
+
+    /// After RESET of a setting given at connect time (or RESET ALL,
+    /// DISCARD ALL): set the startup value again, as a direct connection
+    /// would have it, and let the client see the ParameterStatus.
+    fn restore_startup(&mut self, out: &mut Outbound, command: &Command) {
+        let sql = match command {
+            Command::Reset { name } => self.settings.restore_sql(name),
+            Command::ResetAll | Command::DiscardAll => self.settings.restore_all_sql(),
+            _ => None,
+        };
+        if let Some(sql) = sql {
+            be::query(&mut out.bytes, &sql);
+            let mut e = Expect::swallowed(Kind::Query);
+            e.forward_status = true;
+            out.expects.push(e);
+            self.conn.unnamed = None;
+        }
+    }
+
+    fn statement(&self, p: &fe::Parse<'_>) -> Statement {
+        let text = fe::sql_text(p.sql);
+        Statement::new(
+            p.sql,
+            p.types,
+            self.router.classify(&text),
+            self.settings.resolution_key(),
+        )
     }
 
     /// A client's named Parse. False when the name is taken (the client
     /// gets PostgreSQL's 42P05 and the batch is skipped up to Sync).
     fn parse_named(&mut self, out: &mut Outbound, p: fe::Parse<'_>) -> Result<bool, ProtocolError> {
-        if self.statements.get(p.name).is_some() {
+        if self.statements.get(&p.name).is_some() {
             let message = format!("prepared statement \"{}\" already exists", p.name);
             let mut bytes = BytesMut::new();
             be::error_response(
@@ -177,21 +215,21 @@ impl Translation<'_> {
             out.expects.push(Expect::synthetic(bytes));
             return Ok(false);
         }
-        let statement = Arc::new(Statement::new(p.sql, p.types, self.router.classify(p.sql)));
+        let statement = Arc::new(self.statement(&p));
         let server_name = statement.server_name.clone();
-        self.statements.add(p.name, statement.clone());
-        out.added.push(p.name.to_owned());
+        self.statements.add(&p.name, statement.clone());
+        out.added.push(p.name.to_string());
         if self.conn.prepared.touch(&server_name) {
             let mut bytes = BytesMut::new();
             be::parse_complete(&mut bytes);
             let mut e = Expect::synthetic(bytes);
-            e.client_parse = Some(p.name.to_owned());
+            e.client_parse = Some(p.name.to_string());
             out.expects.push(e);
         } else {
             self.prepare(out, &statement);
             let e = out.expects.last_mut().expect("just pushed");
             e.forward = true;
-            e.client_parse = Some(p.name.to_owned());
+            e.client_parse = Some(p.name.to_string());
         }
         Ok(true)
     }
@@ -201,7 +239,7 @@ impl Translation<'_> {
     /// ParseComplete is swallowed unless the caller says otherwise.
     fn prepare(&mut self, out: &mut Outbound, statement: &Statement) {
         if let Some(evicted) = self.conn.prepared.insert(statement.server_name.clone()) {
-            fe::write_target(&mut out.bytes, fe::CLOSE_TAG, b'S', &evicted);
+            fe::write_target(&mut out.bytes, fe::CLOSE_TAG, fe::STATEMENT, &evicted);
             let mut e = Expect::swallowed(Kind::Close);
             e.closed = Some(evicted);
             out.expects.push(e);
@@ -229,14 +267,17 @@ impl Translation<'_> {
     ) -> Option<Arc<str>> {
         if name.is_empty() {
             if !parsed_unnamed
-                && let Some((s, on)) = self.statements.unnamed.clone()
-                && on != self.conn.id
+                && let Some((s, token)) = self.statements.unnamed.clone()
+                && self.conn.unnamed != Some(token)
             {
-                // The unnamed statement lives on another connection: parse
-                // it again here, in the same batch.
+                // This connection does not hold the session's unnamed
+                // statement (another connection, or something replaced
+                // it since): parse it again here, in the same batch.
                 fe::write_parse(&mut out.bytes, "", &s.sql, &s.types);
                 out.expects.push(Expect::swallowed(Kind::Parse));
-                self.statements.unnamed = Some((s, self.conn.id));
+                let token = ConnState::next_unnamed();
+                self.statements.unnamed = Some((s, token));
+                self.conn.unnamed = Some(token);
             }
             return None;
         }
@@ -247,7 +288,8 @@ impl Translation<'_> {
         Some(statement.server_name.clone())
     }
 
-    fn query(&mut self, out: &mut Outbound, frame: &Frame, command: Option<&Command>) {
+    fn query(&mut self, out: &mut Outbound, frame: &Frame, command: Option<&Tracked>) {
+        let command = command.map(|c| &c.command);
         if let Some(Command::Deallocate { name }) = command
             && self.statements.get(name).is_some()
         {
@@ -260,23 +302,28 @@ impl Translation<'_> {
             return;
         }
         out.bytes.extend_from_slice(&frame.bytes);
+        // A simple query replaces the unnamed statement.
+        self.conn.unnamed = None;
         let mut e = Expect::new(Kind::Query);
         e.command = command.cloned();
         if let Some(Command::Set { .. } | Command::Reset { .. }) = command {
-            e.sql = crate::protocol::frontend::query_text(frame.body())
-                .ok()
-                .map(str::to_owned);
+            e.sql = fe::query_text(frame.body()).ok().map(|t| t.into_owned());
         }
         out.expects.push(e);
+        if let Some(command) = command {
+            self.restore_startup(out, command);
+        }
     }
 }
 
-/// The SQL of the one Parse in a batch tracked as a session command.
-fn tracked_parse(frames: &[Frame], command: Option<&Command>) -> Option<String> {
-    command?;
-    let mut parses = frames.iter().filter(|f| f.tag == fe::PARSE_TAG);
-    let sql = fe::parse(parses.next()?.body()).ok()?.sql.to_owned();
-    parses.next().is_none().then_some(sql)
+/// The one session command of a batch that the session tracks, with the
+/// SQL that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tracked {
+    /// The command.
+    pub command: Command,
+    /// Its SQL text.
+    pub sql: String,
 }
 
 fn forward(out: &mut Outbound, frame: &Frame, kind: Kind) {

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::commands::Command;
 use super::state::{Settings, Statements};
-use crate::pool::BackendConn;
+use crate::pool::ConnState;
 use crate::protocol::backend::{self as be, TxnStatus};
 use crate::protocol::codec::{Frame, take_cstr};
 
@@ -59,6 +59,9 @@ pub struct Expect {
     pub command: Option<Command>,
     /// The SQL of a tracked SET or RESET.
     pub sql: Option<String>,
+    /// A query of the proxy's whose ParameterStatus messages the client
+    /// must see (restoring a startup value after RESET).
+    pub forward_status: bool,
 }
 
 impl Expect {
@@ -73,6 +76,7 @@ impl Expect {
             rename: None,
             command: None,
             sql: None,
+            forward_status: false,
         }
     }
 
@@ -104,8 +108,8 @@ impl Expect {
 
 /// Everything a reply may update.
 pub struct Context<'a> {
-    /// The connection that sent it.
-    pub conn: &'a mut BackendConn,
+    /// The state of the connection that sent it.
+    pub conn: &'a mut ConnState,
     /// The client's statements.
     pub statements: &'a mut Statements,
     /// The client's settings.
@@ -122,10 +126,13 @@ pub struct Replies {
     ready_owed: usize,
     /// An error arrived since the last ReadyForQuery.
     query_failed: bool,
-    /// The last CommandComplete since ReadyForQuery was COMMIT.
-    committed: bool,
-    /// ParameterStatus values seen while swallowing (the settings replay).
-    pub captured: Vec<(String, String)>,
+    /// ParameterStatus values seen while swallowing, kept only while the
+    /// greeting is being prepared (see [`Replies::capture_status`]).
+    captured: Option<Vec<(String, String)>>,
+    /// A tracked SET or RESET ran inside a transaction: whether it lasts
+    /// depends on COMMIT, ROLLBACK and savepoints, so the session re-reads
+    /// its settings from the node when the transaction is over.
+    pub settings_unknown: bool,
 }
 
 impl Replies {
@@ -150,6 +157,45 @@ impl Replies {
         *self = Replies::default();
     }
 
+    /// Starts keeping the ParameterStatus values of swallowed replies.
+    pub fn capture_status(&mut self) {
+        self.captured = Some(Vec::new());
+    }
+
+    /// Stops keeping them and returns what was kept.
+    pub fn take_captured(&mut self) -> Vec<(String, String)> {
+        self.captured.take().unwrap_or_default()
+    }
+
+    /// The leading replies of a batch sent again elsewhere that the client
+    /// already has (synthetic ones, given before the first node byte):
+    /// the first `delivered` client-visible replies of the new
+    /// translation are dropped or swallowed instead.
+    pub fn skip_delivered(expects: &mut Vec<Expect>, mut delivered: usize) {
+        let mut i = 0;
+        while delivered > 0 && i < expects.len() {
+            let e = &mut expects[i];
+            if matches!(e.kind, Kind::Synthetic(_)) {
+                expects.remove(i);
+                delivered -= 1;
+                continue;
+            }
+            if e.forward {
+                e.forward = false;
+                delivered -= 1;
+            }
+            i += 1;
+        }
+    }
+
+    /// How many synthetic replies lead the queue (given at once when sent).
+    pub fn leading_synthetics(&self) -> usize {
+        self.queue
+            .iter()
+            .take_while(|e| matches!(e.kind, Kind::Synthetic(_)))
+            .count()
+    }
+
     /// Emits synthetic replies whose turn has come.
     pub fn emit_ready_synthetics(&mut self, out: &mut BytesMut) {
         while let Some(Expect {
@@ -166,6 +212,10 @@ impl Replies {
         self.queue.front().is_none_or(|e| e.forward)
     }
 
+    fn head_forwards_status(&self) -> bool {
+        self.queue.front().is_none_or(|e| e.forward || e.forward_status)
+    }
+
     /// Handles one server message. Returns the ReadyForQuery status when
     /// the message was one.
     pub fn on_frame(&mut self, frame: &Frame, cx: &mut Context<'_>) -> Option<TxnStatus> {
@@ -175,14 +225,14 @@ impl Replies {
         let mut ready = None;
         match frame.tag {
             be::NOTICE_RESPONSE_TAG => self.pass(frame, forward, cx),
-            b'A' => cx.out.extend_from_slice(&frame.bytes),
+            be::NOTIFICATION_TAG => cx.out.extend_from_slice(&frame.bytes),
             be::PARAMETER_STATUS_TAG => {
-                if forward {
+                if self.head_forwards_status() {
                     cx.out.extend_from_slice(&frame.bytes);
-                } else {
+                } else if let Some(captured) = self.captured.as_mut() {
                     let mut body = frame.body();
                     if let (Some(n), Some(v)) = (take_cstr(&mut body), take_cstr(&mut body)) {
-                        self.captured.push((n.to_owned(), v.to_owned()));
+                        captured.push((n.to_owned(), v.to_owned()));
                     }
                 }
             }
@@ -207,13 +257,18 @@ impl Replies {
                     self.ready_owed -= before - self.queue.len();
                 }
             }
-            b'1' | b'2' | b'3' | b'n' | b'I' | b's' => {
+            be::PARSE_COMPLETE_TAG
+            | be::BIND_COMPLETE_TAG
+            | be::CLOSE_COMPLETE_TAG
+            | be::NO_DATA_TAG
+            | be::EMPTY_QUERY_TAG
+            | be::PORTAL_SUSPENDED_TAG => {
                 self.pass(frame, forward, cx);
                 if !matches!(head_kind, Some(Kind::Query)) {
                     self.queue.pop_front();
                 }
             }
-            b'T' => {
+            be::ROW_DESCRIPTION_TAG => {
                 self.pass(frame, forward, cx);
                 if matches!(
                     head_kind,
@@ -222,10 +277,8 @@ impl Replies {
                     self.queue.pop_front();
                 }
             }
-            b'C' => {
+            be::COMMAND_COMPLETE_TAG => {
                 self.pass(frame, forward, cx);
-                let mut body = frame.body();
-                self.committed = take_cstr(&mut body) == Some("COMMIT");
                 if head_kind == Some(Kind::Execute) {
                     self.queue.pop_front();
                 }
@@ -282,17 +335,13 @@ impl Replies {
             if e.forward {
                 cx.out.extend_from_slice(&frame.bytes);
             }
-            if !self.query_failed {
-                apply(&e, status, cx);
+            if !self.query_failed && apply(&e, status, cx) == Applied::InTransaction {
+                self.settings_unknown = true;
             }
             break;
         }
         cx.conn.status = status;
-        if status == TxnStatus::Idle && cx.settings.end_transaction(self.committed) {
-            cx.conn.settings = cx.settings.fingerprint();
-        }
         self.query_failed = false;
-        self.committed = false;
     }
 }
 
@@ -310,33 +359,44 @@ fn undo(e: Expect, cx: &mut Context<'_>) {
     }
 }
 
+/// What applying a tracked command did.
+#[derive(Debug, PartialEq, Eq)]
+enum Applied {
+    /// Nothing to track, or tracked.
+    Done,
+    /// A settings change inside a transaction: not recorded, re-read later.
+    InTransaction,
+}
+
 /// A tracked session command succeeded.
-fn apply(e: &Expect, status: TxnStatus, cx: &mut Context<'_>) {
+fn apply(e: &Expect, status: TxnStatus, cx: &mut Context<'_>) -> Applied {
     let in_txn = status != TxnStatus::Idle;
+    let changes_settings = matches!(
+        e.command,
+        Some(Command::Set { .. } | Command::Reset { .. } | Command::ResetAll | Command::DiscardAll)
+    );
+    if in_txn && changes_settings {
+        return Applied::InTransaction;
+    }
     match &e.command {
-        Some(Command::Set { name }) => cx.settings.record(name.clone(), e.sql.clone(), in_txn),
-        Some(Command::Reset { name }) => cx.settings.record(name.clone(), None, in_txn),
-        Some(Command::ResetAll) => {
-            cx.settings.reset_all();
-            cx.conn.settings = None;
-            return;
-        }
+        Some(Command::Set { name }) => cx.settings.record(name.clone(), e.sql.clone()),
+        Some(Command::Reset { name }) => cx.settings.record(name.clone(), None),
+        Some(Command::ResetAll) => cx.settings.reset_all(),
         Some(Command::DiscardAll) => {
             cx.settings.reset_all();
             cx.statements.clear();
             cx.conn.prepared.clear();
-            cx.conn.settings = None;
-            return;
         }
         Some(Command::DeallocateAll) => {
             cx.statements.clear();
             cx.conn.prepared.clear();
-            return;
         }
-        _ => return,
+        _ => {}
     }
-    if !in_txn {
-        // The SET ran here: this connection now has the session's settings.
+    if changes_settings {
+        // It ran here (with its restore of startup values queued behind
+        // it): this connection has the session's settings.
         cx.conn.settings = cx.settings.fingerprint();
     }
+    Applied::Done
 }

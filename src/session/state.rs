@@ -9,33 +9,43 @@ use std::sync::Arc;
 
 use postgres_protocol::escape::escape_literal;
 
+use super::commands::{Command, recognise};
 use crate::router::Route;
 
 /// A statement the client prepared.
 #[derive(Debug)]
 pub struct Statement {
-    /// SQL text.
-    pub sql: String,
+    /// SQL text, as the client's bytes (in its `client_encoding`).
+    pub sql: Vec<u8>,
     /// Parameter type count and OIDs, as the client sent them.
     pub types: Vec<u8>,
-    /// The name it has on server connections: the same text and types get
-    /// the same name, so clients share server statements.
+    /// The name it has on server connections: the same text, types and
+    /// `search_path` get the same name, so clients share server
+    /// statements only where the text means the same.
     pub server_name: Arc<str>,
     /// Its route.
     pub route: Route,
+    /// The session command it is (a SET prepared as a statement), tracked
+    /// when it is executed.
+    pub command: Option<Command>,
 }
 
 impl Statement {
-    /// A statement with its server name derived from text and types.
-    pub fn new(sql: &str, types: &[u8], route: Route) -> Statement {
+    /// A statement with its server name derived from text, types and the
+    /// session's name-resolution context (`context`, see
+    /// [`Settings::resolution_key`]).
+    pub fn new(sql: &[u8], types: &[u8], route: Route, context: u64) -> Statement {
         let mut h = DefaultHasher::new();
         sql.hash(&mut h);
         types.hash(&mut h);
+        context.hash(&mut h);
+        let command = std::str::from_utf8(sql).ok().and_then(recognise);
         Statement {
-            sql: sql.to_owned(),
+            sql: sql.to_vec(),
             types: types.to_vec(),
             server_name: format!("pgsplit_{:016x}", h.finish()).into(),
             route,
+            command,
         }
     }
 }
@@ -44,8 +54,8 @@ impl Statement {
 #[derive(Debug, Default)]
 pub struct Statements {
     named: HashMap<String, Arc<Statement>>,
-    /// The unnamed statement and the id of the server connection it was
-    /// last parsed on.
+    /// The unnamed statement and the token of its last parse (see
+    /// [`crate::pool::ConnState::unnamed`]).
     pub unnamed: Option<(Arc<Statement>, u64)>,
 }
 
@@ -79,13 +89,26 @@ impl Statements {
 /// Startup parameters that are connection facts, not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 
-/// The session's settings.
+/// Settings that a session re-reading its state from a node leaves alone:
+/// per-transaction values, and roles (which pin instead).
+pub const NOT_CAPTURED: &[&str] = &[
+    "transaction_isolation",
+    "transaction_read_only",
+    "transaction_deferrable",
+    "role",
+    "session_authorization",
+    "is_superuser",
+];
+
+/// The session's settings: startup values (what RESET returns to), and
+/// what the session SET since. Replayed onto each server connection the
+/// session uses.
 #[derive(Debug, Default)]
 pub struct Settings {
     startup: Vec<(String, String)>,
+    /// By lowercased name: the SQL that sets it (a tracked SET's text, or
+    /// `set_config` of a value read back from a node).
     sets: BTreeMap<String, String>,
-    /// SETs made inside the open transaction: kept if it commits.
-    pending: Vec<(String, Option<String>)>,
     /// Fingerprint and text of the replay SQL, rebuilt when the settings
     /// change rather than on every batch.
     replay: Option<(u64, String)>,
@@ -95,12 +118,19 @@ impl Settings {
     /// Settings from the startup packet, `options` (`-c name=value`)
     /// included.
     pub fn from_startup(params: &[(String, String)]) -> Settings {
-        let mut startup = Vec::new();
+        let mut startup: Vec<(String, String)> = Vec::new();
+        let mut add = |name: String, value: String| {
+            // A later value for the same name wins, as on the server.
+            startup.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+            startup.push((name, value));
+        };
         for (name, value) in params {
             if name == "options" {
-                startup.extend(parse_options(value));
+                for (n, v) in parse_options(value) {
+                    add(n, v);
+                }
             } else if !NOT_SETTINGS.contains(&name.as_str()) && !name.starts_with("_pq_.") {
-                startup.push((name.clone(), value.clone()));
+                add(name.clone(), value.clone());
             }
         }
         let mut settings = Settings {
@@ -122,6 +152,60 @@ impl Settings {
         self.replay.as_ref().map(|(fingerprint, _)| *fingerprint)
     }
 
+    /// What decides how a statement's names resolve (`search_path`), as a
+    /// number: statements prepared under different values are different
+    /// server statements.
+    pub fn resolution_key(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        match self.sets.get("search_path") {
+            Some(sql) => sql.hash(&mut h),
+            None => self.startup_value("search_path").hash(&mut h),
+        }
+        h.finish()
+    }
+
+    /// Whether the session's transactions default to SERIALIZABLE, which a
+    /// hot standby refuses: its reads must run on the primary.
+    pub fn serializable(&self) -> bool {
+        let name = "default_transaction_isolation";
+        match self.sets.get(name) {
+            Some(sql) => crate::router::contains_ignoring_case(sql, "serializable"),
+            None => self
+                .startup_value(name)
+                .is_some_and(|v| v.eq_ignore_ascii_case("serializable")),
+        }
+    }
+
+    /// The value given at connect time for `name`, if any.
+    pub fn startup_value(&self, name: &str) -> Option<&str> {
+        self.startup
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// SQL that sets `name` back to its startup value, when it has one
+    /// (what PostgreSQL's RESET does on a direct connection).
+    pub fn restore_sql(&self, name: &str) -> Option<String> {
+        self.startup
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(name, value)| format!("SELECT {}", set_config(name, value)))
+    }
+
+    /// SQL that sets every startup value again (after RESET ALL).
+    pub fn restore_all_sql(&self) -> Option<String> {
+        if self.startup.is_empty() {
+            return None;
+        }
+        let calls: Vec<String> = self
+            .startup
+            .iter()
+            .map(|(n, v)| set_config(n, v))
+            .collect();
+        Some(format!("SELECT {}", calls.join(", ")))
+    }
+
     fn rebuild(&mut self) {
         self.replay = self.build_replay().map(|sql| {
             let mut h = DefaultHasher::new();
@@ -131,44 +215,17 @@ impl Settings {
     }
 
     fn build_replay(&self) -> Option<String> {
-        if self.startup.is_empty() && self.sets.is_empty() {
-            return None;
-        }
-        let mut sql = String::new();
-        // set_config takes the value as text, as the startup packet does
-        // (a SET with a quoted list would make it one identifier).
-        if !self.startup.is_empty() {
-            let calls: Vec<String> = self
-                .startup
-                .iter()
-                .map(|(name, value)| {
-                    format!(
-                        "set_config({}, {}, false)",
-                        escape_literal(name),
-                        escape_literal(value)
-                    )
-                })
-                .collect();
-            sql.push_str(&format!("SELECT {};", calls.join(", ")));
-        }
+        let mut sql = self.restore_all_sql().map(|s| s + ";").unwrap_or_default();
         for set in self.sets.values() {
             sql.push_str(set.trim_end().trim_end_matches(';'));
             sql.push(';');
         }
-        Some(sql)
+        (!sql.is_empty()).then_some(sql)
     }
 
-    /// Records a SET (`Some(sql)`) or RESET (`None`) of `name`, now or when
-    /// the open transaction commits.
-    pub fn record(&mut self, name: String, sql: Option<String>, in_transaction: bool) {
-        if in_transaction {
-            self.pending.push((name, sql));
-        } else {
-            self.apply(name, sql);
-        }
-    }
-
-    fn apply(&mut self, name: String, sql: Option<String>) {
+    /// Records a SET (`Some(sql)`) or RESET (`None`) of `name` that took
+    /// effect outside a transaction.
+    pub fn record(&mut self, name: String, sql: Option<String>) {
         match sql {
             Some(sql) => {
                 self.sets.insert(name, sql);
@@ -183,22 +240,36 @@ impl Settings {
     /// RESET ALL or DISCARD ALL: back to the startup settings.
     pub fn reset_all(&mut self) {
         self.sets.clear();
-        self.pending.clear();
         self.rebuild();
     }
 
-    /// The transaction ended: keep its SETs if it committed. Returns
-    /// whether the settings changed.
-    pub fn end_transaction(&mut self, committed: bool) -> bool {
-        let pending = std::mem::take(&mut self.pending);
-        let changed = committed && !pending.is_empty();
-        for (name, sql) in pending {
-            if committed {
-                self.apply(name, sql);
+    /// Takes the session's settings as a node reports them (`name`,
+    /// `current_setting(name)` of every setting whose source is the
+    /// session), after something the proxy could not follow changed them.
+    /// Values equal to the startup ones are the startup ones.
+    pub fn adopt(&mut self, read: &[(String, String)]) {
+        self.sets.clear();
+        for (name, value) in read {
+            let lower = name.to_ascii_lowercase();
+            if NOT_CAPTURED.contains(&lower.as_str()) || self.startup_value(&lower) == Some(value)
+            {
+                continue;
             }
+            self.sets
+                .insert(lower, format!("SELECT {}", set_config(name, value)));
         }
-        changed
+        self.rebuild();
     }
+}
+
+fn set_config(name: &str, value: &str) -> String {
+    // set_config takes the value as text, as the startup packet does (a SET
+    // with a quoted list would make it one identifier).
+    format!(
+        "set_config({}, {}, false)",
+        escape_literal(name),
+        escape_literal(value)
+    )
 }
 
 /// Reads `-c name=value` and `--name=value` pairs from `options`.
@@ -245,33 +316,51 @@ mod tests {
     }
 
     #[test]
-    fn sets_commit_or_vanish_with_their_transaction() {
-        let mut s = Settings::default();
-        s.record("a".into(), Some("SET a = 1".into()), false);
-        let f1 = s.fingerprint();
-        s.record("b".into(), Some("SET b = 2".into()), true);
-        s.end_transaction(false);
-        assert_eq!(s.fingerprint(), f1);
-        s.record("b".into(), Some("SET b = 2".into()), true);
-        s.end_transaction(true);
-        assert_eq!(s.replay_sql().unwrap(), "SET a = 1;SET b = 2;");
-        s.record("a".into(), None, false);
-        assert_eq!(s.replay_sql().unwrap(), "SET b = 2;");
+    fn sets_resets_and_adopted_values() {
+        let params = vec![("TimeZone".into(), "America/Los_Angeles".into())];
+        let mut s = Settings::from_startup(&params);
+        let f0 = s.fingerprint();
+        s.record("a".into(), Some("SET a = 1".into()));
+        assert_ne!(s.fingerprint(), f0);
+        s.record("b".into(), Some("SET b = 2".into()));
+        assert_eq!(
+            s.replay_sql().unwrap(),
+            "SELECT set_config('TimeZone', 'America/Los_Angeles', false);SET a = 1;SET b = 2;"
+        );
+        s.record("a".into(), None);
+        assert!(!s.replay_sql().unwrap().contains("SET a"));
         s.reset_all();
-        assert_eq!(s.fingerprint(), None);
+        assert_eq!(s.fingerprint(), f0);
+        assert_eq!(
+            s.restore_sql("timezone").unwrap(),
+            "SELECT set_config('TimeZone', 'America/Los_Angeles', false)"
+        );
+        assert_eq!(s.restore_sql("search_path"), None);
+        let k0 = s.resolution_key();
+        s.adopt(&[
+            ("TimeZone".into(), "America/Los_Angeles".into()),
+            ("search_path".into(), "s1".into()),
+            ("transaction_isolation".into(), "serializable".into()),
+        ]);
+        assert_eq!(
+            s.replay_sql().unwrap(),
+            "SELECT set_config('TimeZone', 'America/Los_Angeles', false);\
+             SELECT set_config('search_path', 's1', false);"
+        );
+        assert_ne!(s.resolution_key(), k0);
     }
 
     #[test]
     fn same_text_same_server_name() {
-        let r = Route {
-            target: crate::router::Target::Replica,
-            reason: crate::router::Reason::Read,
-            pins: false,
-        };
-        let a = Statement::new("SELECT 1", &[0, 0], r);
-        let b = Statement::new("SELECT 1", &[0, 0], r);
-        let c = Statement::new("SELECT 2", &[0, 0], r);
+        let r = Route::replica(crate::router::Reason::Read);
+        let a = Statement::new(b"SELECT 1", &[0, 0], r, 1);
+        let b = Statement::new(b"SELECT 1", &[0, 0], r, 1);
+        let c = Statement::new(b"SELECT 2", &[0, 0], r, 1);
+        let d = Statement::new(b"SELECT 1", &[0, 0], r, 2);
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
+        assert_ne!(a.server_name, d.server_name, "another search_path");
+        let set = Statement::new(b"SET x = 1", &[0, 0], r, 1);
+        assert_eq!(set.command, Some(Command::Set { name: "x".into() }));
     }
 }

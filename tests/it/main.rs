@@ -13,5 +13,6 @@ mod pooling;
 mod protocol;
 mod routing;
 mod security;
+mod session;
 mod tls;
 mod tools;

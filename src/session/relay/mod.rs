@@ -1,13 +1,38 @@
-//! The session loop after the handshake: gathers client messages into
-//! batches, routes each batch to a server connection, translates it for
-//! that connection (`outbound`), and streams the replies back through the
-//! reply queue (`replies`), holding the connection until ReadyForQuery says
-//! the transaction is over and every Sync has been answered.
+//! The session loop after the handshake, as a state machine.
 //!
-//! Both sockets are read in one `select!`, so pipelined batches, COPY,
-//! Flush and asynchronous notifications all flow without special modes.
-//! A read whose node fails before any reply byte reached the client is
-//! sent again to another node; nothing else is ever re-sent.
+//! The session is in one [`Phase`]:
+//!
+//! ```text
+//!                 route (route.rs)                          release (here)
+//!   ┌──────┐  a batch, no connection   ┌──────────────┐  ReadyForQuery(I), nothing    ┌──────┐
+//!   │ Idle │ ────────────────────────▶ │ Held(Hold)   │  owed, Hold::Nothing ───────▶ │ Idle │
+//!   └──────┘                           └──────────────┘                               └──────┘
+//!     │  ▲      BEGIN READ ONLY alone      │   Hold is computed in one place (Held::hold):
+//!     │  │      (answered by the proxy)    │     Transaction  ReadyForQuery said T or E
+//!     ▼  │                               ◀─┘     Replies      replies owed, or a batch sent
+//!   ┌──────────┐ first statement:                             without Sync (open batch)
+//!   │ Deferred │ BEGIN sent in front,            Pinned(why)  state only this connection has
+//!   └──────────┘ on the node it needs ──▶ Held    Nothing      free to go back to the pool
+//! ```
+//!
+//! Within `Held`, a batch that needs another node (a write behind reads on
+//! a replica, outside a transaction) waits in `Held::next` until the held
+//! connection has answered everything, is released, and the batch is
+//! routed afresh. A connection that fails moves the session back to
+//! `Idle` (a read is retried elsewhere when nothing of it reached the
+//! client) or ends it (an open transaction or a pin is lost).
+//!
+//! Every batch is routed by one path (`route::route_batch`), fresh,
+//! continued or retried. What goes on the wire is computed without I/O by
+//! `outbound` (a batch for one connection) and `replies` (what each server
+//! message means for the client); this module only moves bytes.
+//!
+//! After a transaction that may have changed session state the proxy
+//! cannot follow (`after.rs`), the session re-reads its settings from the
+//! node and pins itself if the node holds state that cannot be replayed
+//! (temporary objects, LISTEN, SQL PREPARE, cursors WITH HOLD, session
+//! advisory locks, a role), so a connection only ever goes back to the
+//! pool clean ([`crate::pool::Pooled::release`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,14 +40,15 @@ use std::time::Duration;
 use super::ClientStream;
 use bytes::BytesMut;
 
-mod fresh;
-mod writes;
+mod after;
+mod route;
 
 use super::SessionError;
 use super::batch::{self, Batch, Plan};
 use super::cancel::CancelSlot;
 use super::handshake::{self, Startup};
 use super::outbound::Translation;
+use super::pin::PinReason;
 use super::replies::{Context, Replies};
 use super::state::{Settings, Statements};
 use crate::config::PoolMode;
@@ -30,7 +56,7 @@ use crate::pool::{NodePool, PoolError, Pooled};
 use crate::protocol::backend::{self as be, TxnStatus};
 use crate::protocol::codec::{self, Frame, MAX_MESSAGE_LEN};
 use crate::protocol::frontend as fe;
-use crate::router::{Reason, Target};
+use crate::router::Target;
 use crate::state::State;
 use crate::topology::{InFlight, Node};
 use crate::wire::{self, WireError};
@@ -52,21 +78,40 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pool handles a session keeps (one per node it used).
 const MAX_KNOWN_POOLS: usize = 16;
 
-struct Held {
-    conn: Pooled,
-    node: Arc<Node>,
-    target: Target,
-    _in_flight: InFlight,
+/// Where the session stands (see the module docs).
+enum Phase {
+    /// No server connection held (session pooling may keep spares).
+    Idle,
+    /// `BEGIN ... READ ONLY` was answered by the proxy; the transaction
+    /// opens, with this BEGIN in front, on the node its first statement
+    /// needs.
+    Deferred { begin: Frame },
+    /// A server connection is held; [`Held::hold`] says why.
+    Held(Held),
 }
 
-impl Held {
-    fn new(conn: Pooled, node: Arc<Node>, target: Target) -> Held {
-        Held {
-            conn,
-            _in_flight: InFlight::new(node.clone()),
-            node,
-            target,
-        }
+/// Why a held connection is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Its last ReadyForQuery said a transaction is open (or failed).
+    Transaction,
+    /// Replies are owed, or a batch went without a Sync.
+    Replies,
+    /// It holds state that only this connection has.
+    Pinned(PinReason),
+    /// Nothing: it can go back.
+    Nothing,
+}
+
+/// A pin counted in `/status` and `/metrics` for as long as it lives.
+struct PinGuard {
+    reason: PinReason,
+    state: Arc<State>,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        self.state.pins.unpin(self.reason, &self.state.metrics);
     }
 }
 
@@ -76,7 +121,69 @@ struct Retry {
     frames: Vec<Frame>,
     plan: Plan,
     tried: Vec<Arc<str>>,
+    /// Client statement names the batch added (forgotten before resending).
     added: Vec<String>,
+    /// Replies the client already has (synthetic ones).
+    delivered: usize,
+    /// A deferred BEGIN that went in front of it.
+    begin: Option<Frame>,
+}
+
+/// A server connection the session holds, and what it did on it.
+struct Held {
+    conn: Pooled,
+    node: Arc<Node>,
+    target: Target,
+    _in_flight: InFlight,
+    /// The session keeps this connection for good.
+    pin: Option<PinGuard>,
+    /// A batch was sent without a Sync; the rest must follow it.
+    open_batch: bool,
+    /// A batch waiting for this connection to finish (it needs another node).
+    next: Option<(Vec<Frame>, Plan)>,
+    /// The batch in flight, while it can still be sent elsewhere.
+    retry: Option<Retry>,
+    /// It ran something that may have written (read-your-writes).
+    wrote: bool,
+    /// Function DDL went through: re-read the catalog after.
+    function_ddl: bool,
+    /// It ran something that may have changed session state the proxy does
+    /// not track: re-read the session's state after.
+    dirtied: bool,
+    /// When the oldest unanswered batch was sent.
+    timing: Option<std::time::Instant>,
+}
+
+impl Held {
+    fn new(conn: Pooled, node: Arc<Node>, target: Target) -> Held {
+        Held {
+            conn,
+            _in_flight: InFlight::new(node.clone()),
+            node,
+            target,
+            pin: None,
+            open_batch: false,
+            next: None,
+            retry: None,
+            wrote: false,
+            function_ddl: false,
+            dirtied: false,
+            timing: None,
+        }
+    }
+
+    /// Why it is held: the one place that decides.
+    fn hold(&self, replies: &Replies) -> Hold {
+        if self.conn.status() != TxnStatus::Idle {
+            Hold::Transaction
+        } else if !replies.is_empty() || self.open_batch {
+            Hold::Replies
+        } else if let Some(pin) = &self.pin {
+            Hold::Pinned(pin.reason)
+        } else {
+            Hold::Nothing
+        }
+    }
 }
 
 /// A client session after its handshake.
@@ -88,30 +195,19 @@ pub struct Session<'s> {
     startup: Startup,
     password: Option<String>,
     mode: PoolMode,
-    held: Option<Held>,
+    phase: Phase,
+    /// Session pooling: connections kept between transactions, by node.
     spare: Vec<Held>,
-    pinned: bool,
-    /// A batch was sent without a Sync; the rest must follow it.
-    open_batch: bool,
     batch: Batch,
     replies: Replies,
     statements: Statements,
     settings: Settings,
-    /// A batch that waits for the held replica connection to drain.
-    waiting: Option<(Vec<Frame>, Plan)>,
-    retry: Option<Retry>,
     slot: Arc<CancelSlot>,
     pid: i32,
     /// Read-your-writes: replicas must have replayed this far.
     floor: u64,
     /// When an unknown floor (a failed position read) may be dropped.
     floor_expires: Option<std::time::Instant>,
-    /// The held primary connection ran something that may have written.
-    wrote: bool,
-    /// Function DDL went through: re-read the catalog at the end.
-    function_ddl: bool,
-    /// When the oldest unanswered batch was sent, and where.
-    timing: Option<(std::time::Instant, Target)>,
     /// The route rule the session matched at startup (for `/status`).
     rule: Option<String>,
     /// `limits.max_message_size`.
@@ -185,23 +281,16 @@ impl<'s> Session<'s> {
             startup,
             password,
             mode: config.pool.mode,
-            held: None,
+            phase: Phase::Idle,
             spare: Vec::new(),
-            pinned: false,
-            open_batch: false,
             batch: Batch::default(),
             replies: Replies::default(),
             statements: Statements::default(),
             settings,
-            waiting: None,
-            retry: None,
             slot,
             pid,
             floor: 0,
             floor_expires: None,
-            wrote: false,
-            function_ddl: false,
-            timing: None,
             rule,
             max_message: usize::try_from(config.limits.max_message_size.0)
                 .unwrap_or(MAX_MESSAGE_LEN)
@@ -217,7 +306,13 @@ impl<'s> Session<'s> {
         let mut first = session.first_connection().await?;
         let params = session.apply_startup_settings(&mut first).await?;
         handshake::greeting(&mut session.cwbuf, &params, pid, secret);
-        session.put_back(first);
+        if session.mode == PoolMode::Session && first.target == Target::Primary {
+            // Session pooling takes a primary connection only once the
+            // session needs the primary.
+            session.release(first);
+        } else {
+            session.put_back(first);
+        }
         session.flush().await?;
         Ok(session)
     }
@@ -230,15 +325,14 @@ impl<'s> Session<'s> {
         held: &mut Held,
     ) -> Result<Vec<(String, String)>, SessionError> {
         let mut params = held.conn.login.params.clone();
-        let mut translation = Translation {
-            conn: &mut held.conn,
+        let out = Translation {
+            conn: &mut held.conn.proto,
             statements: &mut self.statements,
             settings: &self.settings,
             router: &self.state.router.load(),
-        };
-        let out = translation
-            .translate(&[], None, true)
-            .map_err(SessionError::ClientProtocol)?;
+        }
+        .translate(&[], None, true)
+        .map_err(SessionError::ClientProtocol)?;
         if out.expects.is_empty() {
             return Ok(params);
         }
@@ -248,6 +342,7 @@ impl<'s> Session<'s> {
             .await
             .map_err(|e| backend_error(&node, e.into()))?;
         self.replies.extend(out.expects);
+        self.replies.capture_status();
         let mut sink = BytesMut::new();
         while self.replies.ready_owed() > 0 {
             let frame = held
@@ -256,14 +351,14 @@ impl<'s> Session<'s> {
                 .await
                 .map_err(|e| backend_error(&node, e))?;
             let mut cx = Context {
-                conn: &mut held.conn,
+                conn: &mut held.conn.proto,
                 statements: &mut self.statements,
                 settings: &mut self.settings,
                 out: &mut sink,
             };
             self.replies.on_frame(&frame, &mut cx);
         }
-        for (name, value) in std::mem::take(&mut self.replies.captured) {
+        for (name, value) in self.replies.take_captured() {
             match params.iter_mut().find(|(n, _)| *n == name) {
                 Some(p) => p.1 = value,
                 None => params.push((name, value)),
@@ -337,30 +432,50 @@ impl<'s> Session<'s> {
         result
     }
 
+    fn held(&mut self) -> Option<&mut Held> {
+        match &mut self.phase {
+            Phase::Held(held) => Some(held),
+            _ => None,
+        }
+    }
+
+    /// Between transactions as the client sees it (pinned or not): where
+    /// shutdown and the idle timeout may end the session.
+    fn between_transactions(&self) -> bool {
+        match &self.phase {
+            Phase::Idle => true,
+            Phase::Deferred { .. } => false,
+            Phase::Held(held) => matches!(
+                held.hold(&self.replies),
+                Hold::Nothing | Hold::Pinned(_)
+            ),
+        }
+    }
+
+    /// Whether client messages are read now: not while a batch waits for
+    /// the held connection to drain.
+    fn reading_client(&self) -> bool {
+        match &self.phase {
+            Phase::Held(held) => held.next.is_none(),
+            _ => true,
+        }
+    }
+
     async fn serve(&mut self) -> Result<(), SessionError> {
         loop {
             self.drain_backend().await?;
-            if self.held.is_none()
-                && let Some((frames, plan)) = self.waiting.take()
-            {
-                self.send_fresh(frames, plan, Vec::new()).await?;
-                continue;
-            }
             if !self.drain_client().await? {
                 return Ok(());
             }
             self.flush().await?;
-            let reading_client = self.waiting.is_none();
-            let holding = self.held.is_some();
-            // Shutdown ends a session between transactions, pinned or not;
-            // an open transaction may run on until the drain timeout.
-            let idle = self.held.as_ref().is_none_or(|h| {
-                h.conn.status == TxnStatus::Idle && self.replies.is_empty() && !self.open_batch
-            });
+            let idle = self.between_transactions();
+            let holding = matches!(self.phase, Phase::Held(_));
+            let reading_client = self.reading_client();
             // limits.idle_timeout: only a client with nothing in progress.
             let idle_limit = self.state.config.load().limits.idle_timeout.map(|d| d.0);
-            let quiet =
-                idle && self.held.is_none() && self.batch.len() == 0 && idle_limit.is_some();
+            let quiet = idle_limit.is_some()
+                && matches!(self.phase, Phase::Idle)
+                && self.batch.len() == 0;
             // Only a quiet session with a limit reads the clock.
             let idle_sleep = async {
                 match idle_limit {
@@ -376,63 +491,62 @@ impl<'s> Session<'s> {
                     Err(WireError::Closed) => return Ok(()),
                     Err(e) => return Err(SessionError::Client(e)),
                 },
-                read = fill_held(&mut self.held), if holding => {
+                read = fill_held(&mut self.phase), if holding => {
                     if let Err(e) = read {
-                        self.backend_failed(e).await?;
+                        self.backend_failed(route::Failure::Wire(e)).await?;
                     }
                 }
             }
         }
     }
 
-    /// Handles every complete frame the held connection has buffered.
+    /// Handles every complete frame the held connection has buffered, and
+    /// what follows when the connection is done: release, then the batch
+    /// that waited for it.
     async fn drain_backend(&mut self) -> Result<(), SessionError> {
         loop {
-            let Some(held) = self.held.as_mut() else {
+            let Phase::Held(held) = &mut self.phase else {
                 return Ok(());
             };
             let frame = match held.conn.buffered_frame() {
                 Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
-                Err(e) => return self.backend_failed(e).await,
+                Ok(None) => {
+                    if held.hold(&self.replies) == Hold::Nothing {
+                        self.end_of_transaction().await?;
+                        continue;
+                    }
+                    return Ok(());
+                }
+                Err(e) => return self.backend_failed(route::Failure::Wire(e)).await,
             };
-            if self.retry.is_some() && is_shutdown_error(&frame) {
+            if held.retry.is_some()
+                && let Some(code) = shutdown_code(&frame)
+            {
                 // The node is going away (shut down, crashed, restarting)
                 // and nothing of this read reached the client: retry it.
                 return self
-                    .backend_failed(WireError::Protocol(
-                        crate::protocol::ProtocolError::Malformed {
-                            what: "node shutting down",
-                        },
-                    ))
+                    .backend_failed(route::Failure::ShuttingDown(code))
                     .await;
             }
-            self.retry = None;
+            held.retry = None;
             let mut cx = Context {
-                conn: &mut held.conn,
+                conn: &mut held.conn.proto,
                 statements: &mut self.statements,
                 settings: &mut self.settings,
                 out: &mut self.cwbuf,
             };
             let ready = self.replies.on_frame(&frame, &mut cx);
             if ready.is_some()
-                && let Some((started, target)) = self.timing.take()
+                && let Some(started) = held.timing.take()
             {
                 let elapsed = started.elapsed();
-                self.state.metrics.duration(target, elapsed.as_secs_f64());
+                self.state.metrics.duration(held.target, elapsed.as_secs_f64());
                 tracing::debug!(
                     elapsed_ms = elapsed.as_secs_f64() * 1000.0,
                     "statement done"
                 );
                 if self.replies.ready_owed() > 0 {
-                    self.timing = Some((std::time::Instant::now(), target));
-                }
-            }
-            if ready == Some(TxnStatus::Idle) && self.replies.is_empty() && !self.open_batch {
-                self.after_transaction().await?;
-                if !self.pinned {
-                    let held = self.held.take().expect("held");
-                    self.put_back(held);
+                    held.timing = Some(std::time::Instant::now());
                 }
             }
             if self.cwbuf.len() >= FLUSH_AT {
@@ -441,9 +555,35 @@ impl<'s> Session<'s> {
         }
     }
 
+    /// The held connection owes nothing and no transaction is open: record
+    /// what the transaction did, then release the connection (unless the
+    /// session pinned it) and route the batch that waited for it.
+    async fn end_of_transaction(&mut self) -> Result<(), SessionError> {
+        self.after_transaction().await?;
+        let Phase::Held(held) = &mut self.phase else {
+            return Ok(());
+        };
+        if held.hold(&self.replies) != Hold::Nothing {
+            // Pinned now, or the work after the transaction failed it.
+            if let Some((frames, plan)) = held.next.take() {
+                return self.route_batch(frames, plan, Vec::new()).await;
+            }
+            return Ok(());
+        }
+        let Phase::Held(mut held) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            unreachable!("held above");
+        };
+        let next = held.next.take();
+        self.put_back(held);
+        if let Some((frames, plan)) = next {
+            self.route_batch(frames, plan, Vec::new()).await?;
+        }
+        Ok(())
+    }
+
     /// Consumes complete client frames; false when the client said goodbye.
     async fn drain_client(&mut self) -> Result<bool, SessionError> {
-        while self.waiting.is_none() {
+        while self.reading_client() {
             // An unknown type is refused as soon as its first byte arrives,
             // before waiting for the length it claims.
             if self
@@ -472,10 +612,10 @@ impl<'s> Session<'s> {
                     // COPY FROM STDIN data goes straight to the connection
                     // running the COPY; outside COPY it is dropped, as
                     // PostgreSQL itself ignores it.
-                    if let Some(held) = self.held.as_mut()
+                    if let Some(held) = self.held()
                         && let Err(e) = held.conn.send(&frame.bytes).await
                     {
-                        self.backend_failed(e.into()).await?;
+                        self.backend_failed(route::Failure::Wire(e.into())).await?;
                     }
                 }
                 _ => {
@@ -490,7 +630,9 @@ impl<'s> Session<'s> {
         Ok(true)
     }
 
-    /// Sends the gathered batch where it belongs.
+    /// Plans the gathered batch and hands it to the router of batches;
+    /// answers at the proxy what needs no node (a lone prepare, a
+    /// read-only BEGIN).
     async fn dispatch(&mut self) -> Result<(), SessionError> {
         let frames = self.batch.take();
         if tracing::enabled!(tracing::Level::TRACE) {
@@ -500,86 +642,38 @@ impl<'s> Session<'s> {
         }
         let plan = batch::plan(&frames, &self.statements, &self.state.router.load())
             .map_err(SessionError::ClientProtocol)?;
-        let Some(held) = self.held.as_mut() else {
+        if matches!(self.phase, Phase::Idle) {
             if self.prepare_lazily(&frames, &plan) {
                 return Ok(());
             }
-            return self.send_fresh(frames, plan, Vec::new()).await;
-        };
-        let route = plan.route;
-        let in_txn = self.pinned || held.conn.status != TxnStatus::Idle;
-        let must_stay = in_txn || self.open_batch;
-        let fits =
-            held.target == Target::Primary || (route.target == Target::Replica && !route.pins);
-        if !in_txn && !fits {
-            // A batch that needs the primary behind reads on a replica
-            // (pipelined, or after a Flush without Sync, as asyncpg
-            // prepares): end the replica's extended-query sequence with a
-            // Sync of our own, wait for its answers, then route afresh.
-            if self.open_batch {
-                let mut sync = BytesMut::new();
-                fe::write_sync(&mut sync);
-                if let Err(e) = held.conn.send(&sync).await {
-                    return self.backend_failed(e.into()).await;
-                }
-                self.replies.extend(vec![super::replies::Expect::swallowed(
-                    super::replies::Kind::Sync,
-                )]);
-                self.open_batch = false;
+            if plan.is_read_only_begin() && frames.len() == 1 && frames[0].tag == fe::QUERY_TAG
+            {
+                // Answered here; the BEGIN goes in front of the first
+                // statement, to the node that statement needs.
+                be::command_complete(&mut self.cwbuf, "BEGIN");
+                be::ready_for_query(&mut self.cwbuf, TxnStatus::InTransaction);
+                let begin = frames.into_iter().next().expect("one frame");
+                self.phase = Phase::Deferred { begin };
+                return Ok(());
             }
-            self.waiting = Some((frames, plan));
-            return Ok(());
         }
-        if route.pins && held.target == Target::Primary {
-            self.pinned = true;
-            held.conn.dirty = true;
-        }
-        tracing::debug!(
-            node = %held.node.name,
-            in_txn = must_stay,
-            pinned = self.pinned,
-            open_batch = self.open_batch,
-            "statement on held connection"
-        );
-        self.wrote |= held.target == Target::Primary
-            && route.target == Target::Primary
-            && route.reason.may_write();
-        self.function_ddl |= plan.function_ddl;
-        let reason = if in_txn {
-            Reason::Transaction
-        } else {
-            route.reason
-        };
-        self.state.metrics.decision(held.target, reason);
-        held.node.metrics.query(held.target);
-        self.timing
-            .get_or_insert((std::time::Instant::now(), held.target));
-        self.retry = None;
-        self.open_batch = plan.syncs == 0;
-        let out = Translation {
-            conn: &mut held.conn,
-            statements: &mut self.statements,
-            settings: &self.settings,
-            router: &self.state.router.load(),
-        }
-        .translate(&frames, plan.command.as_ref(), false)
-        .map_err(SessionError::ClientProtocol)?;
-        let send = held.conn.send(&out.bytes).await;
-        self.replies.extend(out.expects);
-        self.replies.emit_ready_synthetics(&mut self.cwbuf);
-        match send {
-            Ok(()) => Ok(()),
-            Err(e) => self.backend_failed(e.into()).await,
-        }
+        self.route_batch(frames, plan, Vec::new()).await
     }
 
-    /// Returns a connection the session no longer needs.
+    /// Returns a connection the session no longer needs: kept as a spare in
+    /// session pooling, released to the pool in transaction pooling.
     fn put_back(&mut self, held: Held) {
         self.slot.set(None);
         match self.mode {
             PoolMode::Session => self.spare.push(held),
-            PoolMode::Transaction => drop(held),
+            PoolMode::Transaction => self.release(held),
         }
+    }
+
+    /// Gives a connection back to its pool (which closes it if unclean).
+    fn release(&mut self, held: Held) {
+        self.slot.set(None);
+        held.conn.release();
     }
 
     async fn flush(&mut self) -> Result<(), SessionError> {
@@ -592,23 +686,26 @@ impl<'s> Session<'s> {
         Ok(())
     }
 
-    /// Resets or drops every connection still held when the session ends.
+    /// Resets and releases every connection still held when the session
+    /// ends; one that cannot be made clean is closed.
     async fn finish(&mut self) {
         let mut conns: Vec<Held> = self.spare.drain(..).collect();
-        if let Some(mut held) = self.held.take() {
-            if !self.replies.is_empty() || self.open_batch || !held.conn.rbuf.is_empty() {
+        if let Phase::Held(mut held) = std::mem::replace(&mut self.phase, Phase::Idle) {
+            if !self.replies.is_empty() || held.open_batch || held.conn.has_buffered() {
                 held.conn.mark_broken();
             }
             conns.push(held);
         }
+        let mut ignored = BytesMut::new();
         for mut held in conns {
             if !held.conn.is_broken()
-                && tokio::time::timeout(RESET_TIMEOUT, held.conn.reset())
+                && tokio::time::timeout(RESET_TIMEOUT, held.conn.reset(&mut ignored))
                     .await
                     .is_err()
             {
                 held.conn.mark_broken();
             }
+            held.conn.release();
         }
         self.slot.set(None);
     }
@@ -621,7 +718,7 @@ fn trace_sql(frames: &[Frame]) {
     for frame in frames {
         let sql = match frame.tag {
             fe::QUERY_TAG => fe::query_text(frame.body()).ok(),
-            fe::PARSE_TAG => fe::parse(frame.body()).ok().map(|p| p.sql),
+            fe::PARSE_TAG => fe::parse(frame.body()).ok().map(|p| fe::sql_text(p.sql)),
             _ => None,
         };
         if let Some(sql) = sql {
@@ -635,21 +732,22 @@ fn trace_sql(frames: &[Frame]) {
     }
 }
 
-/// An ErrorResponse or NoticeResponse saying the node is shutting down or
-/// restarting (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03
-/// cannot_connect_now; on SIGQUIT PostgreSQL sends 57P02 as a warning).
-fn is_shutdown_error(frame: &Frame) -> bool {
-    matches!(frame.tag, be::ERROR_RESPONSE_TAG | be::NOTICE_RESPONSE_TAG)
-        && be::error_code_and_message(frame.body())
-            .is_some_and(|(code, _)| matches!(code.as_str(), "57P01" | "57P02" | "57P03"))
+/// The SQLSTATE of an ErrorResponse or NoticeResponse saying the node is
+/// shutting down or restarting (57P01 admin_shutdown, 57P02
+/// crash_shutdown, 57P03 cannot_connect_now; on SIGQUIT PostgreSQL sends
+/// 57P02 as a warning).
+fn shutdown_code(frame: &Frame) -> Option<String> {
+    if !matches!(frame.tag, be::ERROR_RESPONSE_TAG | be::NOTICE_RESPONSE_TAG) {
+        return None;
+    }
+    be::error_code_and_message(frame.body())
+        .map(|(code, _)| code)
+        .filter(|code| matches!(code.as_str(), "57P01" | "57P02" | "57P03"))
 }
 
-async fn fill_held(held: &mut Option<Held>) -> Result<(), WireError> {
-    match held {
-        Some(h) => {
-            let conn = &mut *h.conn;
-            wire::fill(&mut conn.stream, &mut conn.rbuf).await
-        }
-        None => std::future::pending().await,
+async fn fill_held(phase: &mut Phase) -> Result<(), WireError> {
+    match phase {
+        Phase::Held(h) => h.conn.fill().await,
+        _ => std::future::pending().await,
     }
 }

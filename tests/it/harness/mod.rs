@@ -2,6 +2,7 @@
 //! test binary, a proxy per test, tokio-postgres clients, and a TCP relay
 //! that can cut a node off.
 
+pub mod raw;
 pub mod relay;
 
 use std::path::Path;

@@ -1,0 +1,543 @@
+//! The one path every batch takes to a server connection, whether it is
+//! the first of a transaction, one within it, or a read sent again after
+//! its node failed: where it goes ([`Placement`]), the checks before it
+//! leaves (read-only users, held writes, the pin cap, a replica
+//! transaction asked for the primary, DROP DATABASE), and the send. Also
+//! what happens when the held connection fails.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::super::SessionError;
+use super::super::batch::Plan;
+use super::super::cancel::CancelTarget;
+use super::super::choose::{Choice, Wants, choose};
+use super::super::outbound::Translation;
+use super::super::replies::{Expect, Kind, Replies};
+use super::{
+    Held, Hold, MAX_READ_TRIES, Phase, PinGuard, Retry, Session, WRITE_HOLD_LIMIT, backend_error,
+};
+use crate::pool::PoolError;
+use crate::protocol::backend::{self as be, Severity, TxnStatus};
+use crate::protocol::codec::Frame;
+use crate::protocol::frontend as fe;
+use crate::protocol::sqlstate;
+use crate::router::{Reason, Route, Target};
+use crate::wire::WireError;
+
+/// Why the held connection could not go on.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// Its socket failed, closed, or spoke nonsense.
+    Wire(WireError),
+    /// The node said it is shutting down or restarting (the SQLSTATE),
+    /// before anything of a retryable read reached the client.
+    ShuttingDown(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Wire(e) => e.fmt(f),
+            Failure::ShuttingDown(code) => write!(f, "the node is shutting down ({code})"),
+        }
+    }
+}
+
+impl Failure {
+    /// Whether it says the node itself is gone (not one bad connection).
+    fn node_down(&self) -> bool {
+        matches!(
+            self,
+            Failure::Wire(WireError::Io(_) | WireError::Closed | WireError::Protocol(_))
+        )
+    }
+
+    fn into_wire(self) -> WireError {
+        match self {
+            Failure::Wire(e) => e,
+            Failure::ShuttingDown(code) => WireError::Io(std::io::Error::other(format!(
+                "the node is shutting down ({code})"
+            ))),
+        }
+    }
+}
+
+/// Where a batch goes.
+enum Placement {
+    /// On the held connection.
+    Held,
+    /// After the held connection has finished (it needs another node).
+    Drain,
+    /// Refused on the held connection (a replica transaction asked for the
+    /// primary): the node fails the transaction with this message.
+    RefuseOnHeld(String),
+    /// On a connection chosen now.
+    Fresh,
+}
+
+/// Whether a statement inside a transaction on a replica must be refused:
+/// it needs the primary, and some such statements would succeed on a
+/// replica meaning nothing (an advisory lock there excludes nobody).
+fn needs_primary_in_replica_transaction(route: Route) -> bool {
+    route.target == Target::Primary
+        && matches!(
+            route.reason,
+            Reason::Write | Reason::Function | Reason::Lock | Reason::Hint
+        )
+}
+
+impl Session<'_> {
+    fn placement(&self, plan: &Plan) -> Placement {
+        let Phase::Held(held) = &self.phase else {
+            return Placement::Fresh;
+        };
+        let route = plan.route;
+        let hold = held.hold(&self.replies);
+        let in_txn = hold == Hold::Transaction;
+        let must_stay = held.open_batch || held.pin.is_some() || in_txn;
+        if in_txn
+            && held.target == Target::Replica
+            && needs_primary_in_replica_transaction(route)
+        {
+            return Placement::RefuseOnHeld(format!(
+                "this read-only transaction runs on replica {} (placed by its first statement), \
+                 and this statement needs the primary ({}); start the transaction with it, \
+                 or use a read-write transaction",
+                held.node.name,
+                route.reason.as_str()
+            ));
+        }
+        let fits =
+            held.target == Target::Primary || (route.target == Target::Replica && !route.pins);
+        if must_stay || fits {
+            Placement::Held
+        } else {
+            Placement::Drain
+        }
+    }
+
+    /// Routes a batch and sends it: the one path for every batch.
+    /// `tried` names nodes a read already failed on.
+    pub(super) async fn route_batch(
+        &mut self,
+        frames: Vec<Frame>,
+        plan: Plan,
+        tried: Vec<Arc<str>>,
+    ) -> Result<(), SessionError> {
+        match self.placement(&plan) {
+            Placement::Held => {
+                if let Phase::Held(held) = &self.phase {
+                    let reason = if held.conn.status() != TxnStatus::Idle {
+                        Reason::Transaction
+                    } else {
+                        plan.route.reason
+                    };
+                    self.state.metrics.decision(held.target, reason);
+                }
+                self.send(frames, plan, None, Vec::new(), 0).await
+            }
+            Placement::RefuseOnHeld(message) => {
+                tracing::info!(error = %message, "statement refused in a replica transaction");
+                self.refuse_on_held(&message, plan.syncs).await
+            }
+            Placement::Drain => {
+                let Phase::Held(held) = &mut self.phase else {
+                    unreachable!("placement saw a held connection");
+                };
+                // A batch that needs the primary behind reads on a replica
+                // (pipelined, or after a Flush without Sync, as asyncpg
+                // prepares): end the replica's extended-query sequence with a
+                // Sync of our own, wait for its answers, then route afresh.
+                if held.open_batch {
+                    let mut sync = BytesMut::new();
+                    fe::write_sync(&mut sync);
+                    held.open_batch = false;
+                    if let Err(e) = held.conn.send(&sync).await {
+                        return self.backend_failed(Failure::Wire(e.into())).await;
+                    }
+                    self.replies.extend(vec![Expect::swallowed(Kind::Sync)]);
+                }
+                held.next = Some((frames, plan));
+                Ok(())
+            }
+            Placement::Fresh => self.route_fresh(frames, plan, tried, 0).await,
+        }
+    }
+
+    /// A batch with no connection held: choose the node, take a
+    /// connection, send. `delivered`: replies of it the client already has
+    /// (a retried read).
+    async fn route_fresh(
+        &mut self,
+        frames: Vec<Frame>,
+        plan: Plan,
+        mut tried: Vec<Arc<str>>,
+        delivered: usize,
+    ) -> Result<(), SessionError> {
+        let begin = match std::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::Deferred { begin } => Some(begin),
+            _ => None,
+        };
+        let mut route = plan.route;
+        if route.target == Target::Replica && self.settings.serializable() {
+            // SERIALIZABLE by default: a standby refuses every transaction.
+            route = Route::primary(Reason::Session);
+        }
+        if begin.is_some() && route.target == Target::Replica {
+            route.reason = Reason::ReadOnlyTransaction;
+        }
+        let config = self.state.config.load_full();
+        if route.target == Target::Primary
+            && config.user(&self.startup.user).is_some_and(|u| u.read_only)
+        {
+            // A read-only user: transaction control and tracked SETs run on
+            // a replica (where nothing can write); the rest never leaves.
+            if matches!(route.reason, Reason::Transaction | Reason::Session) && !route.pins {
+                route.target = Target::Replica;
+            } else {
+                let message = format!(
+                    "user \"{}\" may only read through pgsplit: this statement needs the primary",
+                    self.startup.user
+                );
+                self.fail_batch(sqlstate::READ_ONLY_SQL_TRANSACTION, &message, plan.syncs);
+                self.phase = begin.map_or(Phase::Idle, |begin| Phase::Deferred { begin });
+                return Ok(());
+            }
+        }
+        // A switchover holds new write transactions until the new primary
+        // takes them; reads keep flowing.
+        if route.target == Target::Primary && !self.state.writes_released(WRITE_HOLD_LIMIT).await {
+            let message = "writes are held for a switchover that has not finished";
+            self.fail_batch(sqlstate::CONNECTION_FAILURE, message, plan.syncs);
+            self.phase = begin.map_or(Phase::Idle, |begin| Phase::Deferred { begin });
+            return Ok(());
+        }
+        let floor = self.read_floor();
+        loop {
+            let topology = self.state.topology.load_full();
+            // Session pooling: a read keeps using the replica connection the
+            // session already has, when it is fresh enough.
+            let kept = (route.target == Target::Replica)
+                .then(|| {
+                    self.spare.iter().position(|h| {
+                        h.target == Target::Replica
+                            && h.node.health.is_up()
+                            && !tried.contains(&h.node.name)
+                            && h.node.stats.load().lsn >= floor
+                    })
+                })
+                .flatten();
+            let (node, reason) = match kept {
+                Some(i) => (self.spare[i].node.clone(), route.reason),
+                None => {
+                    let wants = Wants {
+                        route,
+                        tag: plan.tag.as_deref(),
+                        who: (&self.startup.user, &self.startup.database, &self.app),
+                        floor,
+                        tried: &tried,
+                    };
+                    match choose(&config, &topology, &wants) {
+                        Choice::Node { node, reason } => (node, reason),
+                        Choice::Refuse { code, message } => {
+                            self.fail_batch(code, &message, plan.syncs);
+                            return Ok(());
+                        }
+                    }
+                }
+            };
+            let is_primary = Arc::ptr_eq(&node, topology.primary());
+            let conn = match self.take_spare(&node) {
+                Some(held) => Ok(held),
+                None => self.checkout(&node).await.map(|conn| {
+                    let target = if is_primary {
+                        Target::Primary
+                    } else {
+                        Target::Replica
+                    };
+                    Held::new(conn, node.clone(), target)
+                }),
+            };
+            let held = match conn {
+                Ok(held) => held,
+                Err(e) => {
+                    if route.target == Target::Replica
+                        && !is_primary
+                        && tried.len() < MAX_READ_TRIES
+                    {
+                        tried.push(node.name.clone());
+                        continue;
+                    }
+                    let code = match &e {
+                        PoolError::Timeout { .. } => sqlstate::TOO_MANY_CONNECTIONS.to_owned(),
+                        PoolError::Login {
+                            source: crate::auth::AuthError::Rejected { code, .. },
+                            ..
+                        } => code.clone(),
+                        _ => sqlstate::CONNECTION_FAILURE.to_owned(),
+                    };
+                    self.fail_batch(&code, &e.to_string(), plan.syncs);
+                    return Ok(());
+                }
+            };
+            tracing::debug!(
+                route = route.target.as_str(),
+                reason = reason.as_str(),
+                node = %node.name,
+                "statement routed"
+            );
+            self.slot.set(Some(CancelTarget {
+                address: held.conn.address.clone(),
+                pid: held.conn.login.pid,
+                secret: held.conn.login.secret,
+            }));
+            self.state.metrics.decision(held.target, reason);
+            self.phase = Phase::Held(held);
+            let retryable = route.target == Target::Replica;
+            return self
+                .send(
+                    frames,
+                    plan,
+                    begin,
+                    if retryable { tried } else { Vec::new() },
+                    if retryable { 1 + delivered } else { 0 },
+                )
+                .await;
+        }
+    }
+
+    fn take_spare(&mut self, node: &Arc<crate::topology::Node>) -> Option<Held> {
+        let at = self.spare.iter().position(|h| Arc::ptr_eq(&h.node, node))?;
+        Some(self.spare.swap_remove(at))
+    }
+
+    /// Sends a batch on the held connection. `begin` goes in front (a
+    /// deferred read-only BEGIN); `retry` > 0 makes it a read that may be
+    /// sent elsewhere if this node fails before answering (`retry - 1`
+    /// replies the client already has).
+    async fn send(
+        &mut self,
+        frames: Vec<Frame>,
+        plan: Plan,
+        begin: Option<Frame>,
+        tried: Vec<Arc<str>>,
+        retry: usize,
+    ) -> Result<(), SessionError> {
+        let Phase::Held(held) = &mut self.phase else {
+            unreachable!("send needs a held connection");
+        };
+        let in_txn = held.conn.status() != TxnStatus::Idle;
+        // Settings are brought to the session's before anything outside a
+        // transaction (a no-op when the connection has them already).
+        let fresh = !in_txn && self.replies.is_empty() && !held.open_batch;
+        let route = plan.route;
+        // A statement that pins needs room under the cap, checked before it
+        // runs (the state it makes could not be undone).
+        if route.pins && held.pin.is_none() && held.target == Target::Primary {
+            let reason = plan.pin.unwrap_or(super::super::pin::PinReason::Other);
+            let cap = self.state.config.load().max_pinned_sessions();
+            if !self.state.pins.try_pin(reason, cap, &self.state.metrics) {
+                let message = format!(
+                    "too many pinned sessions ({cap}, limits.max_pinned_sessions): this statement \
+                     would keep a server connection for this session ({})",
+                    reason.as_str()
+                );
+                self.fail_batch(sqlstate::TOO_MANY_CONNECTIONS, &message, plan.syncs);
+                return self.settle_unused().await;
+            }
+            held.pin = Some(PinGuard {
+                reason,
+                state: self.state.clone(),
+            });
+            held.conn.proto.dirty = true;
+        }
+        if let Some(database) = &plan.drops_database {
+            // DROP DATABASE refuses while anyone is connected: the proxy's
+            // own idle connections to it go first.
+            self.state.pools.close_database(database).await;
+            self.state.forget_database(database);
+        }
+        let Phase::Held(held) = &mut self.phase else {
+            unreachable!("still held");
+        };
+        held.node.metrics.query(held.target);
+        tracing::debug!(
+            node = %held.node.name,
+            in_txn,
+            pinned = held.pin.is_some(),
+            open_batch = held.open_batch,
+            "statement sent"
+        );
+        held.wrote |= held.target == Target::Primary
+            && route.target == Target::Primary
+            && route.reason.may_write();
+        held.function_ddl |= plan.function_ddl;
+        held.dirtied |= route.dirties;
+        held.timing.get_or_insert_with(std::time::Instant::now);
+        held.retry = None;
+        held.open_batch = plan.syncs == 0;
+        let mut out = Translation {
+            conn: &mut held.conn.proto,
+            statements: &mut self.statements,
+            settings: &self.settings,
+            router: &self.state.router.load(),
+        }
+        .translate(&frames, plan.command.as_ref(), fresh)
+        .map_err(SessionError::ClientProtocol)?;
+        if let Some(begin) = &begin {
+            // The deferred BEGIN goes first: after the settings replay (a
+            // fresh connection's first expect), before the batch.
+            let at = usize::from(
+                out.expects
+                    .first()
+                    .is_some_and(|e| e.kind == Kind::Query && !e.forward),
+            );
+            let replay_len = if at == 1 {
+                replay_bytes(&out.bytes)
+            } else {
+                0
+            };
+            let mut bytes = BytesMut::with_capacity(out.bytes.len() + begin.bytes.len());
+            bytes.extend_from_slice(&out.bytes[..replay_len]);
+            bytes.extend_from_slice(&begin.bytes);
+            bytes.extend_from_slice(&out.bytes[replay_len..]);
+            out.bytes = bytes;
+            out.expects.insert(at, Expect::swallowed(Kind::Query));
+        }
+        if retry > 1 {
+            Replies::skip_delivered(&mut out.expects, retry - 1);
+        }
+        let sent = held.conn.send(&out.bytes).await;
+        self.replies.extend(out.expects);
+        let delivered = self.replies.leading_synthetics() + retry.saturating_sub(1);
+        self.replies.emit_ready_synthetics(&mut self.cwbuf);
+        if retry > 0 && !in_txn {
+            held.retry = Some(Retry {
+                frames,
+                plan,
+                tried,
+                added: out.added,
+                delivered,
+                begin,
+            });
+        }
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) => self.backend_failed(Failure::Wire(e.into())).await,
+        }
+    }
+
+    /// A fresh connection was taken for a batch that was then refused
+    /// before it was sent: it goes back at once.
+    async fn settle_unused(&mut self) -> Result<(), SessionError> {
+        if let Phase::Held(held) = &self.phase
+            && held.hold(&self.replies) == Hold::Nothing
+            && held.timing.is_none()
+        {
+            let Phase::Held(held) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+                unreachable!("held above");
+            };
+            self.put_back(held);
+        }
+        Ok(())
+    }
+
+    /// Fails the open transaction on the held (replica) connection with
+    /// `message`, as the node itself would fail a statement: the client gets
+    /// the error and a failed transaction, and nothing ran.
+    async fn refuse_on_held(&mut self, message: &str, syncs: usize) -> Result<(), SessionError> {
+        let Phase::Held(held) = &mut self.phase else {
+            unreachable!("refused on a held connection");
+        };
+        let quoted = message.replace('\'', "''");
+        let sql = format!(
+            "DO $pgsplit$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = 'pgsplit: {quoted}'; END$pgsplit$",
+            sqlstate::READ_ONLY_SQL_TRANSACTION
+        );
+        let mut bytes = BytesMut::new();
+        let mut expects = Vec::new();
+        for _ in 0..syncs.max(1) {
+            be::query(&mut bytes, &sql);
+            expects.push(Expect::new(Kind::Query));
+        }
+        held.conn.proto.unnamed = None;
+        held.timing.get_or_insert_with(std::time::Instant::now);
+        let sent = held.conn.send(&bytes).await;
+        self.replies.extend(expects);
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) => self.backend_failed(Failure::Wire(e.into())).await,
+        }
+    }
+
+    /// Tells the client a batch failed before reaching any node.
+    pub(super) fn fail_batch(&mut self, code: &str, message: &str, syncs: usize) {
+        tracing::info!(code, error = message, "statement failed at the proxy");
+        be::error_response(&mut self.cwbuf, Severity::Error, code, message);
+        let status = match &self.phase {
+            Phase::Held(held) => held.conn.status(),
+            Phase::Deferred { .. } => TxnStatus::InTransaction,
+            Phase::Idle => TxnStatus::Idle,
+        };
+        for _ in 0..syncs {
+            be::ready_for_query(&mut self.cwbuf, status);
+        }
+    }
+
+    /// The held connection failed: retry a read elsewhere, report a failed
+    /// statement, or end the session when its state is gone.
+    pub(super) async fn backend_failed(&mut self, failure: Failure) -> Result<(), SessionError> {
+        let Phase::Held(mut held) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            return Ok(());
+        };
+        held.conn.mark_broken();
+        held.node.metrics.backend_errors.inc();
+        self.slot.set(None);
+        if failure.node_down() && held.node.health.mark_down() {
+            tracing::warn!(node = %held.node.name, error = %failure, state = "down", "node connection lost");
+        }
+        let in_txn = held.conn.status() != TxnStatus::Idle;
+        let pinned = held.pin.is_some();
+        let open_batch = held.open_batch;
+        let node = held.node.name.clone();
+        let retry = held.retry.take();
+        drop(held);
+        let owed = self.replies.ready_owed();
+        self.replies.clear();
+        if let Some(mut retry) = retry
+            && !in_txn
+            && !pinned
+        {
+            tracing::info!(node = %node, "read failed before any reply; trying another node");
+            for name in &retry.added {
+                self.statements.remove(name);
+            }
+            retry.tried.push(node);
+            if let Some(begin) = retry.begin.take() {
+                self.phase = Phase::Deferred { begin };
+            }
+            return Box::pin(self.route_fresh(
+                retry.frames,
+                retry.plan,
+                retry.tried,
+                retry.delivered,
+            ))
+            .await;
+        }
+        if in_txn || pinned || open_batch {
+            return Err(backend_error(&node, failure.into_wire()));
+        }
+        let message = format!("connection to node {node} lost: {failure}");
+        self.fail_batch(sqlstate::CONNECTION_FAILURE, &message, owed);
+        Ok(())
+    }
+
+}
+
+/// The length of the first message in `bytes` (the settings replay).
+fn replay_bytes(bytes: &[u8]) -> usize {
+    let len = i32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    1 + usize::try_from(len).unwrap_or(0)
+}
