@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::state::State;
-use crate::topology::{Topology, catalog, monitor};
+use crate::topology::{catalog, monitor};
 
 /// Lifecycle of a proxy, for probes and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,7 +239,7 @@ async fn watch_file(state: Arc<State>, path: PathBuf) {
         let now = fingerprint(&path);
         if now != last {
             last = now;
-            let _ = reload(&state, &path);
+            let _ = state.reload(&path);
         }
     }
 }
@@ -254,36 +254,6 @@ async fn sweep_pools(state: Arc<State>) {
         }
         state.pools.sweep(crate::pool::STACK_IDLE);
     }
-}
-
-/// Re-reads the configuration file and swaps it in; a bad file is refused
-/// (logged with file, line and key, and counted) and the running
-/// configuration stays. Nodes added or removed, weights, thresholds and
-/// routing take effect; the pools of unchanged nodes and every client
-/// connection are kept.
-///
-/// # Errors
-/// The new file does not validate.
-pub fn reload(state: &State, path: &Path) -> Result<(), crate::config::ConfigError> {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, result = "error", "reload refused; keeping the running configuration");
-            state.metrics.reload("error");
-            return Err(e);
-        }
-    };
-    let previous = state.topology.load_full();
-    state.topology.store(Arc::new(Topology::from_config(
-        &config,
-        Some(&previous),
-        &state.metrics,
-    )));
-    state.config.store(Arc::new(config));
-    state.rebuild_router();
-    state.metrics.reload("ok");
-    tracing::info!(path = %path.display(), result = "ok", "configuration reloaded");
-    Ok(())
 }
 
 /// Serves `path` until SIGINT/SIGTERM (a second one exits at once); SIGHUP
@@ -312,7 +282,7 @@ pub async fn serve_until_signal(proxy: Proxy, path: Option<PathBuf>) -> anyhow::
             _ = int.recv() => break,
             _ = hup.recv() => {
                 if let Some(path) = &path {
-                    let _ = reload(&proxy.state, path);
+                    let _ = proxy.state.reload(path);
                 }
             }
         }

@@ -4,11 +4,13 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod cancel;
 pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod failover;
 pub mod metrics;
+pub mod pins;
 pub mod pool;
 pub mod protocol;
 pub mod router;

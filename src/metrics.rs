@@ -35,7 +35,7 @@ pub struct Metrics {
     backend_errors: IntCounterVec,
     failovers: IntCounterVec,
     reloads: IntCounterVec,
-    /// `pgsplit_pinned_sessions{reason}`, by [`crate::session::PinReason::ALL`].
+    /// `pgsplit_pinned_sessions{reason}`, by [`crate::pins::PinReason::ALL`].
     pub pinned: Vec<IntGauge>,
     /// `pgsplit_pinned_refused_total`.
     pub pinned_refused: IntCounter,
@@ -187,7 +187,7 @@ impl Metrics {
             "Sessions holding a server connection for themselves, by why",
             &["reason"],
         );
-        let pinned = crate::session::PinReason::ALL
+        let pinned = crate::pins::PinReason::ALL
             .iter()
             .map(|r| pinned_vec.with_label_values(&[r.as_str()]))
             .collect();

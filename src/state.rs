@@ -10,11 +10,11 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pool::Pools;
 use crate::router::Router;
-use crate::session::cancel::CancelRegistry;
 use crate::topology::Topology;
 
 /// Bytes of statement text the routing cache may hold.
@@ -60,7 +60,7 @@ pub struct State {
     /// Databases clients have used (the catalog is read in each).
     pub databases: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Sessions pinned to a server connection.
-    pub pins: crate::session::PinCounts,
+    pub pins: crate::pins::PinCounts,
     next_session: AtomicI32,
 }
 
@@ -99,7 +99,7 @@ impl State {
             volatile: ArcSwap::from_pointee(HashSet::new()),
             catalog_loads: watch::channel(0).0,
             databases: std::sync::Mutex::new(std::collections::BTreeSet::new()),
-            pins: crate::session::PinCounts::default(),
+            pins: crate::pins::PinCounts::default(),
             writes_held: watch::channel(false).0,
             rule_sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
             failover_lock: tokio::sync::Mutex::new(()),
@@ -179,5 +179,38 @@ impl State {
     /// A new session id, also the process id the client is told.
     pub fn next_session_id(&self) -> i32 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl State {
+    /// Re-reads the configuration file and swaps it in; a bad file is refused
+    /// (logged with file, line and key, and counted) and the running
+    /// configuration stays. Nodes added or removed, weights, thresholds and
+    /// routing take effect; the pools of unchanged nodes and every client
+    /// connection are kept.
+    ///
+    /// # Errors
+    /// The new file does not validate.
+    pub fn reload(&self, path: &std::path::Path) -> Result<(), crate::config::ConfigError> {
+        let state = self;
+        let config = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, result = "error", "reload refused; keeping the running configuration");
+                state.metrics.reload("error");
+                return Err(e);
+            }
+        };
+        let previous = state.topology.load_full();
+        state.topology.store(Arc::new(Topology::from_config(
+            &config,
+            Some(&previous),
+            &state.metrics,
+        )));
+        state.config.store(Arc::new(config));
+        state.rebuild_router();
+        state.metrics.reload("ok");
+        tracing::info!(path = %path.display(), result = "ok", "configuration reloaded");
+        Ok(())
     }
 }

@@ -179,7 +179,7 @@ impl ServerCertVerifier for AnyCertificate {
 pub async fn connect_node(
     config: &crate::config::Config,
     node_tls: &NodeTls,
-    node: &crate::topology::Node,
+    node: &crate::config::Endpoint,
     database: Option<&str>,
     application_name: &str,
 ) -> Result<tokio_postgres::Client, String> {

@@ -123,7 +123,7 @@ async fn reload(AxumState(admin): AxumState<Admin>, headers: HeaderMap) -> Respo
             serde_json::json!({ "error": "this proxy was not started from a file" }),
         );
     };
-    match crate::app::reload(&admin.state, path) {
+    match admin.state.reload(path) {
         Ok(()) => json(StatusCode::OK, serde_json::json!({ "result": "ok" })),
         Err(e) => json(
             StatusCode::BAD_REQUEST,

@@ -121,7 +121,7 @@ impl Status {
                 sessions: counts.get(&r.name).copied().unwrap_or(0),
             })
             .collect();
-        let pinned = crate::session::PinReason::ALL
+        let pinned = crate::pins::PinReason::ALL
             .iter()
             .zip(&state.metrics.pinned)
             .map(|(reason, gauge)| (reason.as_str().to_owned(), gauge.get()))

@@ -95,6 +95,27 @@ pub struct Config {
     pub sched_batch: bool,
 }
 
+/// How to reach one node: what connections to it (pooled, monitor,
+/// catalog, failover) need, without the topology's view of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Node name.
+    pub name: std::sync::Arc<str>,
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// TLS towards it.
+    pub tls: BackendTls,
+}
+
+impl Endpoint {
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
 /// `limits:`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

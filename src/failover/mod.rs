@@ -64,7 +64,14 @@ impl Report {
 
 /// Connects to a node as the monitor's login.
 async fn connect(state: &State, config: &Config, node: &Node) -> Result<Client, String> {
-    crate::tls::connect_node(config, &state.node_tls, node, None, "pgsplit-failover").await
+    crate::tls::connect_node(
+        config,
+        &state.node_tls,
+        &node.endpoint(),
+        None,
+        "pgsplit-failover",
+    )
+    .await
 }
 
 /// Formats a node's error with PostgreSQL's own message.

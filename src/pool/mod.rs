@@ -30,7 +30,7 @@ use tokio::sync::watch;
 pub use conn::{BackendConn, ConnState, ConnectSpec, first_column};
 
 use crate::auth::AuthError;
-use crate::topology::Node;
+use crate::config::Endpoint;
 
 /// Why no server connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -383,7 +383,7 @@ impl Pools {
     /// check out without looking it up again.
     pub fn pool_for(
         &self,
-        node: &Node,
+        node: &Endpoint,
         user: &str,
         database: &str,
         password: Option<&str>,

@@ -177,10 +177,7 @@ pub fn bind_statement(body: &[u8]) -> Result<Cow<'_, str>, ProtocolError> {
 ///
 /// # Errors
 /// A body that is not a kind byte and one NUL-terminated name.
-pub fn target<'a>(
-    body: &'a [u8],
-    what: &'static str,
-) -> Result<(u8, Cow<'a, str>), ProtocolError> {
+pub fn target<'a>(body: &'a [u8], what: &'static str) -> Result<(u8, Cow<'a, str>), ProtocolError> {
     let (&kind, mut rest) = body.split_first().ok_or_else(|| malformed(what))?;
     if kind != STATEMENT && kind != PORTAL {
         return Err(malformed(what));

@@ -167,9 +167,7 @@ fn set_route(set: &Set) -> Route {
             ..
         } => Route::primary(Reason::Session),
         // SET SESSION CHARACTERISTICS changes the session's defaults.
-        Set::SetTransaction { session: true, .. } => {
-            Route::primary(Reason::Transaction).dirtying()
-        }
+        Set::SetTransaction { session: true, .. } => Route::primary(Reason::Transaction).dirtying(),
         Set::SetTransaction { .. } => Route::primary(Reason::Transaction),
         // Forms the session does not track (SET ROLE, SET XML OPTION...):
         // it re-reads its state afterwards, and keeps the connection if

@@ -614,16 +614,32 @@ fn cache_keys_drop_literals_but_keep_what_routes() {
     let router = Router::new(&[], &HashSet::new(), 1 << 20);
     assert_eq!(router.classify("SELECT 1").target, Target::Replica);
     // set_config leaves settings the session re-reads afterwards
-    assert!(router.classify("SELECT set_config('a', 'b', false)").dirties);
+    assert!(
+        router
+            .classify("SELECT set_config('a', 'b', false)")
+            .dirties
+    );
     assert!(router.classify("SELECT set_config('a', 'b', true)").dirties);
     assert!(!router.classify("SELECT 1").dirties);
     assert!(!router.classify("INSERT INTO t VALUES (1)").dirties);
     assert!(router.classify("DO $$ BEGIN END $$").dirties);
     assert!(router.classify("CALL p()").dirties);
-    assert!(router.classify("UPDATE pg_settings SET setting = '1' WHERE name = 'x'").dirties);
-    assert!(router.classify("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY").dirties);
+    assert!(
+        router
+            .classify("UPDATE pg_settings SET setting = '1' WHERE name = 'x'")
+            .dirties
+    );
+    assert!(
+        router
+            .classify("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            .dirties
+    );
     assert!(router.classify("CREATE TEMP VIEW v AS SELECT 1").pins);
-    assert!(router.classify("CREATE OR REPLACE TEMP VIEW v AS SELECT 1").pins);
+    assert!(
+        router
+            .classify("CREATE OR REPLACE TEMP VIEW v AS SELECT 1")
+            .pins
+    );
     assert!(router.classify("CREATE TEMP SEQUENCE s").pins);
     assert!(router.classify("CREATE TABLE pg_temp.t (a int)").pins);
     assert!(!router.classify("CREATE TABLE temperature (a int)").pins);

@@ -8,8 +8,8 @@ use crate::router::{Reason, Route, Router};
 
 use super::commands::{self, Command};
 use super::outbound::Tracked;
-use super::pin::PinReason;
 use super::state::Statements;
+use crate::pins::PinReason;
 use crate::router::contains_ignoring_case;
 
 /// Messages not yet sent anywhere.
@@ -116,7 +116,9 @@ pub fn plan(
     let mut statement = |sql: &[u8], route: &mut Route, commands: &mut Commands| -> Route {
         let text = fe::sql_text(sql);
         function_ddl |= is_function_ddl(&text);
-        tag = tag.take().or_else(|| crate::router::scan::leading_tag(&text));
+        tag = tag
+            .take()
+            .or_else(|| crate::router::scan::leading_tag(&text));
         if drops_database.is_none() {
             drops_database = dropped_database(&text);
         }
@@ -149,8 +151,9 @@ pub fn plan(
                 let name = fe::bind_statement(body)?;
                 if !(name.is_empty() && parsed_unnamed) {
                     // An unknown name fails on the node; route it safely.
-                    route = route
-                        .merge(named(&name, &parsed_here).unwrap_or(Route::primary(Reason::Session)));
+                    route = route.merge(
+                        named(&name, &parsed_here).unwrap_or(Route::primary(Reason::Session)),
+                    );
                     // A prepared SET is tracked when it is executed.
                     let prepared = if name.is_empty() {
                         statements.unnamed.as_ref().map(|(s, _)| s)
@@ -167,8 +170,9 @@ pub fn plan(
             fe::DESCRIBE_TAG => {
                 let (kind, name) = fe::target(body, "Describe")?;
                 if kind == fe::STATEMENT && !(name.is_empty() && parsed_unnamed) {
-                    route = route
-                        .merge(named(&name, &parsed_here).unwrap_or(Route::primary(Reason::Session)));
+                    route = route.merge(
+                        named(&name, &parsed_here).unwrap_or(Route::primary(Reason::Session)),
+                    );
                 }
             }
             fe::CLOSE_TAG => {

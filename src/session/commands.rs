@@ -53,9 +53,7 @@ pub fn recognise(sql: &str) -> Option<Command> {
         ["begin", ..] | ["start", "transaction", ..] => Some(Command::Begin),
         ["set", "time", "zone", "default" | "local"]
         | ["set", "session", "time", "zone", "default" | "local"] => reset("timezone"),
-        ["set", "session", _, "to" | "=", "default"] => {
-            Some(Command::Reset { name: name_at(2)? })
-        }
+        ["set", "session", _, "to" | "=", "default"] => Some(Command::Reset { name: name_at(2)? }),
         ["set", _, "to" | "=", "default"] => Some(Command::Reset { name: name_at(1)? }),
         ["set", "local", ..] | ["set", "transaction", ..] | ["set", "role", ..] => None,
         ["set", "session", "authorization", ..] | ["set", "session", "characteristics", ..] => None,

@@ -6,18 +6,15 @@
 //! only.
 
 mod batch;
-pub mod cancel;
 mod choose;
 mod commands;
 mod handshake;
 mod outbound;
-mod pin;
 mod relay;
 mod replies;
 mod state;
 mod stream;
 
-pub use pin::{PinCounts, PinReason};
 pub use stream::ClientStream;
 
 use std::net::SocketAddr;

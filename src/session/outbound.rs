@@ -92,8 +92,11 @@ impl Translation<'_> {
                     match self.resolve(&mut out, &b.statement, parsed_unnamed) {
                         Some(server_name) => {
                             fe::write_bind(&mut out.bytes, &b, &server_name);
-                            out.expects
-                                .push(Expect::renamed(Kind::Bind, server_name, &b.statement));
+                            out.expects.push(Expect::renamed(
+                                Kind::Bind,
+                                server_name,
+                                &b.statement,
+                            ));
                         }
                         None => forward(&mut out, frame, Kind::Bind),
                     }
@@ -335,4 +338,234 @@ fn synthetic(out: &mut Outbound, write: impl FnOnce(&mut BytesMut)) {
     let mut bytes = BytesMut::new();
     write(&mut bytes);
     out.expects.push(Expect::synthetic(bytes));
+}
+
+#[cfg(test)]
+mod tests {
+    //! The translation of client batches, without sockets: what a server
+    //! connection receives and which replies the client is owed.
+
+    use std::collections::HashSet;
+
+    use super::super::replies::Replies;
+    use super::*;
+    use crate::protocol::codec::decode_frame;
+
+    /// Frames from raw message bytes.
+    pub(crate) fn frames(bytes: &[u8]) -> Vec<Frame> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(f) = decode_frame(&mut buf, 1 << 20).unwrap() {
+            out.push(f);
+        }
+        out
+    }
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    pub(crate) fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        fe::write_parse(&mut b, name, sql.as_bytes(), &[0, 0]);
+        b.to_vec()
+    }
+
+    pub(crate) fn bind(statement: &str) -> Vec<u8> {
+        message(b'B', format!("\0{statement}\0\0\0\0\0\0\0").as_bytes())
+    }
+
+    pub(crate) fn execute() -> Vec<u8> {
+        message(b'E', b"\0\0\0\0\0")
+    }
+
+    pub(crate) fn sync() -> Vec<u8> {
+        message(b'S', b"")
+    }
+
+    fn describe_statement(name: &str) -> Vec<u8> {
+        message(b'D', format!("S{name}\0").as_bytes())
+    }
+
+    fn query(sql: &str) -> Vec<u8> {
+        message(b'Q', format!("{sql}\0").as_bytes())
+    }
+
+    /// The tags and first strings of the messages in `bytes`.
+    fn sent(bytes: &[u8]) -> Vec<(char, String)> {
+        frames(bytes)
+            .iter()
+            .map(|f| {
+                let body = f.body();
+                let skip = usize::from(matches!(f.tag, b'D' | b'C'));
+                let text: String = body[skip..]
+                    .iter()
+                    .take_while(|b| **b != 0)
+                    .map(|b| *b as char)
+                    .collect();
+                (f.tag as char, text)
+            })
+            .collect()
+    }
+
+    struct Fixture {
+        conn: ConnState,
+        statements: Statements,
+        settings: Settings,
+        router: Router,
+    }
+
+    impl Fixture {
+        fn new(startup: &[(&str, &str)]) -> Fixture {
+            let params: Vec<(String, String)> = startup
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect();
+            Fixture {
+                conn: ConnState::new(1),
+                statements: Statements::default(),
+                settings: Settings::from_startup(&params),
+                router: Router::new(&[], &HashSet::new(), 1 << 20),
+            }
+        }
+
+        fn translate(&mut self, bytes: &[u8], command: Option<&Tracked>, fresh: bool) -> Outbound {
+            Translation {
+                conn: &mut self.conn,
+                statements: &mut self.statements,
+                settings: &self.settings,
+                router: &self.router,
+            }
+            .translate(&frames(bytes), command, fresh)
+            .unwrap()
+        }
+    }
+
+    #[test]
+    fn named_statements_get_shared_server_names_and_synthetic_parse_completes() {
+        let mut fx = Fixture::new(&[]);
+        let batch = [parse("s1", "SELECT 1"), bind("s1"), execute(), sync()].concat();
+        let out = fx.translate(&batch, None, true);
+        let wire = sent(&out.bytes);
+        let server = wire[0].1.clone();
+        assert!(server.starts_with("pgsplit_"), "{wire:?}");
+        assert_eq!(wire[1], ('B', String::new())); // unnamed portal
+        assert_eq!(
+            out.expects
+                .iter()
+                .map(|e| e.kind.clone())
+                .collect::<Vec<_>>(),
+            vec![Kind::Parse, Kind::Bind, Kind::Execute, Kind::Sync]
+        );
+        assert!(out.expects[0].forward, "the client's ParseComplete");
+        assert_eq!(out.added, vec!["s1".to_owned()]);
+        // The same text under another client name on the same connection:
+        // no Parse goes out, the ParseComplete is the proxy's.
+        let out = fx.translate(&[parse("s2", "SELECT 1"), sync()].concat(), None, false);
+        assert_eq!(sent(&out.bytes), vec![('S', String::new())]);
+        assert!(matches!(out.expects[0].kind, Kind::Synthetic(_)));
+        // A name taken: 42P05 from the proxy, the batch skipped to Sync.
+        let out = fx.translate(
+            &[parse("s1", "SELECT 2"), bind("s1"), sync()].concat(),
+            None,
+            false,
+        );
+        assert_eq!(sent(&out.bytes), vec![('S', String::new())]);
+    }
+
+    #[test]
+    fn a_fresh_connection_gets_the_session_settings_first() {
+        let mut fx = Fixture::new(&[("application_name", "web")]);
+        let out = fx.translate(&query("SELECT 1"), None, true);
+        let wire = sent(&out.bytes);
+        assert_eq!(wire.len(), 2);
+        assert!(wire[0].1.contains("set_config('application_name', 'web'"));
+        assert!(
+            !out.expects[0].forward,
+            "the replay's replies are swallowed"
+        );
+        // Same settings already there: nothing replayed.
+        let out = fx.translate(&query("SELECT 1"), None, true);
+        assert_eq!(sent(&out.bytes).len(), 1);
+        // Another session's settings on the connection: RESET ALL first.
+        fx.conn.settings = Some(42);
+        let out = fx.translate(&query("SELECT 1"), None, true);
+        assert!(sent(&out.bytes)[0].1.starts_with("RESET ALL;"));
+    }
+
+    #[test]
+    fn the_unnamed_statement_is_parsed_again_where_it_is_missing() {
+        let mut fx = Fixture::new(&[]);
+        fx.translate(&[parse("", "SELECT $1"), sync()].concat(), None, false);
+        // Described on the same connection: nothing to add.
+        let out = fx.translate(&[describe_statement(""), sync()].concat(), None, false);
+        assert_eq!(sent(&out.bytes)[0].0, 'D');
+        // A simple query (the proxy's own, or anyone's) replaced it.
+        fx.translate(&query("SELECT 1"), None, false);
+        let out = fx.translate(&[describe_statement(""), sync()].concat(), None, false);
+        let wire = sent(&out.bytes);
+        assert_eq!(wire[0], ('P', String::new()), "{wire:?}");
+        assert!(!out.expects[0].forward);
+        // Another connection never had it.
+        let mut other = ConnState::new(2);
+        std::mem::swap(&mut fx.conn, &mut other);
+        let out = fx.translate(&[bind(""), execute(), sync()].concat(), None, false);
+        assert_eq!(sent(&out.bytes)[0].0, 'P');
+    }
+
+    #[test]
+    fn reset_of_a_startup_setting_restores_it_and_reports_it() {
+        let mut fx = Fixture::new(&[("TimeZone", "America/Los_Angeles")]);
+        let command = Tracked {
+            command: Command::Reset {
+                name: "timezone".into(),
+            },
+            sql: "RESET TimeZone".into(),
+        };
+        let out = fx.translate(&query("RESET TimeZone"), Some(&command), false);
+        let wire = sent(&out.bytes);
+        assert_eq!(wire.len(), 2, "{wire:?}");
+        assert!(wire[1].1.contains("'America/Los_Angeles'"));
+        assert!(!out.expects[1].forward && out.expects[1].forward_status);
+        // A setting not given at connect time: RESET alone.
+        let command = Tracked {
+            command: Command::Reset {
+                name: "search_path".into(),
+            },
+            sql: "RESET search_path".into(),
+        };
+        let out = fx.translate(&query("RESET search_path"), Some(&command), false);
+        assert_eq!(sent(&out.bytes).len(), 1);
+    }
+
+    #[test]
+    fn replies_already_delivered_are_not_delivered_twice() {
+        let mut fx = Fixture::new(&[]);
+        fx.translate(&[parse("s1", "SELECT 1"), sync()].concat(), None, false);
+        // Prepared on this connection: a synthetic ParseComplete leads.
+        let mut out = fx.translate(
+            &[parse("s2", "SELECT 1"), bind("s2"), execute(), sync()].concat(),
+            None,
+            false,
+        );
+        assert!(matches!(out.expects[0].kind, Kind::Synthetic(_)));
+        // Sent again elsewhere after the client had that ParseComplete:
+        Replies::skip_delivered(&mut out.expects, 1);
+        assert_eq!(out.expects[0].kind, Kind::Bind);
+        // On a connection where it must be parsed, the node's ParseComplete
+        // is swallowed instead.
+        let mut other = Fixture::new(&[]);
+        let mut out = other.translate(
+            &[parse("s2", "SELECT 1"), bind("s2"), execute(), sync()].concat(),
+            None,
+            false,
+        );
+        assert!(out.expects[0].forward);
+        Replies::skip_delivered(&mut out.expects, 1);
+        assert!(!out.expects[0].forward);
+        assert!(out.expects[1].forward);
+    }
 }

@@ -213,7 +213,9 @@ impl Replies {
     }
 
     fn head_forwards_status(&self) -> bool {
-        self.queue.front().is_none_or(|e| e.forward || e.forward_status)
+        self.queue
+            .front()
+            .is_none_or(|e| e.forward || e.forward_status)
     }
 
     /// Handles one server message. Returns the ReadyForQuery status when
@@ -399,4 +401,169 @@ fn apply(e: &Expect, status: TxnStatus, cx: &mut Context<'_>) -> Applied {
         cx.conn.settings = cx.settings.fingerprint();
     }
     Applied::Done
+}
+
+#[cfg(test)]
+mod tests {
+    //! Reply accounting fed with server messages, no socket.
+
+    use super::*;
+    use crate::protocol::codec::decode_frame;
+
+    fn frame(bytes: BytesMut) -> Frame {
+        let mut buf = bytes;
+        decode_frame(&mut buf, 1 << 20).unwrap().unwrap()
+    }
+
+    fn ready(status: TxnStatus) -> Frame {
+        let mut b = BytesMut::new();
+        be::ready_for_query(&mut b, status);
+        frame(b)
+    }
+
+    fn simple(tag: u8) -> Frame {
+        frame(BytesMut::from(&[tag, 0, 0, 0, 4][..]))
+    }
+
+    fn status(name: &str, value: &str) -> Frame {
+        let mut b = BytesMut::new();
+        be::parameter_status(&mut b, name, value);
+        frame(b)
+    }
+
+    struct Fixture {
+        conn: ConnState,
+        statements: Statements,
+        settings: Settings,
+        out: BytesMut,
+        replies: Replies,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            Fixture {
+                conn: ConnState::new(1),
+                statements: Statements::default(),
+                settings: Settings::default(),
+                out: BytesMut::new(),
+                replies: Replies::default(),
+            }
+        }
+
+        fn feed(&mut self, frame: &Frame) -> Option<TxnStatus> {
+            let mut cx = Context {
+                conn: &mut self.conn,
+                statements: &mut self.statements,
+                settings: &mut self.settings,
+                out: &mut self.out,
+            };
+            self.replies.on_frame(frame, &mut cx)
+        }
+
+        fn tags(&mut self) -> Vec<u8> {
+            let mut buf = std::mem::take(&mut self.out);
+            let mut tags = Vec::new();
+            while let Some(f) = decode_frame(&mut buf, 1 << 20).unwrap() {
+                tags.push(f.tag);
+            }
+            tags
+        }
+    }
+
+    #[test]
+    fn an_error_skips_to_sync_and_undoes_what_was_skipped() {
+        let mut fx = Fixture::new();
+        let statement = Arc::new(crate::session::state::Statement::new(
+            b"SELECT 1",
+            &[0, 0],
+            crate::router::Route::replica(crate::router::Reason::Read),
+            0,
+        ));
+        fx.statements.add("s1", statement);
+        let mut parse = Expect::new(Kind::Parse);
+        parse.client_parse = Some("s1".into());
+        fx.replies.extend(vec![
+            Expect::new(Kind::Bind),
+            parse,
+            Expect::new(Kind::Execute),
+            Expect::new(Kind::Sync),
+        ]);
+        let mut err = BytesMut::new();
+        be::error_response(&mut err, be::Severity::Error, "42P01", "no such table");
+        fx.feed(&frame(err));
+        assert!(
+            fx.statements.get("s1").is_none(),
+            "the skipped Parse is undone"
+        );
+        assert_eq!(fx.feed(&ready(TxnStatus::Idle)), Some(TxnStatus::Idle));
+        assert!(fx.replies.is_empty());
+        assert_eq!(
+            fx.tags(),
+            vec![be::ERROR_RESPONSE_TAG, be::READY_FOR_QUERY_TAG]
+        );
+    }
+
+    #[test]
+    fn swallowed_replies_keep_nothing_unless_asked() {
+        let mut fx = Fixture::new();
+        for _ in 0..3 {
+            fx.replies.extend(vec![Expect::swallowed(Kind::Query)]);
+            fx.feed(&status("TimeZone", "UTC"));
+            fx.feed(&ready(TxnStatus::Idle));
+        }
+        assert!(fx.replies.take_captured().is_empty());
+        assert!(fx.tags().is_empty());
+        fx.replies.capture_status();
+        fx.replies.extend(vec![Expect::swallowed(Kind::Query)]);
+        fx.feed(&status("TimeZone", "UTC"));
+        fx.feed(&ready(TxnStatus::Idle));
+        assert_eq!(
+            fx.replies.take_captured(),
+            vec![("TimeZone".to_owned(), "UTC".to_owned())]
+        );
+        // A restore after RESET lets the client see the value.
+        let mut e = Expect::swallowed(Kind::Query);
+        e.forward_status = true;
+        fx.replies.extend(vec![e]);
+        fx.feed(&status("TimeZone", "America/Los_Angeles"));
+        fx.feed(&simple(be::COMMAND_COMPLETE_TAG));
+        fx.feed(&ready(TxnStatus::Idle));
+        assert_eq!(fx.tags(), vec![be::PARAMETER_STATUS_TAG]);
+    }
+
+    #[test]
+    fn notifications_always_reach_the_client() {
+        let mut fx = Fixture::new();
+        let notification = frame(BytesMut::from(
+            &[be::NOTIFICATION_TAG, 0, 0, 0, 10, 0, 0, 0, 1, 0, 0][..],
+        ));
+        fx.feed(&notification);
+        fx.replies.extend(vec![Expect::swallowed(Kind::Query)]);
+        fx.feed(&notification);
+        fx.feed(&ready(TxnStatus::Idle));
+        assert_eq!(fx.tags(), vec![be::NOTIFICATION_TAG, be::NOTIFICATION_TAG]);
+    }
+
+    #[test]
+    fn a_set_inside_a_transaction_leaves_the_settings_to_be_read_back() {
+        let mut fx = Fixture::new();
+        let mut e = Expect::new(Kind::Query);
+        e.command = Some(Command::Set {
+            name: "search_path".into(),
+        });
+        e.sql = Some("SET search_path TO s1".into());
+        fx.replies.extend(vec![e.clone()]);
+        fx.feed(&simple(be::COMMAND_COMPLETE_TAG));
+        fx.feed(&ready(TxnStatus::InTransaction));
+        assert!(fx.replies.settings_unknown);
+        assert_eq!(fx.settings.fingerprint(), None, "not recorded");
+        // Outside a transaction it is recorded, and the connection has it.
+        fx.replies.settings_unknown = false;
+        fx.replies.extend(vec![e]);
+        fx.feed(&simple(be::COMMAND_COMPLETE_TAG));
+        fx.feed(&ready(TxnStatus::Idle));
+        assert!(!fx.replies.settings_unknown);
+        assert!(fx.settings.fingerprint().is_some());
+        assert_eq!(fx.conn.settings, fx.settings.fingerprint());
+    }
 }

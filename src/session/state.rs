@@ -198,11 +198,7 @@ impl Settings {
         if self.startup.is_empty() {
             return None;
         }
-        let calls: Vec<String> = self
-            .startup
-            .iter()
-            .map(|(n, v)| set_config(n, v))
-            .collect();
+        let calls: Vec<String> = self.startup.iter().map(|(n, v)| set_config(n, v)).collect();
         Some(format!("SELECT {}", calls.join(", ")))
     }
 
@@ -251,8 +247,7 @@ impl Settings {
         self.sets.clear();
         for (name, value) in read {
             let lower = name.to_ascii_lowercase();
-            if NOT_CAPTURED.contains(&lower.as_str()) || self.startup_value(&lower) == Some(value)
-            {
+            if NOT_CAPTURED.contains(&lower.as_str()) || self.startup_value(&lower) == Some(value) {
                 continue;
             }
             self.sets

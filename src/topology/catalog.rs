@@ -56,7 +56,7 @@ async fn load(
     let client = connect_node(
         config,
         node_tls,
-        topology.primary(),
+        &topology.primary().endpoint(),
         Some(database),
         "pgsplit-catalog",
     )

@@ -96,6 +96,16 @@ impl Drop for InFlight {
 }
 
 impl Node {
+    /// How to reach it.
+    pub fn endpoint(&self) -> crate::config::Endpoint {
+        crate::config::Endpoint {
+            name: self.name.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            tls: self.tls,
+        }
+    }
+
     /// `host:port`, for connecting.
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)

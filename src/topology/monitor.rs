@@ -74,8 +74,9 @@ impl Poller {
         node: &Node,
     ) -> Result<Sample, String> {
         if self.client.is_none() {
-            self.client =
-                Some(connect_node(config, node_tls, node, None, "pgsplit-monitor").await?);
+            self.client = Some(
+                connect_node(config, node_tls, &node.endpoint(), None, "pgsplit-monitor").await?,
+            );
         }
         let client = self.client.as_ref().expect("connected");
         let row = client

@@ -125,6 +125,13 @@ async fn set_config_in_a_do_block_follows_its_session_only() {
         .unwrap();
         assert_eq!(in_txn[0][0].as_deref(), Some("12s"), "{mode}");
         assert_eq!(on_primary(&a, "statement_timeout").await, "12s", "{mode}");
+        // (session pooling: a session keeps its connections until it leaves)
+        let a = if mode == "session" {
+            drop(a);
+            None
+        } else {
+            Some(a)
+        };
         let b = app(&proxy).await;
         drop(a);
         assert_eq!(on_primary(&b, "statement_timeout").await, "0", "{mode}");
@@ -239,7 +246,9 @@ async fn a_set_sent_as_a_prepared_statement_is_tracked_not_a_transaction() {
         let proxy = start_proxy(&one_connection(mode)).await;
         let a = app(&proxy).await;
         // tokio-postgres prepares every statement under a name.
-        a.execute("SET statement_timeout = '3s'", &[]).await.unwrap();
+        a.execute("SET statement_timeout = '3s'", &[])
+            .await
+            .unwrap();
         for _ in 0..5 {
             assert_eq!(on_replica(&a, "statement_timeout").await, "3s", "{mode}");
         }
@@ -278,7 +287,10 @@ async fn latin1_clients_are_understood() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(replica_ports().contains(&port), "a read still goes to a replica");
+    assert!(
+        replica_ports().contains(&port),
+        "a read still goes to a replica"
+    );
     // Extended protocol, named statement, text in LATIN1.
     let mut batch = raw::parse("l1", b"SELECT length('\xe9t\xe9'::text || $1)", &[25]);
     batch.extend(raw::bind("l1", &[b"\xe0"]));
@@ -308,9 +320,16 @@ async fn more_than_32767_parameters_are_accepted() {
     batch.extend(raw::sync());
     c.send(&batch).await;
     let replies = c.until_ready().await;
-    assert!(replies.iter().all(|m| m.tag != b'E'), "{:?}", replies.iter().find_map(raw::Msg::error));
+    assert!(
+        replies.iter().all(|m| m.tag != b'E'),
+        "{:?}",
+        replies.iter().find_map(raw::Msg::error)
+    );
     let row = replies.iter().find(|m| m.tag == b'D').unwrap();
-    assert_eq!(row.columns()[0].as_deref(), Some(format!("{}", n - 1).as_bytes()));
+    assert_eq!(
+        row.columns()[0].as_deref(),
+        Some(format!("{}", n - 1).as_bytes())
+    );
     proxy.stop().await;
 }
 
@@ -321,13 +340,18 @@ async fn a_read_only_transaction_runs_where_its_first_statement_works() {
     let other = direct(primary_port()).await;
     // The lock is taken on the primary, where it excludes others.
     a.batch_execute("BEGIN READ ONLY").await.unwrap();
-    a.batch_execute("SELECT pg_advisory_xact_lock(77)").await.unwrap();
+    a.batch_execute("SELECT pg_advisory_xact_lock(77)")
+        .await
+        .unwrap();
     let free: bool = other
         .query_one("SELECT pg_try_advisory_lock(77)", &[])
         .await
         .unwrap()
         .get(0);
-    assert!(!free, "the advisory lock was taken where it excludes nobody");
+    assert!(
+        !free,
+        "the advisory lock was taken where it excludes nobody"
+    );
     a.batch_execute("COMMIT").await.unwrap();
     let free: bool = other
         .query_one("SELECT pg_try_advisory_lock(77)", &[])
@@ -335,7 +359,10 @@ async fn a_read_only_transaction_runs_where_its_first_statement_works() {
         .unwrap()
         .get(0);
     assert!(free);
-    other.execute("SELECT pg_advisory_unlock(77)", &[]).await.unwrap();
+    other
+        .execute("SELECT pg_advisory_unlock(77)", &[])
+        .await
+        .unwrap();
     for first in [
         "SELECT txid_current()",
         "SELECT pg_notify('ro_chan', 'x')",
@@ -370,7 +397,10 @@ async fn a_read_only_transaction_runs_where_its_first_statement_works() {
         .unwrap()
         .get(0);
     assert!(free);
-    other.execute("SELECT pg_advisory_unlock(78)", &[]).await.unwrap();
+    other
+        .execute("SELECT pg_advisory_unlock(78)", &[])
+        .await
+        .unwrap();
     // A plain read-only transaction still reads on a replica.
     let rows = rows(&a, "BEGIN READ ONLY; SELECT inet_server_port(); COMMIT")
         .await
@@ -440,7 +470,9 @@ async fn reset_returns_to_the_value_given_at_connect() {
             "SET TIME ZONE DEFAULT",
             "RESET ALL",
         ] {
-            c.batch_execute("SET TimeZone TO 'Asia/Tokyo'").await.unwrap();
+            c.batch_execute("SET TimeZone TO 'Asia/Tokyo'")
+                .await
+                .unwrap();
             assert_eq!(on_replica(&c, "TimeZone").await, "Asia/Tokyo");
             c.batch_execute(reset).await.unwrap();
             for _ in 0..2 {
@@ -499,7 +531,9 @@ async fn pinned_sessions_are_counted_and_capped() {
     let a = app(&proxy).await;
     let b = app(&proxy).await;
     let c = app(&proxy).await;
-    a.batch_execute("CREATE TEMP TABLE pin_a (x int)").await.unwrap();
+    a.batch_execute("CREATE TEMP TABLE pin_a (x int)")
+        .await
+        .unwrap();
     b.batch_execute("LISTEN pin_channel").await.unwrap();
     let status = pgsplit::admin::Status::collect(&proxy.state);
     assert_eq!(status.pinned.get("temp"), Some(&1), "{:?}", status.pinned);
@@ -531,7 +565,9 @@ async fn pinned_sessions_are_counted_and_capped() {
         assert!(std::time::Instant::now() < deadline, "pins not released");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    c.batch_execute("CREATE TEMP TABLE pin_c (x int)").await.unwrap();
+    c.batch_execute("CREATE TEMP TABLE pin_c (x int)")
+        .await
+        .unwrap();
     proxy.stop().await;
 }
 
@@ -615,7 +651,10 @@ async fn a_connection_never_given_back_clean_is_not_reused() {
     let proxy = start_proxy(&one_connection("transaction")).await;
     let topology = proxy.state.topology.load_full();
     let node = topology.primary().clone();
-    let pool = proxy.state.pools.pool_for(&node, "app", "app", Some("app"));
+    let pool = proxy
+        .state
+        .pools
+        .pool_for(&node.endpoint(), "app", "app", Some("app"));
     let mut conn = pool.checkout().await.unwrap();
     let first = conn.id();
     conn.simple_command("BEGIN").await.unwrap();

@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use super::super::SessionError;
 use super::super::batch::Plan;
-use super::super::pin::PinReason;
 use super::super::state::{NOT_CAPTURED, Statement};
 use super::{Held, Phase, PinGuard, Session};
 use crate::config::ReadYourWrites;
+use crate::pins::PinReason;
 use crate::protocol::backend::{self as be, TxnStatus};
 use crate::protocol::codec::Frame;
 use crate::protocol::frontend as fe;
@@ -108,7 +108,9 @@ impl Session<'_> {
     /// become the session's (replayed wherever it goes next); state that
     /// cannot be replayed pins the session to this connection.
     async fn capture(&mut self) {
-        let Some(held) = held_of(&mut self.phase) else { return };
+        let Some(held) = held_of(&mut self.phase) else {
+            return;
+        };
         if held.pin.is_some() {
             return; // a pinned session stays on this connection anyway
         }
@@ -133,15 +135,11 @@ impl Session<'_> {
         if let Some(reason) = found.pin {
             // The state exists already: the session is pinned whatever
             // the cap (which is checked before statements known to pin).
-            let _ = self
-                .state
-                .pins
-                .try_pin(reason, usize::MAX, &self.state.metrics);
-            tracing::debug!(reason = reason.as_str(), "session pinned by what it left on its connection");
-            held.pin = Some(PinGuard {
-                reason,
-                state: self.state.clone(),
-            });
+            tracing::debug!(
+                reason = reason.as_str(),
+                "session pinned by what it left on its connection"
+            );
+            held.pin = PinGuard::take(&self.state, reason, usize::MAX);
             held.conn.proto.dirty = true;
             return;
         }
@@ -269,7 +267,14 @@ mod tests {
     fn captured_settings_and_pins() {
         let mut c = Captured::default();
         c.row(&row(&[Some("statement_timeout"), Some("12s")]));
-        c.row(&row(&[Some("f"), Some("f"), Some("f"), Some("f"), Some("f"), Some("f")]));
+        c.row(&row(&[
+            Some("f"),
+            Some("f"),
+            Some("f"),
+            Some("f"),
+            Some("f"),
+            Some("f"),
+        ]));
         assert_eq!(
             c,
             Captured {
@@ -277,7 +282,14 @@ mod tests {
                 pin: None
             }
         );
-        c.row(&row(&[Some("t"), Some("f"), Some("f"), Some("f"), Some("t"), Some("f")]));
+        c.row(&row(&[
+            Some("t"),
+            Some("f"),
+            Some("f"),
+            Some("f"),
+            Some("t"),
+            Some("f"),
+        ]));
         assert_eq!(c.pin, Some(PinReason::Temp));
         assert!(capture_sql().contains("'transaction_isolation'"));
     }

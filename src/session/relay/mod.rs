@@ -45,13 +45,13 @@ mod route;
 
 use super::SessionError;
 use super::batch::{self, Batch, Plan};
-use super::cancel::CancelSlot;
 use super::handshake::{self, Startup};
 use super::outbound::Translation;
-use super::pin::PinReason;
 use super::replies::{Context, Replies};
 use super::state::{Settings, Statements};
+use crate::cancel::CancelSlot;
 use crate::config::PoolMode;
+use crate::pins::PinReason;
 use crate::pool::{NodePool, PoolError, Pooled};
 use crate::protocol::backend::{self as be, TxnStatus};
 use crate::protocol::codec::{self, Frame, MAX_MESSAGE_LEN};
@@ -79,6 +79,10 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_KNOWN_POOLS: usize = 16;
 
 /// Where the session stands (see the module docs).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per session, moved rarely; boxing would allocate per transaction"
+)]
 enum Phase {
     /// No server connection held (session pooling may keep spares).
     Idle,
@@ -109,9 +113,25 @@ struct PinGuard {
     state: Arc<State>,
 }
 
+impl PinGuard {
+    /// Takes a pin for `reason` unless `cap` sessions hold one.
+    fn take(state: &Arc<State>, reason: PinReason, cap: usize) -> Option<PinGuard> {
+        if !state.pins.try_pin(cap) {
+            state.metrics.pinned_refused.inc();
+            return None;
+        }
+        state.metrics.pinned[reason.index()].inc();
+        Some(PinGuard {
+            reason,
+            state: state.clone(),
+        })
+    }
+}
+
 impl Drop for PinGuard {
     fn drop(&mut self) {
-        self.state.pins.unpin(self.reason, &self.state.metrics);
+        self.state.pins.unpin();
+        self.state.metrics.pinned[self.reason.index()].dec();
     }
 }
 
@@ -397,7 +417,7 @@ impl<'s> Session<'s> {
             Some((_, pool)) => pool.clone(),
             None => {
                 let pool = self.state.pools.pool_for(
-                    node,
+                    &node.endpoint(),
                     &self.startup.user,
                     &self.startup.database,
                     self.password.as_deref(),
@@ -445,10 +465,9 @@ impl<'s> Session<'s> {
         match &self.phase {
             Phase::Idle => true,
             Phase::Deferred { .. } => false,
-            Phase::Held(held) => matches!(
-                held.hold(&self.replies),
-                Hold::Nothing | Hold::Pinned(_)
-            ),
+            Phase::Held(held) => {
+                matches!(held.hold(&self.replies), Hold::Nothing | Hold::Pinned(_))
+            }
         }
     }
 
@@ -473,9 +492,8 @@ impl<'s> Session<'s> {
             let reading_client = self.reading_client();
             // limits.idle_timeout: only a client with nothing in progress.
             let idle_limit = self.state.config.load().limits.idle_timeout.map(|d| d.0);
-            let quiet = idle_limit.is_some()
-                && matches!(self.phase, Phase::Idle)
-                && self.batch.len() == 0;
+            let quiet =
+                idle_limit.is_some() && matches!(self.phase, Phase::Idle) && self.batch.len() == 0;
             // Only a quiet session with a limit reads the clock.
             let idle_sleep = async {
                 match idle_limit {
@@ -540,7 +558,9 @@ impl<'s> Session<'s> {
                 && let Some(started) = held.timing.take()
             {
                 let elapsed = started.elapsed();
-                self.state.metrics.duration(held.target, elapsed.as_secs_f64());
+                self.state
+                    .metrics
+                    .duration(held.target, elapsed.as_secs_f64());
                 tracing::debug!(
                     elapsed_ms = elapsed.as_secs_f64() * 1000.0,
                     "statement done"
@@ -646,8 +666,7 @@ impl<'s> Session<'s> {
             if self.prepare_lazily(&frames, &plan) {
                 return Ok(());
             }
-            if plan.is_read_only_begin() && frames.len() == 1 && frames[0].tag == fe::QUERY_TAG
-            {
+            if plan.is_read_only_begin() && frames.len() == 1 && frames[0].tag == fe::QUERY_TAG {
                 // Answered here; the BEGIN goes in front of the first
                 // statement, to the node that statement needs.
                 be::command_complete(&mut self.cwbuf, "BEGIN");

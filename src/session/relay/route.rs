@@ -11,13 +11,13 @@ use bytes::BytesMut;
 
 use super::super::SessionError;
 use super::super::batch::Plan;
-use super::super::cancel::CancelTarget;
 use super::super::choose::{Choice, Wants, choose};
 use super::super::outbound::Translation;
 use super::super::replies::{Expect, Kind, Replies};
 use super::{
     Held, Hold, MAX_READ_TRIES, Phase, PinGuard, Retry, Session, WRITE_HOLD_LIMIT, backend_error,
 };
+use crate::cancel::CancelTarget;
 use crate::pool::PoolError;
 use crate::protocol::backend::{self as be, Severity, TxnStatus};
 use crate::protocol::codec::Frame;
@@ -97,10 +97,7 @@ impl Session<'_> {
         let hold = held.hold(&self.replies);
         let in_txn = hold == Hold::Transaction;
         let must_stay = held.open_batch || held.pin.is_some() || in_txn;
-        if in_txn
-            && held.target == Target::Replica
-            && needs_primary_in_replica_transaction(route)
-        {
+        if in_txn && held.target == Target::Replica && needs_primary_in_replica_transaction(route) {
             return Placement::RefuseOnHeld(format!(
                 "this read-only transaction runs on replica {} (placed by its first statement), \
                  and this statement needs the primary ({}); start the transaction with it, \
@@ -215,6 +212,7 @@ impl Session<'_> {
             return Ok(());
         }
         let floor = self.read_floor();
+        self.slot.routing();
         loop {
             let topology = self.state.topology.load_full();
             // Session pooling: a read keeps using the replica connection the
@@ -288,23 +286,29 @@ impl Session<'_> {
                 node = %node.name,
                 "statement routed"
             );
-            self.slot.set(Some(CancelTarget {
+            let target = CancelTarget {
                 address: held.conn.address.clone(),
                 pid: held.conn.login.pid,
                 secret: held.conn.login.secret,
-            }));
+            };
+            // Cancelled while it waited for a connection: the node is told
+            // once it has the batch.
+            let cancel = self.slot.sent_to(target.clone()).then_some(target);
             self.state.metrics.decision(held.target, reason);
             self.phase = Phase::Held(held);
             let retryable = route.target == Target::Replica;
-            return self
-                .send(
-                    frames,
-                    plan,
-                    begin,
-                    if retryable { tried } else { Vec::new() },
-                    if retryable { 1 + delivered } else { 0 },
-                )
-                .await;
+            self.send(
+                frames,
+                plan,
+                begin,
+                if retryable { tried } else { Vec::new() },
+                if retryable { 1 + delivered } else { 0 },
+            )
+            .await?;
+            if let Some(target) = cancel {
+                tokio::spawn(async move { crate::cancel::send_cancel(&target).await });
+            }
+            return Ok(());
         }
     }
 
@@ -336,9 +340,9 @@ impl Session<'_> {
         // A statement that pins needs room under the cap, checked before it
         // runs (the state it makes could not be undone).
         if route.pins && held.pin.is_none() && held.target == Target::Primary {
-            let reason = plan.pin.unwrap_or(super::super::pin::PinReason::Other);
+            let reason = plan.pin.unwrap_or(crate::pins::PinReason::Other);
             let cap = self.state.config.load().max_pinned_sessions();
-            if !self.state.pins.try_pin(reason, cap, &self.state.metrics) {
+            let Some(guard) = PinGuard::take(&self.state, reason, cap) else {
                 let message = format!(
                     "too many pinned sessions ({cap}, limits.max_pinned_sessions): this statement \
                      would keep a server connection for this session ({})",
@@ -346,11 +350,8 @@ impl Session<'_> {
                 );
                 self.fail_batch(sqlstate::TOO_MANY_CONNECTIONS, &message, plan.syncs);
                 return self.settle_unused().await;
-            }
-            held.pin = Some(PinGuard {
-                reason,
-                state: self.state.clone(),
-            });
+            };
+            held.pin = Some(guard);
             held.conn.proto.dirty = true;
         }
         if let Some(database) = &plan.drops_database {
@@ -394,11 +395,7 @@ impl Session<'_> {
                     .first()
                     .is_some_and(|e| e.kind == Kind::Query && !e.forward),
             );
-            let replay_len = if at == 1 {
-                replay_bytes(&out.bytes)
-            } else {
-                0
-            };
+            let replay_len = if at == 1 { replay_bytes(&out.bytes) } else { 0 };
             let mut bytes = BytesMut::with_capacity(out.bytes.len() + begin.bytes.len());
             bytes.extend_from_slice(&out.bytes[..replay_len]);
             bytes.extend_from_slice(&begin.bytes);
@@ -475,6 +472,9 @@ impl Session<'_> {
     /// Tells the client a batch failed before reaching any node.
     pub(super) fn fail_batch(&mut self, code: &str, message: &str, syncs: usize) {
         tracing::info!(code, error = message, "statement failed at the proxy");
+        if !matches!(self.phase, Phase::Held(_)) {
+            self.slot.set(None);
+        }
         be::error_response(&mut self.cwbuf, Severity::Error, code, message);
         let status = match &self.phase {
             Phase::Held(held) => held.conn.status(),
@@ -533,7 +533,6 @@ impl Session<'_> {
         self.fail_batch(sqlstate::CONNECTION_FAILURE, &message, owed);
         Ok(())
     }
-
 }
 
 /// The length of the first message in `bytes` (the settings replay).

@@ -50,7 +50,8 @@ impl PinReason {
         }
     }
 
-    fn index(self) -> usize {
+    /// Its position in [`PinReason::ALL`].
+    pub fn index(self) -> usize {
         PinReason::ALL
             .iter()
             .position(|r| *r == self)
@@ -76,7 +77,8 @@ impl PinReason {
             PinReason::AdvisoryLock
         } else if contains_ignoring_case(sql, "temp") {
             PinReason::Temp
-        } else if contains_ignoring_case(sql, "role") || contains_ignoring_case(sql, "authorization")
+        } else if contains_ignoring_case(sql, "role")
+            || contains_ignoring_case(sql, "authorization")
         {
             PinReason::Role
         } else {
@@ -92,26 +94,18 @@ pub struct PinCounts {
 }
 
 impl PinCounts {
-    /// Takes a pin for `reason` unless `cap` sessions hold one already.
-    pub fn try_pin(&self, reason: PinReason, cap: usize, metrics: &crate::metrics::Metrics) -> bool {
-        let taken = self
-            .total
+    /// Takes a pin unless `cap` sessions hold one already.
+    pub fn try_pin(&self, cap: usize) -> bool {
+        self.total
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < cap).then_some(n + 1)
             })
-            .is_ok();
-        if taken {
-            metrics.pinned[reason.index()].inc();
-        } else {
-            metrics.pinned_refused.inc();
-        }
-        taken
+            .is_ok()
     }
 
     /// Gives a pin back.
-    pub fn unpin(&self, reason: PinReason, metrics: &crate::metrics::Metrics) {
+    pub fn unpin(&self) {
         self.total.fetch_sub(1, Ordering::AcqRel);
-        metrics.pinned[reason.index()].dec();
     }
 }
 
@@ -122,23 +116,32 @@ mod tests {
     #[test]
     fn reasons_from_text() {
         assert_eq!(PinReason::of_sql("LISTEN x"), PinReason::Listen);
-        assert_eq!(PinReason::of_sql("/* c */ prepare p AS SELECT 1"), PinReason::Prepare);
-        assert_eq!(PinReason::of_sql("DECLARE c CURSOR WITH HOLD FOR SELECT 1"), PinReason::Cursor);
-        assert_eq!(PinReason::of_sql("SELECT pg_advisory_lock(1)"), PinReason::AdvisoryLock);
-        assert_eq!(PinReason::of_sql("CREATE TEMP TABLE t (a int)"), PinReason::Temp);
+        assert_eq!(
+            PinReason::of_sql("/* c */ prepare p AS SELECT 1"),
+            PinReason::Prepare
+        );
+        assert_eq!(
+            PinReason::of_sql("DECLARE c CURSOR WITH HOLD FOR SELECT 1"),
+            PinReason::Cursor
+        );
+        assert_eq!(
+            PinReason::of_sql("SELECT pg_advisory_lock(1)"),
+            PinReason::AdvisoryLock
+        );
+        assert_eq!(
+            PinReason::of_sql("CREATE TEMP TABLE t (a int)"),
+            PinReason::Temp
+        );
         assert_eq!(PinReason::of_sql("SET ROLE admin"), PinReason::Role);
     }
 
     #[test]
     fn the_cap_holds() {
-        let metrics = crate::metrics::Metrics::new();
         let pins = PinCounts::default();
-        assert!(pins.try_pin(PinReason::Temp, 2, &metrics));
-        assert!(pins.try_pin(PinReason::Listen, 2, &metrics));
-        assert!(!pins.try_pin(PinReason::Temp, 2, &metrics));
-        pins.unpin(PinReason::Temp, &metrics);
-        assert!(pins.try_pin(PinReason::Temp, 2, &metrics));
-        assert_eq!(metrics.pinned[0].get(), 1);
-        assert_eq!(metrics.pinned[1].get(), 1);
+        assert!(pins.try_pin(2));
+        assert!(pins.try_pin(2));
+        assert!(!pins.try_pin(2));
+        pins.unpin();
+        assert!(pins.try_pin(2));
     }
 }
