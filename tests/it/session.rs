@@ -27,10 +27,12 @@ fn one_connection(mode: &str) -> String {
     )
 }
 
-fn trust_one_connection() -> String {
+fn trust_one_connection(mode: &str) -> String {
     config_text(
         &ports(),
-        "auth:\n  method: trust\n  users:\n    - { name: app, password: app }\npool:\n  size: 1\n",
+        &format!(
+            "auth:\n  method: trust\n  users:\n    - {{ name: app, password: app }}\npool:\n  size: 1\n  mode: {mode}\n"
+        ),
     )
 }
 
@@ -178,7 +180,13 @@ async fn temporary_objects_pin_the_session_and_leave_with_it() {
 
 #[tokio::test]
 async fn a_set_rolled_back_to_a_savepoint_is_gone() {
-    let proxy = start_proxy(&one_connection("transaction")).await;
+    for mode in MODES {
+        a_set_rolled_back_to_a_savepoint_is_gone_in(mode).await;
+    }
+}
+
+async fn a_set_rolled_back_to_a_savepoint_is_gone_in(mode: &str) {
+    let proxy = start_proxy(&one_connection(mode)).await;
     let a = app(&proxy).await;
     let default = on_primary(&a, "search_path").await;
     a.batch_execute("BEGIN; SAVEPOINT a; SET search_path TO s1; ROLLBACK TO a; COMMIT")
@@ -271,7 +279,13 @@ async fn a_set_sent_as_a_prepared_statement_is_tracked_not_a_transaction() {
 
 #[tokio::test]
 async fn latin1_clients_are_understood() {
-    let proxy = start_proxy(&trust_one_connection()).await;
+    for mode in MODES {
+        latin1_clients_are_understood_in(mode).await;
+    }
+}
+
+async fn latin1_clients_are_understood_in(mode: &str) {
+    let proxy = start_proxy(&trust_one_connection(mode)).await;
     let mut c = Raw::connect(proxy.addr.port(), &[("client_encoding", "LATIN1")]).await;
     let replies = c
         .query(b"SELECT 'caf\xe9' AS s, length('caf\xe9'), inet_server_port()")
@@ -308,7 +322,13 @@ async fn latin1_clients_are_understood() {
 
 #[tokio::test]
 async fn more_than_32767_parameters_are_accepted() {
-    let proxy = start_proxy(&trust_one_connection()).await;
+    for mode in MODES {
+        more_than_32767_parameters_are_accepted_in(mode).await;
+    }
+}
+
+async fn more_than_32767_parameters_are_accepted_in(mode: &str) {
+    let proxy = start_proxy(&trust_one_connection(mode)).await;
     let mut c = Raw::connect(proxy.addr.port(), &[]).await;
     let n = 40_000;
     let types = vec![23u32; n];
@@ -335,7 +355,13 @@ async fn more_than_32767_parameters_are_accepted() {
 
 #[tokio::test]
 async fn a_read_only_transaction_runs_where_its_first_statement_works() {
-    let proxy = default_proxy().await;
+    for mode in MODES {
+        a_read_only_transaction_runs_where_its_first_statement_works_in(mode).await;
+    }
+}
+
+async fn a_read_only_transaction_runs_where_its_first_statement_works_in(mode: &str) {
+    let proxy = start_proxy(&config_text(&ports(), &format!("pool:\n  mode: {mode}\n"))).await;
     let a = app(&proxy).await;
     let other = direct(primary_port()).await;
     // The lock is taken on the primary, where it excludes others.
@@ -495,7 +521,13 @@ async fn reset_returns_to_the_value_given_at_connect() {
 
 #[tokio::test]
 async fn the_unnamed_statement_can_be_described_after_its_parse() {
-    let proxy = start_proxy(&trust_one_connection()).await;
+    for mode in MODES {
+        the_unnamed_statement_can_be_described_after_its_parse_in(mode).await;
+    }
+}
+
+async fn the_unnamed_statement_can_be_described_after_its_parse_in(mode: &str) {
+    let proxy = start_proxy(&trust_one_connection(mode)).await;
     let mut c = Raw::connect(proxy.addr.port(), &[]).await;
     for sql in [
         &b"INSERT INTO items (v) VALUES ($1) RETURNING id"[..],
@@ -603,7 +635,13 @@ async fn session_pooling_takes_the_primary_only_when_needed() {
 
 #[tokio::test]
 async fn notifications_arriving_while_the_proxy_asks_for_the_wal_position_are_delivered() {
-    let proxy = default_proxy().await;
+    for mode in MODES {
+        notifications_are_delivered_in(mode).await;
+    }
+}
+
+async fn notifications_are_delivered_in(mode: &str) {
+    let proxy = start_proxy(&config_text(&ports(), &format!("pool:\n  mode: {mode}\n"))).await;
     let conn_str = format!(
         "host=127.0.0.1 port={} user=app password=app dbname=app",
         proxy.addr.port()
