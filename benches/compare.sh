@@ -11,6 +11,12 @@
 # For a quick look at one case (the table still goes to $OUT):
 #   TARGETS="pgsplit pgbouncer" WORKLOADS=select MODES=simple CLIENTS=32 \
 #   DURATION=10 OUT=/tmp/bench.md benches/compare.sh
+#
+# Before/after a change, interleaved in one run: BASELINE names another
+# pgsplit binary (an older commit's release build), which runs as the
+# targets "baseline" (with the replicas) and "baseline-primary":
+#   BASELINE=/tmp/old/target/release/pgsplit \
+#   TARGETS="pgsplit baseline pgsplit-primary baseline-primary" ... benches/compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-15}
@@ -34,6 +40,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 DIR=$(mktemp -d); chmod 755 "$DIR"
 P1=$(free_port); P2=$(free_port); P3=$(free_port)
 SPLIT=$(free_port); SPLIT1=$(free_port); SPLITB=$(free_port); BOUNCER=$(free_port); POOL=$(free_port); PCP=$(free_port)
+BASE=$(free_port); BASE1=$(free_port)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -83,6 +90,17 @@ echo "sched_batch: true" >> "$DIR/batch.yaml"
 target/release/pgsplit run -c "$DIR/batch.yaml" > "$DIR/batch.log" 2>&1 &
 SPLITBPID=$!
 PIDS+=("$SPLITBPID")
+
+# baseline, baseline-primary: another pgsplit binary on the same two configs.
+if [ -n "${BASELINE:-}" ]; then
+  sed -e "s/^listen: .*/listen: 127.0.0.1:$BASE/" "$DIR/proxy.yaml" > "$DIR/base.yaml"
+  sed -e "s/^listen: .*/listen: 127.0.0.1:$BASE1/" "$DIR/primary.yaml" > "$DIR/base1.yaml"
+  "$BASELINE" run -c "$DIR/base.yaml" > "$DIR/base.log" 2>&1 &
+  BASEPID=$!
+  "$BASELINE" run -c "$DIR/base1.yaml" > "$DIR/base1.log" 2>&1 &
+  BASE1PID=$!
+  PIDS+=("$BASEPID" "$BASE1PID")
+fi
 
 # PgBouncer
 cat > "$DIR/pgbouncer.ini" <<INI
@@ -162,12 +180,14 @@ pids_of() {
     pgsplit) echo "$DEMO" ;;
     pgsplit-primary) echo "$SPLIT1PID" ;;
     pgsplit-batch) echo "$SPLITBPID" ;;
+    baseline) echo "$BASEPID" ;;
+    baseline-primary) echo "$BASE1PID" ;;
     pgbouncer) echo "$BOUNCERPID" ;;
     pgpool) pgrep -x pgpool | tr '\n' ' ' ;;
   esac
 }
 port_of() {
-  case $1 in direct) echo "$P1" ;; pgsplit) echo "$SPLIT" ;; pgsplit-primary) echo "$SPLIT1" ;; pgsplit-batch) echo "$SPLITB" ;; pgbouncer) echo "$BOUNCER" ;; pgpool) echo "$POOL" ;; esac
+  case $1 in direct) echo "$P1" ;; pgsplit) echo "$SPLIT" ;; pgsplit-primary) echo "$SPLIT1" ;; pgsplit-batch) echo "$SPLITB" ;; baseline) echo "$BASE" ;; baseline-primary) echo "$BASE1" ;; pgbouncer) echo "$BOUNCER" ;; pgpool) echo "$POOL" ;; esac
 }
 HZ=$(getconf CLK_TCK)
 RESULTS="$DIR/results.tsv"

@@ -71,11 +71,14 @@ pub enum Reason {
     Rule,
     /// The zone preference chose a replica of the proxy's zone.
     Zone,
+    /// A replica refused it because it is a standby (read-only, in
+    /// recovery): run on the primary, and remembered.
+    StandbyRefused,
 }
 
 impl Reason {
     /// Every reason, for pre-creating metric series.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Write,
         Reason::Read,
         Reason::Transaction,
@@ -90,6 +93,7 @@ impl Reason {
         Reason::Retry,
         Reason::Rule,
         Reason::Zone,
+        Reason::StandbyRefused,
     ];
 
     /// Whether a statement routed for this reason may have written (and
@@ -103,6 +107,7 @@ impl Reason {
                 | Reason::Function
                 | Reason::Lock
                 | Reason::ParseError
+                | Reason::StandbyRefused
         )
     }
 
@@ -123,6 +128,7 @@ impl Reason {
             Reason::Retry => "retry",
             Reason::Rule => "rule",
             Reason::Zone => "zone",
+            Reason::StandbyRefused => "standby_refused",
         }
     }
 }
@@ -255,6 +261,28 @@ impl Router {
         let route = classify_text(sql, &self.write_functions);
         self.cache.insert(key.into(), route);
         route
+    }
+
+    /// Remembers that a replica refused `sql` because it is a standby: it
+    /// routes to the primary from now on (while the route cache keeps it;
+    /// a refusal after eviction or a catalog change teaches it again).
+    /// Returns whether this is news.
+    pub fn mark_standby_refused(&self, sql: &str) -> bool {
+        if sql.len() > MAX_CACHED_SQL {
+            return false;
+        }
+        let key = cache_key(sql);
+        let old = self.cache.get(&*key);
+        if old.is_some_and(|r| r.reason == Reason::StandbyRefused) {
+            return false;
+        }
+        let dirties = old.is_some_and(|r| r.dirties);
+        let route = Route {
+            dirties,
+            ..Route::primary(Reason::StandbyRefused)
+        };
+        self.cache.insert(key.into(), route);
+        true
     }
 }
 

@@ -208,6 +208,14 @@ impl Replies {
         }
     }
 
+    /// Whether the next reply answers something the proxy sent for itself
+    /// (nothing of it reaches the client).
+    pub fn head_swallowed(&self) -> bool {
+        self.queue.front().is_some_and(|e| {
+            !e.forward && !e.forward_status && !matches!(e.kind, Kind::Synthetic(_))
+        })
+    }
+
     fn head_forwards(&self) -> bool {
         self.queue.front().is_none_or(|e| e.forward)
     }

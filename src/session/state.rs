@@ -31,6 +31,17 @@ pub struct Statement {
 }
 
 impl Statement {
+    /// The same statement, routed to `route`.
+    pub fn rerouted(&self, route: Route) -> Statement {
+        Statement {
+            sql: self.sql.clone(),
+            types: self.types.clone(),
+            server_name: self.server_name.clone(),
+            route,
+            command: self.command.clone(),
+        }
+    }
+
     /// A statement with its server name derived from text, types and the
     /// session's name-resolution context (`context`, see
     /// [`Settings::resolution_key`]).
@@ -72,6 +83,13 @@ impl Statements {
         }
         self.named.insert(name.to_owned(), statement);
         true
+    }
+
+    /// Replaces a named statement (its route changed).
+    pub fn replace(&mut self, name: &str, statement: Arc<Statement>) {
+        if let Some(s) = self.named.get_mut(name) {
+            *s = statement;
+        }
     }
 
     /// Forgets a named statement.

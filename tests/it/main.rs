@@ -12,6 +12,7 @@ mod policies;
 mod pooling;
 mod protocol;
 mod routing;
+mod schema;
 mod security;
 mod session;
 mod tls;

@@ -163,6 +163,9 @@ struct Held {
     next: Option<(Vec<Frame>, Plan)>,
     /// The batch in flight, while it can still be sent elsewhere.
     retry: Option<Retry>,
+    /// Its first replies (ParseComplete, RowDescription...), held back
+    /// while it can still be sent elsewhere.
+    held_back: Vec<Frame>,
     /// It ran something that may have written (read-your-writes).
     wrote: bool,
     /// Function DDL went through: re-read the catalog after.
@@ -185,6 +188,7 @@ impl Held {
             open_batch: false,
             next: None,
             retry: None,
+            held_back: Vec::new(),
             wrote: false,
             function_ddl: false,
             dirtied: false,
@@ -537,40 +541,69 @@ impl<'s> Session<'s> {
                 }
                 Err(e) => return self.backend_failed(route::Failure::Wire(e)).await,
             };
-            if held.retry.is_some()
-                && let Some(code) = shutdown_code(&frame)
-            {
-                // The node is going away (shut down, crashed, restarting)
-                // and nothing of this read reached the client: retry it.
-                return self
-                    .backend_failed(route::Failure::ShuttingDown(code))
-                    .await;
-            }
-            held.retry = None;
-            let mut cx = Context {
-                conn: &mut held.conn.proto,
-                statements: &mut self.statements,
-                settings: &mut self.settings,
-                out: &mut self.cwbuf,
-            };
-            let ready = self.replies.on_frame(&frame, &mut cx);
-            if ready.is_some()
-                && let Some(started) = held.timing.take()
-            {
-                let elapsed = started.elapsed();
-                self.state
-                    .metrics
-                    .duration(held.target, elapsed.as_secs_f64());
-                tracing::debug!(
-                    elapsed_ms = elapsed.as_secs_f64() * 1000.0,
-                    "statement done"
-                );
-                if self.replies.ready_owed() > 0 {
-                    held.timing = Some(std::time::Instant::now());
+            if held.retry.is_some() {
+                if let Some(code) = shutdown_code(&frame) {
+                    // The node is going away (shut down, crashed, restarting)
+                    // and nothing of this read reached the client: retry it.
+                    return self
+                        .backend_failed(route::Failure::ShuttingDown(code))
+                        .await;
+                }
+                if let Some(why) = standby_refusal(&frame) {
+                    // A replica cannot run it because it is a standby, and
+                    // nothing of it reached the client: the primary runs it.
+                    return self.refused_by_standby(why).await;
+                }
+                if held.held_back.is_empty() && self.replies.head_swallowed() {
+                    // The proxy's own (a settings replay, a parse in front):
+                    // nothing of the client's read yet.
+                    self.on_reply(&frame);
+                    continue;
+                }
+                if is_preamble(&frame) {
+                    // Held back until the read is known to run here (an
+                    // error may still come before its first row).
+                    held.held_back.push(frame);
+                    continue;
+                }
+                held.retry = None;
+                for early in std::mem::take(&mut held.held_back) {
+                    self.on_reply(&early);
                 }
             }
+            self.on_reply(&frame);
             if self.cwbuf.len() >= FLUSH_AT {
                 self.flush().await?;
+            }
+        }
+    }
+
+    /// Accounts one server message of the held connection: what the client
+    /// gets, what the session learns.
+    fn on_reply(&mut self, frame: &Frame) {
+        let Phase::Held(held) = &mut self.phase else {
+            return;
+        };
+        let mut cx = Context {
+            conn: &mut held.conn.proto,
+            statements: &mut self.statements,
+            settings: &mut self.settings,
+            out: &mut self.cwbuf,
+        };
+        let ready = self.replies.on_frame(frame, &mut cx);
+        if ready.is_some()
+            && let Some(started) = held.timing.take()
+        {
+            let elapsed = started.elapsed();
+            self.state
+                .metrics
+                .duration(held.target, elapsed.as_secs_f64());
+            tracing::debug!(
+                elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                "statement done"
+            );
+            if self.replies.ready_owed() > 0 {
+                held.timing = Some(std::time::Instant::now());
             }
         }
     }
@@ -762,6 +795,38 @@ fn shutdown_code(frame: &Frame) -> Option<String> {
     be::error_code_and_message(frame.body())
         .map(|(code, _)| code)
         .filter(|code| matches!(code.as_str(), "57P01" | "57P02" | "57P03"))
+}
+
+/// Replies that come before a statement's first row and may be followed by
+/// its error: held back while the statement may still run elsewhere.
+fn is_preamble(frame: &Frame) -> bool {
+    matches!(
+        frame.tag,
+        be::PARSE_COMPLETE_TAG
+            | be::BIND_COMPLETE_TAG
+            | be::PARAMETER_DESCRIPTION_TAG
+            | be::ROW_DESCRIPTION_TAG
+            | be::NO_DATA_TAG
+            | be::NOTICE_RESPONSE_TAG
+            | be::PARAMETER_STATUS_TAG
+    )
+}
+
+/// The SQLSTATE and message of an ErrorResponse with which a standby
+/// refuses what only a primary can do: 25006 (read-only transaction),
+/// 0A000 or 55000 mentioning recovery, anything "during recovery".
+/// Hot-standby conflicts (40001, 40P01) are not refusals: the primary
+/// would not help.
+fn standby_refusal(frame: &Frame) -> Option<String> {
+    if frame.tag != be::ERROR_RESPONSE_TAG {
+        return None;
+    }
+    let (code, message) = be::error_code_and_message(frame.body())?;
+    let recovery = message.contains("recovery");
+    let refused = code == crate::protocol::sqlstate::READ_ONLY_SQL_TRANSACTION
+        || (matches!(code.as_str(), "0A000" | "55000") && recovery)
+        || message.contains("during recovery");
+    refused.then(|| format!("{code}: {message}"))
 }
 
 async fn fill_held(phase: &mut Phase) -> Result<(), WireError> {

@@ -535,6 +535,72 @@ impl Session<'_> {
     }
 }
 
+impl Session<'_> {
+    /// The replica refused the read in flight because it is a standby
+    /// (`why`), before any of it reached the client: its statements are
+    /// remembered as primary-only and it runs on the primary; the client
+    /// sees only the primary's answer.
+    pub(super) async fn refused_by_standby(&mut self, why: String) -> Result<(), SessionError> {
+        let Phase::Held(mut held) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            return Ok(());
+        };
+        let Some(retry) = held.retry.take() else {
+            self.phase = Phase::Held(held);
+            return Ok(());
+        };
+        // The rest of its replies would have to be read and dropped; the
+        // connection is closed instead (this happens once per statement).
+        held.conn.mark_broken();
+        let node = held.node.name.clone();
+        drop(held);
+        self.replies.clear();
+        self.slot.set(None);
+        for name in &retry.added {
+            self.statements.remove(name);
+        }
+        let router = self.state.router.load();
+        let refused = Route {
+            dirties: retry.plan.route.dirties,
+            ..Route::primary(Reason::StandbyRefused)
+        };
+        for frame in &retry.frames {
+            let sql = match frame.tag {
+                fe::QUERY_TAG => fe::query_sql(frame.body()).ok(),
+                fe::PARSE_TAG => fe::parse(frame.body()).ok().map(|p| p.sql),
+                fe::BIND_TAG => {
+                    let name = fe::bind_statement(frame.body()).ok();
+                    if let Some(name) = name.filter(|n| !n.is_empty())
+                        && let Some(s) = self.statements.get(&name).cloned()
+                    {
+                        self.statements
+                            .replace(&name, Arc::new(s.rerouted(refused)));
+                    }
+                    None
+                }
+                _ => None,
+            };
+            if let Some(sql) = sql {
+                let text = fe::sql_text(sql);
+                if router.mark_standby_refused(&text) {
+                    let cut = text.char_indices().nth(200).map_or(text.len(), |(i, _)| i);
+                    tracing::info!(
+                        node = %node,
+                        refusal = %why,
+                        statement = &text[..cut],
+                        "a replica refused a read as a standby; it runs on the primary from now on"
+                    );
+                }
+            }
+        }
+        if let Some(begin) = retry.begin {
+            self.phase = Phase::Deferred { begin };
+        }
+        let mut plan = retry.plan;
+        plan.route = refused;
+        Box::pin(self.route_fresh(retry.frames, plan, Vec::new(), retry.delivered)).await
+    }
+}
+
 /// The length of the first message in `bytes` (the settings replay).
 fn replay_bytes(bytes: &[u8]) -> usize {
     let len = i32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);

@@ -1,0 +1,103 @@
+//! Routing when the schema changes behind the proxy: objects created
+//! directly on the primary after the proxy started (as migrations do),
+//! used through the proxy at once. Where each statement ran is read from
+//! the nodes themselves (`inet_server_port()` written by the statement, on
+//! the primary).
+
+use crate::harness::*;
+
+/// `pgsplit_routing_decisions_total{target, reason}` now.
+fn decisions(proxy: &pgsplit::app::Proxy, target: &str, reason: &str) -> u64 {
+    let want =
+        format!("pgsplit_routing_decisions_total{{reason=\"{reason}\",target=\"{target}\"}} ");
+    proxy
+        .state
+        .metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(&want).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_replicas_refusal_as_a_standby_is_retried_on_the_primary_and_remembered() {
+    // Read-your-writes off: every read here is meant to reach a replica
+    // first, whatever this session wrote before.
+    let proxy = start_proxy(&config_text(
+        &ports(),
+        "routing:\n  read_your_writes: off\n",
+    ))
+    .await;
+    let client = app(&proxy).await;
+    let primary = direct(primary_port()).await;
+    primary
+        .batch_execute(
+            "DROP TABLE IF EXISTS bumps; DROP TABLE IF EXISTS scratch_u;
+             CREATE TABLE bumps (k text, port int);
+             CREATE OR REPLACE FUNCTION bump_behind(k text) RETURNS int LANGUAGE plpgsql
+               AS $$ BEGIN INSERT INTO bumps VALUES (k, inet_server_port()); RETURN inet_server_port(); END $$;
+             CREATE OR REPLACE FUNCTION bump_stable(k text) RETURNS int STABLE LANGUAGE sql
+               AS $$ SELECT bump_behind(k) $$;
+             CREATE UNLOGGED TABLE scratch_u (a int); INSERT INTO scratch_u VALUES (1);
+             GRANT ALL ON bumps, scratch_u TO app",
+        )
+        .await
+        .unwrap();
+    // The replicas have the functions. A volatile one may or may not be
+    // in the proxy's catalog yet; one declared STABLE that writes through
+    // it never is: only the replica's refusal tells.
+    caught_up().await;
+    for i in 0..3 {
+        let port: i32 = scalar(&client, &format!("SELECT bump_behind('simple{i}')")).await;
+        assert_eq!(port as u16, primary_port());
+        let port: i32 = scalar(&client, &format!("SELECT bump_stable('stable{i}')")).await;
+        assert_eq!(port as u16, primary_port());
+    }
+    let statement = client.prepare("SELECT bump_stable($1)").await.unwrap();
+    for i in 0..3 {
+        let port: i32 = client
+            .query_one(&statement, &[&format!("prepared{i}")])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(port as u16, primary_port());
+    }
+    // Built-ins only a primary can answer, and an unlogged table.
+    for _ in 0..2 {
+        let lsn: String = scalar(&client, "SELECT pg_current_wal_lsn()::text").await;
+        assert!(lsn.contains('/'), "{lsn}");
+        let n: i64 = scalar(&client, "SELECT count(*) FROM scratch_u").await;
+        assert_eq!(n, 1);
+    }
+    // Every call ran once, on the primary, as the node itself recorded.
+    let rows = primary
+        .query("SELECT k, port FROM bumps ORDER BY k", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 9, "each call ran exactly once");
+    for row in &rows {
+        assert_eq!(row.get::<_, i32>(1) as u16, primary_port());
+    }
+    // Learned: later calls went to the primary directly.
+    let learned = decisions(&proxy, "primary", "standby_refused");
+    assert!(
+        learned >= 6,
+        "{learned}: {}",
+        proxy
+            .state
+            .metrics
+            .encode()
+            .lines()
+            .filter(|l| l.contains("decisions") && !l.ends_with(" 0"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    primary
+        .batch_execute(
+            "DROP TABLE bumps; DROP TABLE scratch_u; DROP FUNCTION bump_stable(text); \
+             DROP FUNCTION bump_behind(text)",
+        )
+        .await
+        .unwrap();
+    proxy.stop().await;
+}
