@@ -63,6 +63,12 @@ pub struct ConnState {
     /// [`ConnState::next_unnamed`]); `None` once anything may have
     /// replaced it (a simple Query does).
     pub unnamed: Option<u64>,
+    /// How many times it was checked out: a session that finds the same
+    /// count later knows nobody else used it meanwhile.
+    pub uses: u64,
+    /// The session whose `nextval` state (`currval`, `lastval`) it holds:
+    /// discarded before another session's first statement on it.
+    pub sequence_owner: Option<i32>,
 }
 
 impl ConnState {
@@ -75,6 +81,8 @@ impl ConnState {
             prepared: PreparedSet::default(),
             settings: None,
             unnamed: None,
+            uses: 0,
+            sequence_owner: None,
         }
     }
 
@@ -321,6 +329,7 @@ impl BackendConn {
                     self.proto.dirty = false;
                     self.proto.prepared.clear();
                     self.proto.settings = None;
+                    self.proto.sequence_owner = None;
                 }
                 Err(_) => self.mark_broken(),
             }

@@ -243,10 +243,31 @@ impl NodePool {
         }
     }
 
-    fn wrap(self: &Arc<Self>, conn: BbConn) -> Pooled {
+    fn wrap(self: &Arc<Self>, mut conn: BbConn) -> Pooled {
+        conn.proto.uses += 1;
         Pooled {
             conn: Some(conn),
             home: self.clone(),
+        }
+    }
+
+    /// Checks out one particular connection, if it is idle here and was
+    /// not checked out since its `uses` count: a session's own sequence
+    /// state (`currval`, `lastval`) is on it.
+    pub fn checkout_exact(self: &Arc<Self>, id: u64, uses: u64) -> Option<Pooled> {
+        let conn = {
+            let mut stack = self.stack.lock().expect("poisoned");
+            let at = stack
+                .iter()
+                .position(|(c, _)| c.proto.id == id && c.proto.uses == uses)?;
+            stack.remove(at).0
+        };
+        if conn.idle_and_open() {
+            Some(self.wrap(conn))
+        } else {
+            let mut conn = conn;
+            conn.mark_broken();
+            None
         }
     }
 

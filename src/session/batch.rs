@@ -64,6 +64,9 @@ pub struct Plan {
     pub pin: Option<PinReason>,
     /// `DROP DATABASE name`: the proxy's idle connections to it close first.
     pub drops_database: Option<String>,
+    /// Calls `currval` or `lastval`: it must run where this session's
+    /// `nextval` ran.
+    pub reads_sequence_state: bool,
 }
 
 impl Plan {
@@ -100,6 +103,8 @@ pub fn plan(
     let mut syncs = 0;
     let mut pin = None;
     let mut drops_database = None;
+    let mut reads_sequence_state = false;
+    let mut writes_sequences = false;
     let mut parsed_unnamed = false;
     // Statements parsed earlier in this same batch route by their text.
     let mut parsed_here: Vec<(String, Route)> = Vec::new();
@@ -128,6 +133,19 @@ pub fn plan(
             router.classify(&text)
         };
         r = tracked(r, &text, commands);
+        if r.reason == Reason::Function
+            && (contains_ignoring_case(&text, "currval")
+                || contains_ignoring_case(&text, "lastval"))
+        {
+            reads_sequence_state = true;
+        }
+        if r.reason == Reason::Write
+            || contains_ignoring_case(&text, "nextval")
+            || contains_ignoring_case(&text, "setval")
+        {
+            // The batch makes its own sequence state.
+            writes_sequences = true;
+        }
         if r.pins && pin.is_none() {
             pin = Some(PinReason::of_sql(&text));
         }
@@ -205,6 +223,7 @@ pub fn plan(
         tag,
         pin,
         drops_database,
+        reads_sequence_state: reads_sequence_state && !writes_sequences,
     })
 }
 

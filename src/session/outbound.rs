@@ -43,6 +43,8 @@ pub struct Translation<'a> {
     pub settings: &'a Settings,
     /// For routes of newly parsed statements.
     pub router: &'a Router,
+    /// The session's id (whose sequence state a connection may hold).
+    pub session: i32,
 }
 
 impl Translation<'_> {
@@ -159,15 +161,26 @@ impl Translation<'_> {
 
     fn replay_settings(&mut self, out: &mut Outbound) {
         let desired = self.settings.fingerprint();
-        if self.conn.settings == desired {
+        // Another session's currval/lastval state goes first.
+        let foreign_sequences = self
+            .conn
+            .sequence_owner
+            .is_some_and(|owner| owner != self.session);
+        if self.conn.settings == desired && !foreign_sequences {
             return;
         }
         let mut sql = String::new();
-        if self.conn.settings.is_some() {
-            sql.push_str("RESET ALL;");
+        if foreign_sequences {
+            sql.push_str("DISCARD SEQUENCES;");
+            self.conn.sequence_owner = None;
         }
-        if let Some(replay) = self.settings.replay_sql() {
-            sql.push_str(replay);
+        if self.conn.settings != desired {
+            if self.conn.settings.is_some() {
+                sql.push_str("RESET ALL;");
+            }
+            if let Some(replay) = self.settings.replay_sql() {
+                sql.push_str(replay);
+            }
         }
         be::query(&mut out.bytes, &sql);
         out.expects.push(Expect::swallowed(Kind::Query));
@@ -438,6 +451,7 @@ mod tests {
                 statements: &mut self.statements,
                 settings: &self.settings,
                 router: &self.router,
+                session: 1,
             }
             .translate(&frames(bytes), command, fresh)
             .unwrap()
@@ -494,6 +508,14 @@ mod tests {
         fx.conn.settings = Some(42);
         let out = fx.translate(&query("SELECT 1"), None, true);
         assert!(sent(&out.bytes)[0].1.starts_with("RESET ALL;"));
+        // Another session's sequence state: discarded first, once.
+        fx.conn.sequence_owner = Some(2);
+        let out = fx.translate(&query("SELECT 1"), None, true);
+        assert_eq!(sent(&out.bytes)[0].1, "DISCARD SEQUENCES;");
+        assert_eq!(fx.conn.sequence_owner, None);
+        fx.conn.sequence_owner = Some(1);
+        let out = fx.translate(&query("SELECT 1"), None, true);
+        assert_eq!(sent(&out.bytes).len(), 1, "its own: kept");
     }
 
     #[test]

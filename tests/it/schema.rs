@@ -101,3 +101,48 @@ async fn a_replicas_refusal_as_a_standby_is_retried_on_the_primary_and_remembere
         .unwrap();
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn currval_and_lastval_are_this_sessions_or_an_error_never_anothers() {
+    let extra = "pool:\n  size: 1\n  checkout_timeout: 5s\n";
+    let proxy = start_proxy(&config_text(&ports(), extra)).await;
+    let a = app(&proxy).await;
+    let b = app(&proxy).await;
+    // Right after its own nextval, on the connection it ran on.
+    for _ in 0..3 {
+        let id: i32 = scalar(&a, "INSERT INTO items (v) VALUES ('a') RETURNING id").await;
+        let current: i32 = scalar(&a, "SELECT currval('items_id_seq')::int").await;
+        assert_eq!(current, id);
+        let last: i32 = scalar(&a, "SELECT lastval()::int").await;
+        assert_eq!(last, id);
+    }
+    // Another session used that connection since: an error, not its value.
+    let _: i32 = scalar(&a, "INSERT INTO items (v) VALUES ('a') RETURNING id").await;
+    let theirs: i32 = scalar(&b, "INSERT INTO items (v) VALUES ('b') RETURNING id").await;
+    let e = a
+        .simple_query("SELECT currval('items_id_seq')")
+        .await
+        .expect_err("another session's value");
+    assert_eq!(code(&e).as_deref(), Some("55000"), "{e:?}");
+    let e = a
+        .simple_query("SELECT lastval()")
+        .await
+        .expect_err("lastval");
+    assert_eq!(code(&e).as_deref(), Some("55000"));
+    // A session that never called nextval, on a connection another used.
+    let c = app(&proxy).await;
+    let e = c
+        .simple_query("SELECT currval('items_id_seq')")
+        .await
+        .expect_err("never called nextval");
+    assert_eq!(code(&e).as_deref(), Some("55000"));
+    // In one batch, or in a transaction, it is the session's own.
+    let rows = rows(
+        &b,
+        "INSERT INTO items (v) VALUES ('b2'); SELECT currval('items_id_seq')::int",
+    )
+    .await
+    .unwrap();
+    assert!(rows[0][0].as_deref().unwrap().parse::<i32>().unwrap() > theirs);
+    proxy.stop().await;
+}

@@ -170,6 +170,8 @@ struct Held {
     wrote: bool,
     /// Function DDL went through: re-read the catalog after.
     function_ddl: bool,
+    /// It ran something on the primary that may have called `nextval`.
+    may_have_called_nextval: bool,
     /// It ran something that may have changed session state the proxy does
     /// not track: re-read the session's state after.
     dirtied: bool,
@@ -191,6 +193,7 @@ impl Held {
             held_back: Vec::new(),
             wrote: false,
             function_ddl: false,
+            may_have_called_nextval: false,
             dirtied: false,
             timing: None,
         }
@@ -240,6 +243,9 @@ pub struct Session<'s> {
     pools: Vec<(Arc<Node>, Arc<NodePool>)>,
     /// The client's `application_name` at startup.
     app: String,
+    /// Transaction pooling: the primary connection this session last wrote
+    /// on (where its `currval`/`lastval` live), as (node, id, uses).
+    sequences: Option<(Arc<Node>, u64, u64)>,
     /// Resolves when the proxy shuts down; kept across loop turns so its
     /// waiter is registered once, not once per statement.
     shutdown: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
@@ -321,6 +327,7 @@ impl<'s> Session<'s> {
                 .min(MAX_MESSAGE_LEN),
             pools: Vec::new(),
             app,
+            sequences: None,
             shutdown: Box::pin(shutdown),
         };
         if let Some(rule) = &session.rule {
@@ -354,6 +361,7 @@ impl<'s> Session<'s> {
             statements: &mut self.statements,
             settings: &self.settings,
             router: &self.state.router.load(),
+            session: self.pid,
         }
         .translate(&[], None, true)
         .map_err(SessionError::ClientProtocol)?;
@@ -417,22 +425,7 @@ impl<'s> Session<'s> {
     }
 
     async fn checkout(&mut self, node: &Arc<Node>) -> Result<Pooled, PoolError> {
-        let pool = match self.pools.iter().find(|(n, _)| Arc::ptr_eq(n, node)) {
-            Some((_, pool)) => pool.clone(),
-            None => {
-                let pool = self.state.pools.pool_for(
-                    &node.endpoint(),
-                    &self.startup.user,
-                    &self.startup.database,
-                    self.password.as_deref(),
-                );
-                if self.pools.len() >= MAX_KNOWN_POOLS {
-                    self.pools.clear(); // nodes come and go with reloads
-                }
-                self.pools.push((node.clone(), pool.clone()));
-                pool
-            }
-        };
+        let pool = self.pool_of(node);
         let result = pool.checkout().await;
         if result.is_err() {
             node.metrics.backend_errors.inc();
@@ -725,7 +718,28 @@ impl<'s> Session<'s> {
     /// Gives a connection back to its pool (which closes it if unclean).
     fn release(&mut self, held: Held) {
         self.slot.set(None);
+        if held.target == Target::Primary && held.may_have_called_nextval {
+            self.sequences = Some((held.node.clone(), held.conn.id(), held.conn.proto.uses));
+        }
         held.conn.release();
+    }
+
+    /// The pool handle of `node`, looked up once per session.
+    fn pool_of(&mut self, node: &Arc<Node>) -> Arc<NodePool> {
+        if let Some((_, pool)) = self.pools.iter().find(|(n, _)| Arc::ptr_eq(n, node)) {
+            return pool.clone();
+        }
+        let pool = self.state.pools.pool_for(
+            &node.endpoint(),
+            &self.startup.user,
+            &self.startup.database,
+            self.password.as_deref(),
+        );
+        if self.pools.len() >= MAX_KNOWN_POOLS {
+            self.pools.clear(); // nodes come and go with reloads
+        }
+        self.pools.push((node.clone(), pool.clone()));
+        pool
     }
 
     async fn flush(&mut self) -> Result<(), SessionError> {

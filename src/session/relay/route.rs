@@ -213,6 +213,9 @@ impl Session<'_> {
         }
         let floor = self.read_floor();
         self.slot.routing();
+        if plan.reads_sequence_state && self.mode == crate::config::PoolMode::Transaction {
+            return self.route_to_own_sequences(frames, plan, begin).await;
+        }
         loop {
             let topology = self.state.topology.load_full();
             // Session pooling: a read keeps using the replica connection the
@@ -312,6 +315,48 @@ impl Session<'_> {
         }
     }
 
+    /// `currval`/`lastval` in transaction pooling: they run on the
+    /// primary connection where this session last called `nextval`, if
+    /// nobody used it since; otherwise the client gets 55000, never
+    /// another session's value.
+    async fn route_to_own_sequences(
+        &mut self,
+        frames: Vec<Frame>,
+        plan: Plan,
+        begin: Option<Frame>,
+    ) -> Result<(), SessionError> {
+        let topology = self.state.topology.load_full();
+        let own = self.sequences.clone().and_then(|(node, id, uses)| {
+            Arc::ptr_eq(&node, topology.primary())
+                .then(|| self.pool_of(&node).checkout_exact(id, uses))
+                .flatten()
+                .map(|conn| Held::new(conn, node, Target::Primary))
+        });
+        let Some(held) = own else {
+            self.fail_batch(
+                "55000",
+                "currval and lastval need the server connection where this session called \
+                 nextval, and with transaction pooling it has since served another client \
+                 (or is gone); use INSERT ... RETURNING, call them in the same transaction, \
+                 or pool.mode: session",
+                plan.syncs,
+            );
+            self.phase = begin.map_or(Phase::Idle, |begin| Phase::Deferred { begin });
+            return Ok(());
+        };
+        let target = CancelTarget {
+            address: held.conn.address.clone(),
+            pid: held.conn.login.pid,
+            secret: held.conn.login.secret,
+        };
+        self.slot.sent_to(target);
+        self.state
+            .metrics
+            .decision(Target::Primary, plan.route.reason);
+        self.phase = Phase::Held(held);
+        self.send(frames, plan, begin, Vec::new(), 0).await
+    }
+
     fn take_spare(&mut self, node: &Arc<crate::topology::Node>) -> Option<Held> {
         let at = self.spare.iter().position(|h| Arc::ptr_eq(&h.node, node))?;
         Some(self.spare.swap_remove(at))
@@ -375,6 +420,15 @@ impl Session<'_> {
             && route.target == Target::Primary
             && route.reason.may_write();
         held.function_ddl |= plan.function_ddl;
+        if held.target == Target::Primary
+            && matches!(
+                route.reason,
+                Reason::Write | Reason::Function | Reason::Hint | Reason::StandbyRefused
+            )
+        {
+            held.may_have_called_nextval = true;
+            held.conn.proto.sequence_owner = Some(self.pid);
+        }
         held.dirtied |= route.dirties;
         held.timing.get_or_insert_with(std::time::Instant::now);
         held.retry = None;
@@ -384,6 +438,7 @@ impl Session<'_> {
             statements: &mut self.statements,
             settings: &self.settings,
             router: &self.state.router.load(),
+            session: self.pid,
         }
         .translate(&frames, plan.command.as_ref(), fresh)
         .map_err(SessionError::ClientProtocol)?;
