@@ -288,6 +288,13 @@ impl Visitor for Walker<'_> {
         ControlFlow::Continue(())
     }
 
+    fn pre_visit_relation(&mut self, relation: &sqlparser::ast::ObjectName) -> ControlFlow<()> {
+        if last_name_part(relation).is_some_and(|name| functions::is_node_view(&name)) {
+            return self.force(Route::primary(Reason::NodeState));
+        }
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
         let name = match factor {
             TableFactor::Table {

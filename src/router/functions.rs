@@ -62,6 +62,26 @@ const PRIMARY_PREFIXES: &[&str] = &[
 
 const PINNING_PREFIXES: &[&str] = &["pg_advisory_lock", "pg_try_advisory_lock"];
 
+/// Whether `name` (unqualified, any case) is a system view of the node's
+/// own state and activity, which a replica answers about itself: the
+/// statistics views (`pg_stat_*`, `pg_statio_*`; not `pg_stats`, which is
+/// replicated), prepared transactions, replication slots, locks.
+pub fn is_node_view(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("pg_stat_")
+        || lower.starts_with("pg_statio_")
+        || matches!(
+            lower.as_str(),
+            "pg_prepared_xacts"
+                | "pg_replication_slots"
+                | "pg_locks"
+                | "pg_backend_memory_contexts"
+                | "pg_replication_origin_status"
+                | "pg_prepared_statements"
+                | "pg_cursors"
+        )
+}
+
 /// Whether `name` is one of the built-ins listed here (not a user function).
 pub fn is_builtin(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();

@@ -74,11 +74,15 @@ pub enum Reason {
     /// A replica refused it because it is a standby (read-only, in
     /// recovery): run on the primary, and remembered.
     StandbyRefused,
+    /// It reads a view of the node's own state and activity
+    /// (`pg_stat_activity`, `pg_prepared_xacts`, `pg_stat_replication`...):
+    /// the primary's, unless a hint asks for a replica's.
+    NodeState,
 }
 
 impl Reason {
     /// Every reason, for pre-creating metric series.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Write,
         Reason::Read,
         Reason::Transaction,
@@ -94,6 +98,7 @@ impl Reason {
         Reason::Rule,
         Reason::Zone,
         Reason::StandbyRefused,
+        Reason::NodeState,
     ];
 
     /// Whether a statement routed for this reason may have written (and
@@ -129,6 +134,7 @@ impl Reason {
             Reason::Rule => "rule",
             Reason::Zone => "zone",
             Reason::StandbyRefused => "standby_refused",
+            Reason::NodeState => "node_state",
         }
     }
 }
@@ -427,7 +433,7 @@ pub fn classify_text(sql: &str, write_functions: &HashSet<String>) -> Route {
         Some(Target::Replica)
             if matches!(
                 route.reason,
-                Reason::Read | Reason::ParseError | Reason::Function
+                Reason::Read | Reason::ParseError | Reason::Function | Reason::NodeState
             ) && !route.pins =>
         {
             Route::replica(Reason::Hint)

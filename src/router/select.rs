@@ -96,7 +96,9 @@ pub fn plain_select(sql: &str, write_functions: &HashSet<String>) -> Option<Rout
                     i += 1;
                 }
                 let word = &body[start..i];
-                if STOP_WORDS.iter().any(|s| word.eq_ignore_ascii_case(s)) {
+                if STOP_WORDS.iter().any(|s| word.eq_ignore_ascii_case(s))
+                    || functions::is_node_view(word)
+                {
                     return None;
                 }
                 last_word = Some(word);

@@ -131,7 +131,7 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
     ("SELECT * FROM t TABLESAMPLE SYSTEM (10)", R, Read, false),
     ("SELECT row_to_json(t) FROM t", R, Read, false),
     ("SELECT string_agg(a, ',') FROM t", R, Read, false),
-    ("SELECT * FROM pg_stat_activity", R, Read, false),
+    ("SELECT * FROM pg_stat_activity", P, NodeState, false),
     ("SELECT version()", R, Read, false),
     ("SELECT current_setting('search_path')", R, Read, false),
     ("SELECT set_config_x(1)", R, Read, false),
@@ -643,6 +643,32 @@ fn cache_keys_drop_literals_but_keep_what_routes() {
     assert!(router.classify("CREATE TEMP SEQUENCE s").pins);
     assert!(router.classify("CREATE TABLE pg_temp.t (a int)").pins);
     assert!(!router.classify("CREATE TABLE temperature (a int)").pins);
+    // Views of the node's own state: the primary's, unless hinted.
+    for sql in [
+        "SELECT gid FROM pg_prepared_xacts",
+        "SELECT count(*) FROM pg_stat_replication",
+        "SELECT * FROM pg_catalog.pg_stat_activity WHERE pid <> pg_backend_pid()",
+        "SELECT slot_name FROM pg_replication_slots",
+        "SELECT * FROM pg_locks l JOIN pg_class c ON c.oid = l.relation",
+        "SELECT * FROM pg_statio_user_tables",
+    ] {
+        let r = router.classify(sql);
+        assert_eq!(
+            (r.target, r.reason),
+            (Target::Primary, Reason::NodeState),
+            "{sql}"
+        );
+    }
+    assert_eq!(
+        router
+            .classify("/* pgsplit:replica */ SELECT * FROM pg_stat_replication")
+            .target,
+        Target::Replica
+    );
+    assert_eq!(
+        router.classify("SELECT * FROM pg_stats").target,
+        Target::Replica
+    );
     // a quote inside a quoted identifier or dollar string never hides a call
     assert_ne!(
         cache_key("SELECT \"it's\", nextval('s')"),

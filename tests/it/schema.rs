@@ -146,3 +146,26 @@ async fn currval_and_lastval_are_this_sessions_or_an_error_never_anothers() {
     assert!(rows[0][0].as_deref().unwrap().parse::<i32>().unwrap() > theirs);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn views_of_the_nodes_own_state_are_the_primarys() {
+    let proxy = default_proxy().await;
+    let client = app(&proxy).await;
+    // A replica would answer 0: it streams to nobody.
+    let streaming: i64 = scalar(&client, "SELECT count(*) FROM pg_stat_replication").await;
+    assert_eq!(streaming, 2);
+    let port: i32 = scalar(
+        &client,
+        "SELECT inet_server_port() FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+    )
+    .await;
+    assert_eq!(port as u16, primary_port());
+    // A hint asks for a replica's own view.
+    let there: i64 = scalar(
+        &client,
+        "/* pgsplit:replica */ SELECT count(*) FROM pg_stat_replication",
+    )
+    .await;
+    assert_eq!(there, 0);
+    proxy.stop().await;
+}
