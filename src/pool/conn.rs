@@ -107,8 +107,9 @@ pub struct BackendConn {
     pub address: Arc<str>,
     /// What the node said at login.
     pub login: LoginInfo,
-    /// Protocol and session state.
-    pub proto: ConnState,
+    /// Protocol and session state (boxed: connections move between the
+    /// pool and sessions several times per transaction).
+    pub proto: Box<ConnState>,
     broken: bool,
 }
 
@@ -144,7 +145,7 @@ impl BackendConn {
             node: node.clone(),
             address: spec.address.clone(),
             login: LoginInfo::default(),
-            proto: ConnState::new(id),
+            proto: Box::new(ConnState::new(id)),
             broken: false,
         };
         let login = tokio::time::timeout(

@@ -191,7 +191,8 @@ impl DerefMut for Pooled {
 
 impl Pooled {
     /// Gives it back for the next client if it is clean; closes it if not.
-    pub fn release(mut self) {
+    /// (In place: what is left is an empty handle.)
+    pub fn release(&mut self) {
         if let Some(mut conn) = self.conn.take() {
             if !conn.is_clean() {
                 conn.mark_broken();

@@ -4,7 +4,7 @@
 use crate::protocol::ProtocolError;
 use crate::protocol::codec::Frame;
 use crate::protocol::frontend as fe;
-use crate::router::{Reason, Route, Router};
+use crate::router::{Reason, Route, Router, Target};
 
 use super::commands::{self, Command};
 use super::outbound::Tracked;
@@ -120,31 +120,43 @@ pub fn plan(
     };
     let mut statement = |sql: &[u8], route: &mut Route, commands: &mut Commands| -> Route {
         let text = fe::sql_text(sql);
+        let utf8 = matches!(text, std::borrow::Cow::Borrowed(_));
         function_ddl |= is_function_ddl(&text);
         tag = tag
             .take()
             .or_else(|| crate::router::scan::leading_tag(&text));
-        if drops_database.is_none() {
-            drops_database = dropped_database(&text);
-        }
-        let mut r = if fe::ambiguous_text(sql) {
+        let mut r = if !utf8 && memchr::memchr(b'\\', sql).is_some() {
+            // Another client_encoding may cut this text differently.
             Route::primary(Reason::ParseError).dirtying()
         } else {
             router.classify(&text)
         };
-        r = tracked(r, &text, commands);
-        if r.reason == Reason::Function
-            && (contains_ignoring_case(&text, "currval")
-                || contains_ignoring_case(&text, "lastval"))
-        {
-            reads_sequence_state = true;
-        }
-        if r.reason == Reason::Write
-            || contains_ignoring_case(&text, "nextval")
-            || contains_ignoring_case(&text, "setval")
-        {
-            // The batch makes its own sequence state.
-            writes_sequences = true;
+        r = if utf8 {
+            tracked(r, &text, commands)
+        } else {
+            // Not UTF-8 (another client_encoding): a SET in it is not
+            // replayed from its text but read back from the node.
+            commands.note_statement(None, "");
+            r
+        };
+        // What only primary statements can be (replicas get plain reads).
+        if r.target == Target::Primary {
+            if drops_database.is_none() && r.reason == Reason::Write {
+                drops_database = dropped_database(&text);
+            }
+            if r.reason == Reason::Function
+                && (contains_ignoring_case(&text, "currval")
+                    || contains_ignoring_case(&text, "lastval"))
+            {
+                reads_sequence_state = true;
+            }
+            if r.reason == Reason::Write
+                || contains_ignoring_case(&text, "nextval")
+                || contains_ignoring_case(&text, "setval")
+            {
+                // The batch makes its own sequence state.
+                writes_sequences = true;
+            }
         }
         if r.pins && pin.is_none() {
             pin = Some(PinReason::of_sql(&text));

@@ -130,6 +130,8 @@ pub struct Settings {
     /// Fingerprint and text of the replay SQL, rebuilt when the settings
     /// change rather than on every batch.
     replay: Option<(u64, String)>,
+    /// Whether transactions default to SERIALIZABLE (rebuilt with replay).
+    serializable: bool,
 }
 
 impl Settings {
@@ -185,6 +187,10 @@ impl Settings {
     /// Whether the session's transactions default to SERIALIZABLE, which a
     /// hot standby refuses: its reads must run on the primary.
     pub fn serializable(&self) -> bool {
+        self.serializable
+    }
+
+    fn find_serializable(&self) -> bool {
         let name = "default_transaction_isolation";
         match self.sets.get(name) {
             Some(sql) => crate::router::contains_ignoring_case(sql, "serializable"),
@@ -221,6 +227,7 @@ impl Settings {
     }
 
     fn rebuild(&mut self) {
+        self.serializable = self.find_serializable();
         self.replay = self.build_replay().map(|sql| {
             let mut h = DefaultHasher::new();
             sql.hash(&mut h);
@@ -277,12 +284,16 @@ impl Settings {
 
 fn set_config(name: &str, value: &str) -> String {
     // set_config takes the value as text, as the startup packet does (a SET
-    // with a quoted list would make it one identifier).
-    format!(
-        "set_config({}, {}, false)",
-        escape_literal(name),
+    // with a quoted list would make it one identifier). A value that is not
+    // ASCII is spelled in ASCII, so the replay means the same under any
+    // client_encoding the connection has.
+    let value = if value.is_ascii() {
         escape_literal(value)
-    )
+    } else {
+        let hex: String = value.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("convert_from(decode('{hex}', 'hex'), 'UTF8')")
+    };
+    format!("set_config({}, {value}, false)", escape_literal(name))
 }
 
 /// Reads `-c name=value` and `--name=value` pairs from `options`.
@@ -361,6 +372,14 @@ mod tests {
              SELECT set_config('search_path', 's1', false);"
         );
         assert_ne!(s.resolution_key(), k0);
+        s.adopt(&[("application_name".into(), "café".into())]);
+        assert!(
+            s.replay_sql()
+                .unwrap()
+                .contains("convert_from(decode('636166c3a9', 'hex'), 'UTF8')"),
+            "{:?}",
+            s.replay_sql()
+        );
     }
 
     #[test]

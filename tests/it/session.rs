@@ -699,7 +699,7 @@ async fn a_connection_never_given_back_clean_is_not_reused() {
     assert_ne!(conn.status(), pgsplit::protocol::backend::TxnStatus::Idle);
     // Dropped in a transaction, without being released: it must not serve anyone.
     drop(conn);
-    let conn = pool.checkout().await.unwrap();
+    let mut conn = pool.checkout().await.unwrap();
     assert_ne!(conn.id(), first);
     assert_eq!(conn.status(), pgsplit::protocol::backend::TxnStatus::Idle);
     let second = conn.id();

@@ -25,7 +25,8 @@ use crate::router::Reason;
 pub(super) fn capture_sql() -> String {
     let skip: Vec<String> = NOT_CAPTURED.iter().map(|n| format!("'{n}'")).collect();
     format!(
-        "SELECT name, current_setting(name) FROM pg_catalog.pg_settings \
+        "SELECT name, encode(convert_to(current_setting(name), 'UTF8'), 'hex') \
+         FROM pg_catalog.pg_settings \
          WHERE source = 'session' AND name NOT IN ({}); \
          SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()), \
          EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()), \
@@ -51,7 +52,13 @@ impl Captured {
     pub fn row(&mut self, body: &[u8]) {
         let cols = be::data_row_text(body);
         match cols.as_slice() {
-            [Some(name), Some(value)] => self.settings.push((name.clone(), value.clone())),
+            // Values come as hex of their UTF-8 bytes: exact whatever the
+            // connection's client_encoding.
+            [Some(name), Some(hex)] => {
+                if let Some(value) = unhex(hex) {
+                    self.settings.push((name.clone(), value));
+                }
+            }
             [temp, listen, prepare, cursor, advisory, role] => {
                 let reasons = [
                     (temp, PinReason::Temp),
@@ -77,6 +84,15 @@ fn held_of(phase: &mut Phase) -> Option<&mut Held> {
         Phase::Held(held) => Some(held),
         _ => None,
     }
+}
+
+/// Text from the hex of its UTF-8 bytes.
+fn unhex(hex: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
 }
 
 impl Session<'_> {
@@ -266,7 +282,7 @@ mod tests {
     #[test]
     fn captured_settings_and_pins() {
         let mut c = Captured::default();
-        c.row(&row(&[Some("statement_timeout"), Some("12s")]));
+        c.row(&row(&[Some("statement_timeout"), Some("313273")]));
         c.row(&row(&[
             Some("f"),
             Some("f"),
@@ -292,5 +308,7 @@ mod tests {
         ]));
         assert_eq!(c.pin, Some(PinReason::Temp));
         assert!(capture_sql().contains("'transaction_isolation'"));
+        assert_eq!(unhex("636166c3a9").as_deref(), Some("café"));
+        assert_eq!(unhex("zz"), None);
     }
 }

@@ -79,10 +79,6 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_KNOWN_POOLS: usize = 16;
 
 /// Where the session stands (see the module docs).
-#[allow(
-    clippy::large_enum_variant,
-    reason = "one per session, moved rarely; boxing would allocate per transaction"
-)]
 enum Phase {
     /// No server connection held (session pooling may keep spares).
     Idle,
@@ -90,8 +86,10 @@ enum Phase {
     /// opens, with this BEGIN in front, on the node its first statement
     /// needs.
     Deferred { begin: Frame },
-    /// A server connection is held; [`Held::hold`] says why.
-    Held(Held),
+    /// A server connection is held; [`Held::hold`] says why. (Boxed: a
+    /// phase changes a few times per transaction, and a move of the box is
+    /// cheaper than one of the connection.)
+    Held(Box<Held>),
 }
 
 /// Why a held connection is held.
@@ -159,13 +157,6 @@ struct Held {
     pin: Option<PinGuard>,
     /// A batch was sent without a Sync; the rest must follow it.
     open_batch: bool,
-    /// A batch waiting for this connection to finish (it needs another node).
-    next: Option<(Vec<Frame>, Plan)>,
-    /// The batch in flight, while it can still be sent elsewhere.
-    retry: Option<Retry>,
-    /// Its first replies (ParseComplete, RowDescription...), held back
-    /// while it can still be sent elsewhere.
-    held_back: Vec<Frame>,
     /// It ran something that may have written (read-your-writes).
     wrote: bool,
     /// Function DDL went through: re-read the catalog after.
@@ -180,23 +171,20 @@ struct Held {
 }
 
 impl Held {
-    fn new(conn: Pooled, node: Arc<Node>, target: Target) -> Held {
-        Held {
+    fn new(conn: Pooled, node: Arc<Node>, target: Target) -> Box<Held> {
+        Box::new(Held {
             conn,
             _in_flight: InFlight::new(node.clone()),
             node,
             target,
             pin: None,
             open_batch: false,
-            next: None,
-            retry: None,
-            held_back: Vec::new(),
             wrote: false,
             function_ddl: false,
             may_have_called_nextval: false,
             dirtied: false,
             timing: None,
-        }
+        })
     }
 
     /// Why it is held: the one place that decides.
@@ -224,8 +212,18 @@ pub struct Session<'s> {
     mode: PoolMode,
     phase: Phase,
     /// Session pooling: connections kept between transactions, by node.
-    spare: Vec<Held>,
+    spare: Vec<Box<Held>>,
     batch: Batch,
+    /// The first replies (ParseComplete, RowDescription...) of a read that
+    /// may still be sent elsewhere, held back until it is known to run
+    /// where it is (kept across batches for its capacity).
+    held_back: Vec<Frame>,
+    /// While a connection is held: the read in flight, while it can still
+    /// be sent elsewhere (kept out of [`Held`], which moves between phases).
+    retry: Option<Retry>,
+    /// While a connection is held: a batch waiting for it to finish (the
+    /// batch needs another node).
+    next: Option<(Vec<Frame>, Plan)>,
     replies: Replies,
     statements: Statements,
     settings: Settings,
@@ -314,6 +312,9 @@ impl<'s> Session<'s> {
             phase: Phase::Idle,
             spare: Vec::new(),
             batch: Batch::default(),
+            held_back: Vec::new(),
+            retry: None,
+            next: None,
             replies: Replies::default(),
             statements: Statements::default(),
             settings,
@@ -353,7 +354,7 @@ impl<'s> Session<'s> {
     /// reported.
     async fn apply_startup_settings(
         &mut self,
-        held: &mut Held,
+        held: &mut Box<Held>,
     ) -> Result<Vec<(String, String)>, SessionError> {
         let mut params = held.conn.login.params.clone();
         let out = Translation {
@@ -399,7 +400,7 @@ impl<'s> Session<'s> {
         Ok(params)
     }
 
-    async fn first_connection(&mut self) -> Result<Held, SessionError> {
+    async fn first_connection(&mut self) -> Result<Box<Held>, SessionError> {
         let topology = self.state.topology.load_full();
         let mut candidates = vec![topology.primary().clone()];
         candidates.extend(topology.nodes.iter().filter(|n| n.health.is_up()).cloned());
@@ -472,7 +473,7 @@ impl<'s> Session<'s> {
     /// the held connection to drain.
     fn reading_client(&self) -> bool {
         match &self.phase {
-            Phase::Held(held) => held.next.is_none(),
+            Phase::Held(_) => self.next.is_none(),
             _ => true,
         }
     }
@@ -534,7 +535,7 @@ impl<'s> Session<'s> {
                 }
                 Err(e) => return self.backend_failed(route::Failure::Wire(e)).await,
             };
-            if held.retry.is_some() {
+            if self.retry.is_some() {
                 if let Some(code) = shutdown_code(&frame) {
                     // The node is going away (shut down, crashed, restarting)
                     // and nothing of this read reached the client: retry it.
@@ -547,7 +548,7 @@ impl<'s> Session<'s> {
                     // nothing of it reached the client: the primary runs it.
                     return self.refused_by_standby(why).await;
                 }
-                if held.held_back.is_empty() && self.replies.head_swallowed() {
+                if self.held_back.is_empty() && self.replies.head_swallowed() {
                     // The proxy's own (a settings replay, a parse in front):
                     // nothing of the client's read yet.
                     self.on_reply(&frame);
@@ -556,13 +557,15 @@ impl<'s> Session<'s> {
                 if is_preamble(&frame) {
                     // Held back until the read is known to run here (an
                     // error may still come before its first row).
-                    held.held_back.push(frame);
+                    self.held_back.push(frame);
                     continue;
                 }
-                held.retry = None;
-                for early in std::mem::take(&mut held.held_back) {
-                    self.on_reply(&early);
+                self.retry = None;
+                let mut early = std::mem::take(&mut self.held_back);
+                for frame in early.drain(..) {
+                    self.on_reply(&frame);
                 }
+                self.held_back = early;
             }
             self.on_reply(&frame);
             if self.cwbuf.len() >= FLUSH_AT {
@@ -611,15 +614,15 @@ impl<'s> Session<'s> {
         };
         if held.hold(&self.replies) != Hold::Nothing {
             // Pinned now, or the work after the transaction failed it.
-            if let Some((frames, plan)) = held.next.take() {
+            if let Some((frames, plan)) = self.next.take() {
                 return self.route_batch(frames, plan, Vec::new()).await;
             }
             return Ok(());
         }
-        let Phase::Held(mut held) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+        let Phase::Held(held) = std::mem::replace(&mut self.phase, Phase::Idle) else {
             unreachable!("held above");
         };
-        let next = held.next.take();
+        let next = self.next.take();
         self.put_back(held);
         if let Some((frames, plan)) = next {
             self.route_batch(frames, plan, Vec::new()).await?;
@@ -707,7 +710,7 @@ impl<'s> Session<'s> {
 
     /// Returns a connection the session no longer needs: kept as a spare in
     /// session pooling, released to the pool in transaction pooling.
-    fn put_back(&mut self, held: Held) {
+    fn put_back(&mut self, held: Box<Held>) {
         self.slot.set(None);
         match self.mode {
             PoolMode::Session => self.spare.push(held),
@@ -716,7 +719,7 @@ impl<'s> Session<'s> {
     }
 
     /// Gives a connection back to its pool (which closes it if unclean).
-    fn release(&mut self, held: Held) {
+    fn release(&mut self, mut held: Box<Held>) {
         self.slot.set(None);
         if held.target == Target::Primary && held.may_have_called_nextval {
             self.sequences = Some((held.node.clone(), held.conn.id(), held.conn.proto.uses));
@@ -755,7 +758,7 @@ impl<'s> Session<'s> {
     /// Resets and releases every connection still held when the session
     /// ends; one that cannot be made clean is closed.
     async fn finish(&mut self) {
-        let mut conns: Vec<Held> = self.spare.drain(..).collect();
+        let mut conns: Vec<Box<Held>> = self.spare.drain(..).collect();
         if let Phase::Held(mut held) = std::mem::replace(&mut self.phase, Phase::Idle) {
             if !self.replies.is_empty() || held.open_batch || held.conn.has_buffered() {
                 held.conn.mark_broken();

@@ -156,7 +156,7 @@ impl Session<'_> {
                     }
                     self.replies.extend(vec![Expect::swallowed(Kind::Sync)]);
                 }
-                held.next = Some((frames, plan));
+                self.next = Some((frames, plan));
                 Ok(())
             }
             Placement::Fresh => self.route_fresh(frames, plan, tried, 0).await,
@@ -357,7 +357,7 @@ impl Session<'_> {
         self.send(frames, plan, begin, Vec::new(), 0).await
     }
 
-    fn take_spare(&mut self, node: &Arc<crate::topology::Node>) -> Option<Held> {
+    fn take_spare(&mut self, node: &Arc<crate::topology::Node>) -> Option<Box<Held>> {
         let at = self.spare.iter().position(|h| Arc::ptr_eq(&h.node, node))?;
         Some(self.spare.swap_remove(at))
     }
@@ -431,7 +431,7 @@ impl Session<'_> {
         }
         held.dirtied |= route.dirties;
         held.timing.get_or_insert_with(std::time::Instant::now);
-        held.retry = None;
+        self.retry = None;
         held.open_batch = plan.syncs == 0;
         let mut out = Translation {
             conn: &mut held.conn.proto,
@@ -466,7 +466,7 @@ impl Session<'_> {
         let delivered = self.replies.leading_synthetics() + retry.saturating_sub(1);
         self.replies.emit_ready_synthetics(&mut self.cwbuf);
         if retry > 0 && !in_txn {
-            held.retry = Some(Retry {
+            self.retry = Some(Retry {
                 frames,
                 plan,
                 tried,
@@ -557,10 +557,11 @@ impl Session<'_> {
         let pinned = held.pin.is_some();
         let open_batch = held.open_batch;
         let node = held.node.name.clone();
-        let retry = held.retry.take();
+        let retry = self.retry.take();
         drop(held);
         let owed = self.replies.ready_owed();
         self.replies.clear();
+        self.held_back.clear();
         if let Some(mut retry) = retry
             && !in_txn
             && !pinned
@@ -599,7 +600,7 @@ impl Session<'_> {
         let Phase::Held(mut held) = std::mem::replace(&mut self.phase, Phase::Idle) else {
             return Ok(());
         };
-        let Some(retry) = held.retry.take() else {
+        let Some(retry) = self.retry.take() else {
             self.phase = Phase::Held(held);
             return Ok(());
         };
@@ -609,6 +610,7 @@ impl Session<'_> {
         let node = held.node.name.clone();
         drop(held);
         self.replies.clear();
+        self.held_back.clear();
         self.slot.set(None);
         for name in &retry.added {
             self.statements.remove(name);

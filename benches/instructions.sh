@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Instructions per transaction of the proxy, counted by callgrind (the
+# same for the same binary and inputs whatever else the machine does):
+# a local primary and two replicas, one proxy under valgrind, pgbench -S
+# through it in each protocol mode. With BASELINE=<another pgsplit binary>
+# the same is counted for it, for a before/after comparison.
+#
+#   TRANSACTIONS=2000 BASELINE=/tmp/old/target/release/pgsplit benches/instructions.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TRANSACTIONS=${TRANSACTIONS:-2000}
+MODES=${MODES:-"simple extended prepared"}
+cargo build --release --quiet
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+command -v valgrind >/dev/null || { echo "install valgrind: apt-get install -y valgrind" >&2; exit 1; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+DIR=$(mktemp -d); chmod 755 "$DIR"
+P1=$(free_port); P2=$(free_port); P3=$(free_port); DEMO_PORT=$(free_port)
+nodes() {
+  echo "nodes:"
+  echo "  - { name: pg1, host: 127.0.0.1, port: $P1, role: primary }"
+  echo "  - { name: pg2, host: 127.0.0.1, port: $P2, role: replica }"
+  echo "  - { name: pg3, host: 127.0.0.1, port: $P3, role: replica }"
+}
+{ echo "listen: 127.0.0.1:$DEMO_PORT"; echo "auth: { method: trust, users: [ { name: postgres }, { name: app, password: app } ] }"; nodes; } > "$DIR/demo.yaml"
+target/release/pgsplit demo -c "$DIR/demo.yaml" > "$DIR/demo.log" 2>&1 &
+DEMO=$!
+cleanup() { kill -TERM "$DEMO" 2>/dev/null || true; wait "$DEMO" 2>/dev/null || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+for _ in $(seq 1 120); do grep -q "Press Ctrl-C" "$DIR/demo.log" && break; sleep 0.5; done
+"$PGBIN/pgbench" -h 127.0.0.1 -p "$P1" -U postgres -i -q -s 1 app > /dev/null 2>&1
+sleep 2
+count() { # binary label
+  local port; port=$(free_port)
+  { echo "listen: 127.0.0.1:$port"; echo "auth: { method: trust, users: [ { name: postgres } ] }"; nodes
+    echo "pool: { mode: transaction, size: 4 }"; echo "workers: 1"; } > "$DIR/$2.yaml"
+  for mode in $MODES; do
+    valgrind --tool=callgrind --callgrind-out-file="$DIR/$2.$mode.out" "$1" run -c "$DIR/$2.yaml" > "$DIR/$2.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 1 240); do "$PGBIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d app -Atc "SELECT 1" >/dev/null 2>&1 && break; sleep 0.5; done
+    # warm-up, then the counted run; totals include start-up, so the
+    # warm-up run is subtracted by counting two runs of different sizes
+    "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -S -M "$mode" -c 4 -j 1 -t 100 app > /dev/null 2>&1
+    "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -S -M "$mode" -c 4 -j 1 -t "$((TRANSACTIONS / 4))" app > /dev/null 2>&1
+    kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+    # The sessions' own work: the inclusive cost of the session tasks
+    # (start-up, the monitor and the catalog reader are left out).
+    local ann; ann=$(callgrind_annotate --inclusive=yes "$DIR/$2.$mode.out" 2>/dev/null || true)
+    local total; total=$(echo "$ann" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' || true)
+    local sessions; sessions=$(echo "$ann" | awk '/pgsplit::session::run::\{\{closure\}\}/ {gsub(",", "", $1); print $1; exit}' || true)
+    local tx=$((TRANSACTIONS + 400))
+    echo "$2 -M $mode: $tx transactions; program $total instructions; sessions ${sessions:-?} ($(( ${sessions:-0} / tx )) per transaction)"
+    [ -n "${KEEP:-}" ] && cp "$DIR/$2.$mode.out" "$KEEP.$2.$mode.out"
+  done
+}
+count target/release/pgsplit pgsplit
+[ -n "${BASELINE:-}" ] && count "$BASELINE" baseline
+exit 0
