@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use futures_util::{SinkExt, TryStreamExt};
 
 use crate::harness::*;
 
@@ -256,23 +256,7 @@ async fn copy_in_and_out_stream_through_the_proxy() {
 #[tokio::test]
 async fn listen_receives_notifications_sent_through_the_proxy() {
     let proxy = default_proxy().await;
-    let conn_str = format!(
-        "host=127.0.0.1 port={} user=app password=app dbname=app",
-        proxy.addr.port()
-    );
-    let (listener, mut connection) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(Ok(message)) = stream.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                let _ = tx.send(n.payload().to_owned());
-            }
-        }
-    });
+    let (listener, mut rx) = listener(&proxy).await;
     listener.batch_execute("LISTEN events").await.unwrap();
     // Reads in between do not lose the pinned listening connection.
     listener.simple_query("SELECT 1").await.unwrap();

@@ -78,15 +78,7 @@ async fn a_sweep_drops_stacked_connections_the_node_closed() {
     tokio::spawn(connection);
     let port = served_by(&client, "/* pgsplit:primary */ SELECT inet_server_port()").await;
     assert_eq!(port, primary_port());
-    let pg1 = |proxy: &pgsplit::app::Proxy| {
-        proxy
-            .state
-            .pools
-            .counts()
-            .get("pg1")
-            .copied()
-            .unwrap_or_default()
-    };
+    let pg1 = |proxy: &pgsplit::app::Proxy| pool_counts(proxy, "pg1");
     // (after a hinted statement the session reads the WAL position for
     // read-your-writes once the client has its answer, then gives it back)
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -7,8 +7,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-
 use crate::harness::raw::{self, Raw};
 use crate::harness::*;
 
@@ -613,16 +611,7 @@ async fn session_pooling_takes_the_primary_only_when_needed() {
     }
     // Three reading sessions hold no primary connection (they would take
     // all three), so a writer gets one.
-    let primary_active = |proxy: &pgsplit::app::Proxy| {
-        proxy
-            .state
-            .pools
-            .counts()
-            .get("pg1")
-            .copied()
-            .unwrap_or_default()
-            .active
-    };
+    let primary_active = |proxy: &pgsplit::app::Proxy| pool_counts(proxy, "pg1").active;
     assert_eq!(primary_active(&proxy), 0);
     let writer = app(&proxy).await;
     writer
@@ -642,23 +631,7 @@ async fn notifications_arriving_while_the_proxy_asks_for_the_wal_position_are_de
 
 async fn notifications_are_delivered_in(mode: &str) {
     let proxy = start_proxy(&config_text(&ports(), &format!("pool:\n  mode: {mode}\n"))).await;
-    let conn_str = format!(
-        "host=127.0.0.1 port={} user=app password=app dbname=app",
-        proxy.addr.port()
-    );
-    let (listener, mut connection) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(Ok(message)) = stream.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                let _ = tx.send(n.payload().to_owned());
-            }
-        }
-    });
+    let (listener, mut rx) = listener(&proxy).await;
     listener.batch_execute("LISTEN ryw_events").await.unwrap();
     let sender = direct(primary_port()).await;
     for i in 0..5 {

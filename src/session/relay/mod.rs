@@ -145,6 +145,10 @@ struct Retry {
     delivered: usize,
     /// A deferred BEGIN that went in front of it.
     begin: Option<Frame>,
+    /// Its first replies may be held back: it ends with a Sync or Query,
+    /// so a ReadyForQuery will come (a batch ending in Flush is answered
+    /// as it goes: prepares and describes, which a standby never refuses).
+    hold_back: bool,
 }
 
 /// A server connection the session holds, and what it did on it.
@@ -212,6 +216,10 @@ pub struct Session<'s> {
     mode: PoolMode,
     phase: Phase,
     /// Session pooling: connections kept between transactions, by node.
+    #[allow(
+        clippy::vec_box,
+        reason = "spares move to and from Phase::Held, which boxes them"
+    )]
     spare: Vec<Box<Held>>,
     batch: Batch,
     /// The first replies (ParseComplete, RowDescription...) of a read that
@@ -554,7 +562,7 @@ impl<'s> Session<'s> {
                     self.on_reply(&frame);
                     continue;
                 }
-                if is_preamble(&frame) {
+                if is_preamble(&frame) && self.retry.as_ref().is_some_and(|r| r.hold_back) {
                     // Held back until the read is known to run here (an
                     // error may still come before its first row).
                     self.held_back.push(frame);

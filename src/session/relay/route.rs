@@ -467,6 +467,7 @@ impl Session<'_> {
         self.replies.emit_ready_synthetics(&mut self.cwbuf);
         if retry > 0 && !in_txn {
             self.retry = Some(Retry {
+                hold_back: plan.syncs > 0,
                 frames,
                 plan,
                 tried,

@@ -249,3 +249,38 @@ pub fn startup_packet(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
 pub fn code(e: &tokio_postgres::Error) -> Option<String> {
     e.as_db_error().map(|d| d.code().code().to_owned())
 }
+
+/// The pool counts of node `name` in a proxy (zero when it has no pool).
+pub fn pool_counts(proxy: &Proxy, name: &str) -> pgsplit::pool::PoolCounts {
+    proxy
+        .state
+        .pools
+        .counts()
+        .get(name)
+        .copied()
+        .unwrap_or_default()
+}
+
+/// `app`'s client through the proxy, with its asynchronous notifications'
+/// payloads on a channel.
+pub async fn listener(proxy: &Proxy) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use futures_util::StreamExt;
+    let conn_str = format!(
+        "host=127.0.0.1 port={} user=app password=app dbname=app",
+        proxy.addr.port()
+    );
+    let (client, mut connection) = tokio_postgres::connect(&conn_str, NoTls)
+        .await
+        .expect("connect as app");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(Ok(message)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    (client, rx)
+}
