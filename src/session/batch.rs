@@ -180,16 +180,19 @@ pub fn plan(
             fe::BIND_TAG => {
                 let name = fe::bind_statement(body)?;
                 if !(name.is_empty() && parsed_unnamed) {
-                    // An unknown name fails on the node; route it safely.
-                    route = route.merge(
-                        named(&name, &parsed_here).unwrap_or(Route::primary(Reason::Session)),
-                    );
-                    // A prepared SET is tracked when it is executed.
-                    let prepared = if name.is_empty() {
-                        statements.unnamed.as_ref().map(|(s, _)| s)
-                    } else {
-                        statements.get(&name)
+                    let here = parsed_here.iter().rev().find(|(n, _)| *n == name);
+                    let prepared = match here {
+                        Some(_) => None,
+                        None if name.is_empty() => statements.unnamed.as_ref().map(|(s, _)| s),
+                        None => statements.get(&name),
                     };
+                    // An unknown name fails on the node; route it safely.
+                    let r = here
+                        .map(|(_, r)| *r)
+                        .or(prepared.map(|s| s.route))
+                        .unwrap_or(Route::primary(Reason::Session));
+                    route = route.merge(r);
+                    // A prepared SET is tracked when it is executed.
                     if let Some(s) = prepared
                         && let Some(command) = &s.command
                     {

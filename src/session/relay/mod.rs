@@ -813,6 +813,7 @@ fn trace_sql(frames: &[Frame]) {
 /// shutting down or restarting (57P01 admin_shutdown, 57P02
 /// crash_shutdown, 57P03 cannot_connect_now; on SIGQUIT PostgreSQL sends
 /// 57P02 as a warning).
+#[inline]
 fn shutdown_code(frame: &Frame) -> Option<String> {
     if !matches!(frame.tag, be::ERROR_RESPONSE_TAG | be::NOTICE_RESPONSE_TAG) {
         return None;
@@ -824,6 +825,7 @@ fn shutdown_code(frame: &Frame) -> Option<String> {
 
 /// Replies that come before a statement's first row and may be followed by
 /// its error: held back while the statement may still run elsewhere.
+#[inline]
 fn is_preamble(frame: &Frame) -> bool {
     matches!(
         frame.tag,
@@ -842,6 +844,7 @@ fn is_preamble(frame: &Frame) -> bool {
 /// 0A000 or 55000 mentioning recovery, anything "during recovery".
 /// Hot-standby conflicts (40001, 40P01) are not refusals: the primary
 /// would not help.
+#[inline]
 fn standby_refusal(frame: &Frame) -> Option<String> {
     if frame.tag != be::ERROR_RESPONSE_TAG {
         return None;

@@ -463,7 +463,11 @@ impl Session<'_> {
         }
         let sent = held.conn.send(&out.bytes).await;
         self.replies.extend(out.expects);
-        let delivered = self.replies.leading_synthetics() + retry.saturating_sub(1);
+        let delivered = if retry > 0 {
+            self.replies.leading_synthetics() + retry - 1
+        } else {
+            0
+        };
         self.replies.emit_ready_synthetics(&mut self.cwbuf);
         if retry > 0 && !in_txn {
             self.retry = Some(Retry {
