@@ -198,8 +198,8 @@ impl Session<'_> {
                     "user \"{}\" may only read through pgsplit: this statement needs the primary",
                     self.startup.user
                 );
-                self.fail_batch(sqlstate::READ_ONLY_SQL_TRANSACTION, &message, plan.syncs);
                 self.phase = begin.map_or(Phase::Idle, |begin| Phase::Deferred { begin });
+                self.fail_batch(sqlstate::READ_ONLY_SQL_TRANSACTION, &message, plan.syncs);
                 return Ok(());
             }
         }
@@ -207,8 +207,8 @@ impl Session<'_> {
         // takes them; reads keep flowing.
         if route.target == Target::Primary && !self.state.writes_released(WRITE_HOLD_LIMIT).await {
             let message = "writes are held for a switchover that has not finished";
-            self.fail_batch(sqlstate::CONNECTION_FAILURE, message, plan.syncs);
             self.phase = begin.map_or(Phase::Idle, |begin| Phase::Deferred { begin });
+            self.fail_batch(sqlstate::CONNECTION_FAILURE, message, plan.syncs);
             return Ok(());
         }
         let floor = self.read_floor();
@@ -243,6 +243,10 @@ impl Session<'_> {
                     match choose(&config, &topology, &wants) {
                         Choice::Node { node, reason } => (node, reason),
                         Choice::Refuse { code, message } => {
+                            // (a deferred BEGIN stays open, as the client
+                            // believes)
+                            self.phase =
+                                begin.map_or(Phase::Idle, |begin| Phase::Deferred { begin });
                             self.fail_batch(code, &message, plan.syncs);
                             return Ok(());
                         }
@@ -279,6 +283,7 @@ impl Session<'_> {
                         } => code.clone(),
                         _ => sqlstate::CONNECTION_FAILURE.to_owned(),
                     };
+                    self.phase = begin.map_or(Phase::Idle, |begin| Phase::Deferred { begin });
                     self.fail_batch(&code, &e.to_string(), plan.syncs);
                     return Ok(());
                 }
