@@ -269,26 +269,16 @@ impl BackendConn {
     }
 
     /// Runs a utility command and waits for ReadyForQuery; an
-    /// ErrorResponse marks the connection broken. Notifications go to
-    /// `client`.
+    /// ErrorResponse marks the connection broken. (For connections no
+    /// client will see again: notifications are dropped.)
     ///
     /// # Errors
     /// The connection failed.
     pub async fn simple_command(&mut self, sql: &str) -> Result<(), WireError> {
-        let mut client = BytesMut::new();
-        self.simple_command_for(sql, &mut client).await
-    }
-
-    /// [`BackendConn::simple_command`], keeping notifications for the client.
-    ///
-    /// # Errors
-    /// The connection failed.
-    pub async fn simple_command_for(
-        &mut self,
-        sql: &str,
-        client: &mut BytesMut,
-    ) -> Result<(), WireError> {
-        if !self.run_own_query(sql, client, |_| {}).await? {
+        if !self
+            .run_own_query(sql, &mut BytesMut::new(), |_| {})
+            .await?
+        {
             self.mark_broken();
         }
         Ok(())
@@ -305,7 +295,7 @@ impl BackendConn {
         self.run_own_query(
             "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
             client,
-            |row| value = first_column(row),
+            |row| value = be::data_row_text(row).into_iter().next().flatten(),
         )
         .await?;
         value
@@ -315,17 +305,15 @@ impl BackendConn {
             }))
     }
 
-    /// Makes it fit for another client: ROLLBACK an open transaction,
-    /// DISCARD ALL changed session state. Anything odd marks it broken.
-    /// Notifications that arrive meanwhile go to `client`.
-    pub async fn reset(&mut self, client: &mut BytesMut) {
-        if self.proto.status != TxnStatus::Idle
-            && self.simple_command_for("ROLLBACK", client).await.is_err()
-        {
+    /// Makes it fit for another client when its session has ended:
+    /// ROLLBACK an open transaction, DISCARD ALL changed session state.
+    /// Anything odd marks it broken.
+    pub async fn reset(&mut self) {
+        if self.proto.status != TxnStatus::Idle && self.simple_command("ROLLBACK").await.is_err() {
             self.mark_broken();
         }
         if self.proto.dirty && !self.broken {
-            match self.simple_command_for("DISCARD ALL", client).await {
+            match self.simple_command("DISCARD ALL").await {
                 Ok(()) => {
                     self.proto.dirty = false;
                     self.proto.prepared.clear();
@@ -360,14 +348,4 @@ impl BackendConn {
             .tcp()
             .is_some_and(|tcp| tcp.poll_peek(&mut cx, &mut buf).is_pending())
     }
-}
-
-/// The first column of a text-format DataRow.
-pub fn first_column(body: &[u8]) -> Option<String> {
-    if body.len() < 6 {
-        return None;
-    }
-    let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
-    let bytes = body.get(6..6 + usize::try_from(len).ok()?)?;
-    String::from_utf8(bytes.to_vec()).ok()
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use bb8::{ErrorSink, ManageConnection, Pool, PooledConnection, QueueStrategy, RunError};
 use tokio::sync::watch;
 
-pub use conn::{BackendConn, ConnState, ConnectSpec, first_column};
+pub use conn::{BackendConn, ConnState, ConnectSpec};
 
 use crate::auth::AuthError;
 use crate::config::Endpoint;

@@ -1,6 +1,8 @@
 //! Client messages gathered until a boundary (Query, Sync, Flush,
 //! FunctionCall), and the route of the whole batch.
 
+use std::sync::Arc;
+
 use crate::protocol::ProtocolError;
 use crate::protocol::codec::Frame;
 use crate::protocol::frontend as fe;
@@ -8,7 +10,7 @@ use crate::router::{Reason, Route, Router, Target};
 
 use super::commands::{self, Command};
 use super::outbound::Tracked;
-use super::state::Statements;
+use super::state::{Statement, Statements};
 use crate::pins::PinReason;
 use crate::router::contains_ignoring_case;
 
@@ -108,15 +110,20 @@ pub fn plan(
     let mut parsed_unnamed = false;
     // Statements parsed earlier in this same batch route by their text.
     let mut parsed_here: Vec<(String, Route)> = Vec::new();
-    let named = |name: &str, parsed_here: &[(String, Route)]| -> Option<Route> {
+    // Where a statement name points: one parsed earlier in this batch (its
+    // route), or one of the session's (with the statement). An unknown
+    // name fails on the node; it is routed safely.
+    let named = |name: &str, parsed_here: &[(String, Route)]| -> (Route, Option<&Arc<Statement>>) {
         if let Some((_, r)) = parsed_here.iter().rev().find(|(n, _)| n == name) {
-            return Some(*r);
+            return (*r, None);
         }
-        if name.is_empty() {
-            statements.unnamed.as_ref().map(|(s, _)| s.route)
+        let statement = if name.is_empty() {
+            statements.unnamed.as_ref().map(|(s, _)| s)
         } else {
-            statements.get(name).map(|s| s.route)
-        }
+            statements.get(name)
+        };
+        let route = statement.map_or(Route::primary(Reason::Session), |s| s.route);
+        (route, statement)
     };
     let mut statement = |sql: &[u8], route: &mut Route, commands: &mut Commands| -> Route {
         let text = fe::sql_text(sql);
@@ -180,17 +187,7 @@ pub fn plan(
             fe::BIND_TAG => {
                 let name = fe::bind_statement(body)?;
                 if !(name.is_empty() && parsed_unnamed) {
-                    let here = parsed_here.iter().rev().find(|(n, _)| *n == name);
-                    let prepared = match here {
-                        Some(_) => None,
-                        None if name.is_empty() => statements.unnamed.as_ref().map(|(s, _)| s),
-                        None => statements.get(&name),
-                    };
-                    // An unknown name fails on the node; route it safely.
-                    let r = here
-                        .map(|(_, r)| *r)
-                        .or(prepared.map(|s| s.route))
-                        .unwrap_or(Route::primary(Reason::Session));
+                    let (r, prepared) = named(&name, &parsed_here);
                     route = route.merge(r);
                     // A prepared SET is tracked when it is executed.
                     if let Some(s) = prepared
@@ -203,9 +200,7 @@ pub fn plan(
             fe::DESCRIBE_TAG => {
                 let (kind, name) = fe::target(body, "Describe")?;
                 if kind == fe::STATEMENT && !(name.is_empty() && parsed_unnamed) {
-                    route = route.merge(
-                        named(&name, &parsed_here).unwrap_or(Route::primary(Reason::Session)),
-                    );
+                    route = route.merge(named(&name, &parsed_here).0);
                 }
             }
             fe::CLOSE_TAG => {
@@ -245,22 +240,11 @@ pub fn plan(
 /// The database a `DROP DATABASE [IF EXISTS] name [WITH (FORCE)]` drops.
 fn dropped_database(sql: &str) -> Option<String> {
     let (rest, _) = crate::router::scan::skip_leading_comments(sql);
-    let mut words = rest.split_whitespace();
-    let drop = words.next()?;
-    let database = words.next()?;
-    if !drop.eq_ignore_ascii_case("drop") || !database.eq_ignore_ascii_case("database") {
-        return None;
-    }
-    let rest = rest.trim_start();
-    let rest = &rest[rest.find(|c: char| c.is_whitespace())?..];
-    let rest = rest.trim_start();
-    let rest = &rest[rest.find(|c: char| c.is_whitespace())?..];
-    let mut rest = rest.trim_start();
-    let _ = (drop, database);
-    if rest.len() > 3 && rest[..3].eq_ignore_ascii_case("if ") {
-        let after_if = rest[3..].trim_start();
-        rest = after_if.get(6..).map(str::trim_start)?; // "exists"
-    }
+    let rest = after_keyword(rest, "drop")?;
+    let rest = after_keyword(rest, "database")?;
+    let rest = after_keyword(rest, "if")
+        .and_then(|r| after_keyword(r, "exists"))
+        .unwrap_or(rest);
     if let Some(quoted) = rest.strip_prefix('"') {
         let mut name = String::new();
         let mut chars = quoted.chars().peekable();
@@ -281,6 +265,16 @@ fn dropped_database(sql: &str) -> Option<String> {
         .next()
         .filter(|n| !n.is_empty())?;
     Some(name.to_ascii_lowercase())
+}
+
+/// What follows `word` (any case, then white space) at the start of
+/// `text`, white space skipped.
+fn after_keyword<'a>(text: &'a str, word: &str) -> Option<&'a str> {
+    let text = text.trim_start();
+    let after = text.get(word.len()..)?;
+    (text.as_bytes()[..word.len()].eq_ignore_ascii_case(word.as_bytes())
+        && after.starts_with(char::is_whitespace))
+    .then(|| after.trim_start())
 }
 
 /// CREATE/ALTER/DROP of a function or procedure (or anything mentioning
@@ -358,6 +352,11 @@ mod tests {
             Some("My Db".into())
         );
         assert_eq!(dropped_database("DROP TABLE x"), None);
+        assert_eq!(dropped_database("DROP DATABASE if"), Some("if".into()));
+        assert_eq!(
+            dropped_database("/* c */ DROP DATABASE IF  EXISTS x WITH (FORCE)"),
+            Some("x".into())
+        );
         assert_eq!(dropped_database("SELECT 1"), None);
     }
 }

@@ -200,20 +200,22 @@ impl Settings {
         }
     }
 
-    /// The value given at connect time for `name`, if any.
-    pub fn startup_value(&self, name: &str) -> Option<&str> {
+    /// The startup parameter `name` (any case), as it was given.
+    fn startup_entry(&self, name: &str) -> Option<&(String, String)> {
         self.startup
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value given at connect time for `name`, if any.
+    pub fn startup_value(&self, name: &str) -> Option<&str> {
+        self.startup_entry(name).map(|(_, v)| v.as_str())
     }
 
     /// SQL that sets `name` back to its startup value, when it has one
     /// (what PostgreSQL's RESET does on a direct connection).
     pub fn restore_sql(&self, name: &str) -> Option<String> {
-        self.startup
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        self.startup_entry(name)
             .map(|(name, value)| format!("SELECT {}", set_config(name, value)))
     }
 

@@ -92,6 +92,14 @@ enum Phase {
     Held(Box<Held>),
 }
 
+impl Phase {
+    /// The phase to go back to when a batch did not reach a node: still
+    /// in the read-only transaction the proxy answered, or idle.
+    fn before(begin: Option<Frame>) -> Phase {
+        begin.map_or(Phase::Idle, |begin| Phase::Deferred { begin })
+    }
+}
+
 /// Why a held connection is held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hold {
@@ -189,6 +197,15 @@ impl Held {
             dirtied: false,
             timing: None,
         })
+    }
+
+    /// Where a cancel request for what runs on it goes.
+    fn cancel_target(&self) -> crate::cancel::CancelTarget {
+        crate::cancel::CancelTarget {
+            address: self.conn.address.clone(),
+            pid: self.conn.login.pid,
+            secret: self.conn.login.secret,
+        }
     }
 
     /// Why it is held: the one place that decides.
@@ -773,10 +790,9 @@ impl<'s> Session<'s> {
             }
             conns.push(held);
         }
-        let mut ignored = BytesMut::new();
         for mut held in conns {
             if !held.conn.is_broken()
-                && tokio::time::timeout(RESET_TIMEOUT, held.conn.reset(&mut ignored))
+                && tokio::time::timeout(RESET_TIMEOUT, held.conn.reset())
                     .await
                     .is_err()
             {
@@ -791,7 +807,6 @@ impl<'s> Session<'s> {
 /// Logs the SQL of a batch at trace level, truncated (never at any other
 /// level: statements can carry personal data).
 fn trace_sql(frames: &[Frame]) {
-    const MAX: usize = 200;
     for frame in frames {
         let sql = match frame.tag {
             fe::QUERY_TAG => fe::query_text(frame.body()).ok(),
@@ -799,14 +814,18 @@ fn trace_sql(frames: &[Frame]) {
             _ => None,
         };
         if let Some(sql) = sql {
-            let cut = sql.char_indices().nth(MAX).map_or(sql.len(), |(i, _)| i);
-            tracing::trace!(
-                sql = &sql[..cut],
-                truncated = cut < sql.len(),
-                "statement text"
-            );
+            let (cut, truncated) = cut_for_log(&sql);
+            tracing::trace!(sql = cut, truncated, "statement text");
         }
     }
+}
+
+/// Statement text cut for a log line (at 200 characters), and whether it
+/// was cut.
+fn cut_for_log(sql: &str) -> (&str, bool) {
+    const MAX: usize = 200;
+    let cut = sql.char_indices().nth(MAX).map_or(sql.len(), |(i, _)| i);
+    (&sql[..cut], cut < sql.len())
 }
 
 /// The SQLSTATE of an ErrorResponse or NoticeResponse saying the node is

@@ -198,7 +198,7 @@ impl Session<'_> {
                     "user \"{}\" may only read through pgsplit: this statement needs the primary",
                     self.startup.user
                 );
-                self.phase = begin.map_or(Phase::Idle, |begin| Phase::Deferred { begin });
+                self.phase = Phase::before(begin);
                 self.fail_batch(sqlstate::READ_ONLY_SQL_TRANSACTION, &message, plan.syncs);
                 return Ok(());
             }
@@ -207,7 +207,7 @@ impl Session<'_> {
         // takes them; reads keep flowing.
         if route.target == Target::Primary && !self.state.writes_released(WRITE_HOLD_LIMIT).await {
             let message = "writes are held for a switchover that has not finished";
-            self.phase = begin.map_or(Phase::Idle, |begin| Phase::Deferred { begin });
+            self.phase = Phase::before(begin);
             self.fail_batch(sqlstate::CONNECTION_FAILURE, message, plan.syncs);
             return Ok(());
         }
@@ -245,8 +245,7 @@ impl Session<'_> {
                         Choice::Refuse { code, message } => {
                             // (a deferred BEGIN stays open, as the client
                             // believes)
-                            self.phase =
-                                begin.map_or(Phase::Idle, |begin| Phase::Deferred { begin });
+                            self.phase = Phase::before(begin);
                             self.fail_batch(code, &message, plan.syncs);
                             return Ok(());
                         }
@@ -283,7 +282,7 @@ impl Session<'_> {
                         } => code.clone(),
                         _ => sqlstate::CONNECTION_FAILURE.to_owned(),
                     };
-                    self.phase = begin.map_or(Phase::Idle, |begin| Phase::Deferred { begin });
+                    self.phase = Phase::before(begin);
                     self.fail_batch(&code, &e.to_string(), plan.syncs);
                     return Ok(());
                 }
@@ -294,16 +293,8 @@ impl Session<'_> {
                 node = %node.name,
                 "statement routed"
             );
-            let target = CancelTarget {
-                address: held.conn.address.clone(),
-                pid: held.conn.login.pid,
-                secret: held.conn.login.secret,
-            };
-            // Cancelled while it waited for a connection: the node is told
-            // once it has the batch.
-            let cancel = self.slot.sent_to(target.clone()).then_some(target);
             self.state.metrics.decision(held.target, reason);
-            self.phase = Phase::Held(held);
+            let cancel = self.take_hold(held);
             let retryable = route.target == Target::Replica;
             self.send(
                 frames,
@@ -313,9 +304,7 @@ impl Session<'_> {
                 if retryable { 1 + delivered } else { 0 },
             )
             .await?;
-            if let Some(target) = cancel {
-                tokio::spawn(async move { crate::cancel::send_cancel(&target).await });
-            }
+            send_pending_cancel(cancel);
             return Ok(());
         }
     }
@@ -338,6 +327,7 @@ impl Session<'_> {
                 .map(|conn| Held::new(conn, node, Target::Primary))
         });
         let Some(held) = own else {
+            self.phase = Phase::before(begin);
             self.fail_batch(
                 "55000",
                 "currval and lastval need the server connection where this session called \
@@ -346,20 +336,24 @@ impl Session<'_> {
                  or pool.mode: session",
                 plan.syncs,
             );
-            self.phase = begin.map_or(Phase::Idle, |begin| Phase::Deferred { begin });
             return Ok(());
         };
-        let target = CancelTarget {
-            address: held.conn.address.clone(),
-            pid: held.conn.login.pid,
-            secret: held.conn.login.secret,
-        };
-        self.slot.sent_to(target);
         self.state
             .metrics
             .decision(Target::Primary, plan.route.reason);
+        let cancel = self.take_hold(held);
+        self.send(frames, plan, begin, Vec::new(), 0).await?;
+        send_pending_cancel(cancel);
+        Ok(())
+    }
+
+    /// Holds `held` for the batch being routed, and points cancel requests
+    /// at it. Returns the cancel that came while the batch waited for a
+    /// connection, to be sent once the batch is.
+    fn take_hold(&mut self, held: Box<Held>) -> Option<CancelTarget> {
+        let target = held.cancel_target();
         self.phase = Phase::Held(held);
-        self.send(frames, plan, begin, Vec::new(), 0).await
+        self.slot.sent_to(target.clone()).then_some(target)
     }
 
     fn take_spare(&mut self, node: &Arc<crate::topology::Node>) -> Option<Box<Held>> {
@@ -577,20 +571,8 @@ impl Session<'_> {
             && !pinned
         {
             tracing::info!(node = %node, "read failed before any reply; trying another node");
-            for name in &retry.added {
-                self.statements.remove(name);
-            }
             retry.tried.push(node);
-            if let Some(begin) = retry.begin.take() {
-                self.phase = Phase::Deferred { begin };
-            }
-            return Box::pin(self.route_fresh(
-                retry.frames,
-                retry.plan,
-                retry.tried,
-                retry.delivered,
-            ))
-            .await;
+            return self.send_again(retry, None).await;
         }
         if in_txn || pinned || open_batch {
             return Err(backend_error(&node, failure.into_wire()));
@@ -622,9 +604,6 @@ impl Session<'_> {
         self.replies.clear();
         self.held_back.clear();
         self.slot.set(None);
-        for name in &retry.added {
-            self.statements.remove(name);
-        }
         let router = self.state.router.load();
         let refused = Route {
             dirties: retry.plan.route.dirties,
@@ -637,6 +616,7 @@ impl Session<'_> {
                 fe::BIND_TAG => {
                     let name = fe::bind_statement(frame.body()).ok();
                     if let Some(name) = name.filter(|n| !n.is_empty())
+                        && !retry.added.iter().any(|a| *a == *name)
                         && let Some(s) = self.statements.get(&name).cloned()
                     {
                         self.statements
@@ -649,22 +629,47 @@ impl Session<'_> {
             if let Some(sql) = sql {
                 let text = fe::sql_text(sql);
                 if router.mark_standby_refused(&text) {
-                    let cut = text.char_indices().nth(200).map_or(text.len(), |(i, _)| i);
                     tracing::info!(
                         node = %node,
                         refusal = %why,
-                        statement = &text[..cut],
+                        statement = super::cut_for_log(&text).0,
                         "a replica refused a read as a standby; it runs on the primary from now on"
                     );
                 }
             }
         }
-        if let Some(begin) = retry.begin {
-            self.phase = Phase::Deferred { begin };
+        let retry = Retry {
+            tried: Vec::new(),
+            ..retry
+        };
+        self.send_again(retry, Some(refused)).await
+    }
+
+    /// Sends a read that reached nobody again, routed afresh (by `route`
+    /// when given, avoiding the nodes it `tried`): the statement names its
+    /// first attempt added are forgotten, and its deferred BEGIN goes with
+    /// it.
+    async fn send_again(
+        &mut self,
+        mut retry: Retry,
+        route: Option<Route>,
+    ) -> Result<(), SessionError> {
+        for name in &retry.added {
+            self.statements.remove(name);
         }
-        let mut plan = retry.plan;
-        plan.route = refused;
-        Box::pin(self.route_fresh(retry.frames, plan, Vec::new(), retry.delivered)).await
+        if let Some(route) = route {
+            retry.plan.route = route;
+        }
+        self.phase = Phase::before(retry.begin);
+        Box::pin(self.route_fresh(retry.frames, retry.plan, retry.tried, retry.delivered)).await
+    }
+}
+
+/// Sends a cancel that came while a batch waited for a connection, now
+/// that the node has the batch.
+fn send_pending_cancel(cancel: Option<CancelTarget>) {
+    if let Some(target) = cancel {
+        tokio::spawn(async move { crate::cancel::send_cancel(&target).await });
     }
 }
 
