@@ -4,13 +4,14 @@
 //! decoding, and relaying a 10,000-row result (framing and copying to the
 //! client buffer, as the relay does, without sockets).
 
-use std::collections::HashSet;
 use std::hint::black_box;
+use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use criterion::{Criterion, criterion_group, criterion_main};
 use pgsplit::protocol::{codec, frontend};
-use pgsplit::router::{Router, classify_text};
+use pgsplit::router::facts::{Catalog, FunctionRow};
+use pgsplit::router::{Facts, Knowledge, Router, classify_text};
 
 const SELECT_200: &str = "SELECT o.id, o.created_at, o.total, c.name, c.email FROM orders o \
     JOIN customers c ON c.id = o.customer_id WHERE o.status = $1 AND o.created_at > now() - interval '7 days' \
@@ -29,10 +30,30 @@ fn report_2k() -> String {
     sql
 }
 
+/// What a router knows of PostgreSQL 15's built-ins (read from a real
+/// catalog into the unit tests' fixture).
+fn knowledge() -> Knowledge {
+    let functions = include_str!("../src/router/testdata/pg15_functions.txt")
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(name, v)| FunctionRow {
+            schema: "pg_catalog".into(),
+            name: name.into(),
+            volatile: v == "v",
+            body: None,
+        })
+        .collect();
+    let catalog = Catalog {
+        functions,
+        relations: Vec::new(),
+    };
+    Knowledge::new(&[], Arc::new(Facts::build([("app", &catalog)])))
+}
+
 fn classify(c: &mut Criterion) {
-    let router = Router::new(&[], &HashSet::new(), 32 << 20);
+    let router = Router::new(knowledge(), 32 << 20, None);
     router.classify(SELECT_200);
-    let none = HashSet::new();
+    let none = knowledge();
     let report = report_2k();
     let mut g = c.benchmark_group("classify");
     g.bench_function("cache_hit", |b| {

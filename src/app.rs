@@ -99,8 +99,8 @@ impl Proxy {
         ));
         let on_change = {
             let state = state.clone();
-            move |set| {
-                state.volatile.store(set);
+            move |facts| {
+                state.facts.store(facts);
                 state.rebuild_router();
             }
         };

@@ -2,7 +2,6 @@
 //! snapshots, the router, the pools and the cancel registry. Built by
 //! `app`; no globals anywhere.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
@@ -14,7 +13,7 @@ use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pool::Pools;
-use crate::router::Router;
+use crate::router::{Facts, Knowledge, Router};
 use crate::topology::Topology;
 
 /// Bytes of statement text the routing cache may hold.
@@ -45,10 +44,11 @@ pub struct State {
     /// The highest WAL position of any write this proxy acknowledged
     /// (`read_your_writes: global`).
     pub global_floor: AtomicU64,
-    /// Asks the catalog task to re-read volatile functions (after DDL).
+    /// Asks the catalog task to read the catalog again (after DDL, or
+    /// when a statement called an unknown function).
     pub catalog_refresh: Arc<Notify>,
-    /// The catalog's volatile user functions, last read.
-    pub volatile: ArcSwap<HashSet<String>>,
+    /// What the catalogs said, last read.
+    pub facts: ArcSwap<Facts>,
     /// Counts catalog reads (changes after each attempt).
     pub catalog_loads: watch::Sender<u64>,
     /// True while a switchover holds new writes.
@@ -73,10 +73,11 @@ impl State {
     ) -> State {
         let metrics = Arc::new(Metrics::new());
         let topology = Topology::from_config(&config, None, &metrics);
+        let catalog_refresh = Arc::new(Notify::new());
         let router = Router::new(
-            &config.routing.write_functions,
-            &HashSet::new(),
+            Knowledge::new(&config.routing.write_functions, Arc::new(Facts::default())),
             ROUTER_CACHE_BYTES,
+            Some(catalog_refresh.clone()),
         );
         let pools = Pools::new(
             config.pool.size,
@@ -95,8 +96,8 @@ impl State {
             tls: ArcSwap::from_pointee(None),
             shutdown,
             global_floor: AtomicU64::new(0),
-            catalog_refresh: Arc::new(Notify::new()),
-            volatile: ArcSwap::from_pointee(HashSet::new()),
+            catalog_refresh,
+            facts: ArcSwap::from_pointee(Facts::default()),
             catalog_loads: watch::channel(0).0,
             databases: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             pins: crate::pins::PinCounts::default(),
@@ -108,13 +109,13 @@ impl State {
     }
 
     /// Rebuilds the router from the configuration's `write_functions` and
-    /// the catalog's volatile functions (emptying its cache).
+    /// the catalog's facts (emptying its cache).
     pub fn rebuild_router(&self) {
         let config = self.config.load();
         let router = Router::new(
-            &config.routing.write_functions,
-            &self.volatile.load(),
+            Knowledge::new(&config.routing.write_functions, self.facts.load_full()),
             ROUTER_CACHE_BYTES,
+            Some(self.catalog_refresh.clone()),
         );
         self.router.store(Arc::new(router));
     }
@@ -160,6 +161,25 @@ impl State {
         if new {
             self.catalog_refresh.notify_one();
         }
+    }
+
+    /// Waits (at most `limit`) until the catalog of `database` has been
+    /// read, so a session's first statements are routed by its facts
+    /// (until then every function call is unknown and goes to the primary).
+    pub async fn await_catalog(&self, database: &str, limit: std::time::Duration) {
+        self.note_database(database);
+        if self.facts.load().has_database(database) {
+            return;
+        }
+        let mut loads = self.catalog_loads.subscribe();
+        let _ = tokio::time::timeout(limit, async {
+            while !self.facts.load().has_database(database) {
+                if loads.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 
     /// Asks for the catalog to be read again and waits (briefly) until it

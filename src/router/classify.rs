@@ -1,34 +1,30 @@
 //! The parsed part of routing: a walk over sqlparser's AST (0.64, pinned:
 //! its AST changes every minor release, so all matching on it lives here).
 
-use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    ContextModifier, CopyTarget, Expr, FunctionArguments, Query, Select, Set, SetExpr, Statement,
+    ContextModifier, CopyTarget, Expr, Query, Select, Set, SetExpr, Statement,
     TableFactor, TransactionAccessMode, TransactionIsolationLevel, TransactionMode, Value, Visit,
     Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use super::explain::Seen;
+use super::facts::Fact;
 use super::functions::{self, Effect};
-use super::{Reason, Route, Target, scan};
+use super::{Knowledge, Reason, Route, Target, scan};
 
 /// Deep enough for generated SQL; sqlparser grows its stack as it recurses.
 const RECURSION_LIMIT: usize = 500;
 
 /// Parses and routes a query string.
-pub fn parsed(sql: &str, write_functions: &HashSet<String>) -> Route {
-    let dialect = PostgreSqlDialect {};
-    let statements = match Parser::new(&dialect)
-        .with_recursion_limit(RECURSION_LIMIT)
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements())
-    {
-        Ok(statements) => statements,
+pub fn parsed(sql: &str, known: &Knowledge) -> Route {
+    let statements = match parse(sql) {
+        Some(statements) => statements,
         // Unreadable: anything may happen, session state included.
-        Err(_) => return Route::primary(Reason::ParseError).dirtying(),
+        None => return Route::primary(Reason::ParseError).dirtying(),
     };
     let mut combined = Route::replica(Reason::Read);
     for statement in &statements {
@@ -43,7 +39,7 @@ pub fn parsed(sql: &str, write_functions: &HashSet<String>) -> Route {
         if ends_transaction && combined.reason == Reason::ReadOnlyTransaction {
             continue;
         }
-        let route = statement_route(statement, write_functions);
+        let route = statement_route(statement, known);
         combined = merge(combined, route);
     }
     if combined.target == Target::Replica && scan::has_unparsed_lock_clause(sql) {
@@ -52,13 +48,35 @@ pub fn parsed(sql: &str, write_functions: &HashSet<String>) -> Route {
     combined
 }
 
+/// The statements of `sql`, or `None` when sqlparser cannot read it.
+pub fn parse(sql: &str) -> Option<Vec<Statement>> {
+    Parser::new(&PostgreSqlDialect {})
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .ok()
+}
+
+/// The functions and relations a statement names, with what the facts
+/// say of each (for `explain`).
+pub fn seen(statement: &Statement, known: &Knowledge) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    let mut walker = Walker {
+        known,
+        route: Route::replica(Reason::Read),
+        seen: Some(&mut seen),
+    };
+    let _ = statement.visit(&mut walker);
+    seen
+}
+
 fn merge(a: Route, b: Route) -> Route {
     a.merge(b)
 }
 
-fn statement_route(statement: &Statement, write_functions: &HashSet<String>) -> Route {
+fn statement_route(statement: &Statement, known: &Knowledge) -> Route {
     match statement {
-        Statement::Query(_) => walk(statement, write_functions),
+        Statement::Query(_) => walk(statement, known),
         Statement::Explain {
             analyze,
             options,
@@ -71,7 +89,7 @@ fn statement_route(statement: &Statement, write_functions: &HashSet<String>) -> 
                         && !matches!(&o.arg, Some(Expr::Value(v)) if matches!(v.value, Value::Boolean(false)))
                 });
             if analyzes {
-                statement_route(inner, write_functions)
+                statement_route(inner, known)
             } else {
                 Route::replica(Reason::Read)
             }
@@ -88,7 +106,7 @@ fn statement_route(statement: &Statement, write_functions: &HashSet<String>) -> 
         | Statement::ShowViews { .. } => Route::replica(Reason::Read),
         Statement::Copy { to, target, .. } => {
             if *to && matches!(target, CopyTarget::Stdout) {
-                walk(statement, write_functions)
+                walk(statement, known)
             } else {
                 Route::primary(Reason::Write)
             }
@@ -177,73 +195,125 @@ fn set_route(set: &Set) -> Route {
 }
 
 /// Walks a statement for nested writes, locks, SELECT INTO and functions.
-fn walk(statement: &Statement, write_functions: &HashSet<String>) -> Route {
+fn walk(statement: &Statement, known: &Knowledge) -> Route {
     let mut walker = Walker {
-        write_functions,
+        known,
         route: Route::replica(Reason::Read),
+        seen: None,
     };
     let _ = statement.visit(&mut walker);
     walker.route
 }
 
 struct Walker<'a> {
-    write_functions: &'a HashSet<String>,
+    known: &'a Knowledge,
     route: Route,
+    /// Collects what it looked up, for `explain` (it then walks on past
+    /// a pin).
+    seen: Option<&'a mut Vec<Seen>>,
 }
 
 impl Walker<'_> {
     fn force(&mut self, route: Route) -> ControlFlow<()> {
         self.route = merge(self.route, route);
-        if self.route.pins {
+        if self.route.pins && self.seen.is_none() {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
         }
     }
 
-    fn function(&mut self, name: &str, is_local_false: bool) -> ControlFlow<()> {
-        if name.eq_ignore_ascii_case("set_config") {
+    fn function(&mut self, name: &sqlparser::ast::ObjectName) -> ControlFlow<()> {
+        let Some((schema, name)) = folded_name(name) else {
+            // `catalog.schema.name` or an expression: nothing to look up.
+            return self.force(Route::primary(Reason::UnknownFunction).dirtying());
+        };
+        if name == "set_config" && schema.as_deref().is_none_or(|s| s == "pg_catalog") {
             // set_config(name, value, false) changes the session: the
             // session re-reads its settings afterwards.
-            let _ = is_local_false;
+            self.note(&name, "set_config");
             return self.force(Route::primary(Reason::Function).dirtying());
         }
-        match functions::effect(name, self.write_functions) {
+        let effect = functions::effect(schema.as_deref(), &name, self.known);
+        let label = match effect {
+            Effect::None => "safe",
+            Effect::Primary { .. } => "primary_only",
+            Effect::Pins => "pins_session",
+            Effect::Unknown => "unknown",
+        };
+        let shown = match &schema {
+            Some(s) => format!("{s}.{name}"),
+            None => name.clone(),
+        };
+        self.note(&shown, label);
+        match effect {
             Effect::None => ControlFlow::Continue(()),
+            Effect::Primary { user: false } => self.force(Route::primary(Reason::Function)),
             // A user function may call set_config, create temp tables...
-            Effect::Primary if functions::is_builtin(name) => {
-                self.force(Route::primary(Reason::Function))
+            Effect::Primary { user: true } => {
+                self.force(Route::primary(Reason::Function).dirtying())
             }
-            Effect::Primary => self.force(Route::primary(Reason::Function).dirtying()),
             Effect::Pins => self.force(Route::pinned(Reason::Function)),
+            Effect::Unknown => self.force(Route::primary(Reason::UnknownFunction).dirtying()),
+        }
+    }
+
+    fn note(&mut self, name: &str, fact: &str) {
+        if let Some(seen) = self.seen.as_deref_mut() {
+            seen.push(Seen {
+                kind: "function",
+                name: name.to_owned(),
+                fact: fact.to_owned(),
+            });
+        }
+    }
+
+    fn relation(&mut self, name: &sqlparser::ast::ObjectName) -> ControlFlow<()> {
+        let Some((schema, name)) = folded_name(name) else {
+            return ControlFlow::Continue(());
+        };
+        let (route, fact) = if functions::is_node_view(&name) {
+            (Some(Route::primary(Reason::NodeState)), "node_state")
+        } else {
+            match self.known.facts.primary_relation(schema.as_deref(), &name) {
+                Some(fact) => (Some(Route::primary(Reason::PrimaryRelation)), fact.as_str()),
+                None => (None, Fact::Safe.as_str()),
+            }
+        };
+        if let Some(seen) = self.seen.as_deref_mut() {
+            seen.push(Seen {
+                kind: "relation",
+                name: match &schema {
+                    Some(s) => format!("{s}.{name}"),
+                    None => name.clone(),
+                },
+                fact: fact.to_owned(),
+            });
+        }
+        match route {
+            Some(route) => self.force(route),
+            None => ControlFlow::Continue(()),
         }
     }
 }
 
-fn last_name_part(name: &sqlparser::ast::ObjectName) -> Option<String> {
-    name.0.last()?.as_ident().map(|i| i.value.clone())
+/// An identifier as the catalog stores it: unquoted ones fold to lower case.
+fn fold_ident(ident: &sqlparser::ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_ascii_lowercase()
+    }
 }
 
-fn third_arg_is_false(args: &FunctionArguments) -> bool {
-    let FunctionArguments::List(list) = args else {
-        return false;
-    };
-    match list.args.get(2) {
-        Some(sqlparser::ast::FunctionArg::Unnamed(sqlparser::ast::FunctionArgExpr::Expr(
-            Expr::Value(v),
-        ))) => match &v.value {
-            Value::Boolean(b) => !b,
-            Value::SingleQuotedString(s) => {
-                matches!(
-                    s.to_ascii_lowercase().as_str(),
-                    "f" | "false" | "off" | "no" | "0"
-                )
-            }
-            _ => true,
-        },
-        // Unknown at parse time: assume it may change the session.
-        Some(_) => true,
-        None => false,
+/// `(schema, name)` of a one- or two-part name, folded; the schema of a
+/// three-part `database.schema.name`.
+fn folded_name(name: &sqlparser::ast::ObjectName) -> Option<(Option<String>, String)> {
+    let parts: Vec<&sqlparser::ast::Ident> = name.0.iter().map(|p| p.as_ident()).collect::<Option<_>>()?;
+    match parts.as_slice() {
+        [name] => Some((None, fold_ident(name))),
+        [.., schema, name] => Some((Some(fold_ident(schema)), fold_ident(name))),
+        [] => None,
     }
 }
 
@@ -280,34 +350,25 @@ impl Visitor for Walker<'_> {
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-        if let Expr::Function(f) = expr
-            && let Some(name) = last_name_part(&f.name)
-        {
-            return self.function(&name, third_arg_is_false(&f.args));
+        if let Expr::Function(f) = expr {
+            return self.function(&f.name);
         }
         ControlFlow::Continue(())
     }
 
     fn pre_visit_relation(&mut self, relation: &sqlparser::ast::ObjectName) -> ControlFlow<()> {
-        if last_name_part(relation).is_some_and(|name| functions::is_node_view(&name)) {
-            return self.force(Route::primary(Reason::NodeState));
-        }
-        ControlFlow::Continue(())
+        self.relation(relation)
     }
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
-        let name = match factor {
+        match factor {
             TableFactor::Table {
                 name,
                 args: Some(_),
                 ..
-            } => last_name_part(name),
-            TableFactor::Function { name, .. } => last_name_part(name),
-            _ => None,
-        };
-        match name {
-            Some(name) => self.function(&name, false),
-            None => ControlFlow::Continue(()),
+            }
+            | TableFactor::Function { name, .. } => self.function(name),
+            _ => ControlFlow::Continue(()),
         }
     }
 }

@@ -9,12 +9,18 @@
 //! a pinned connection) is the session's business, not the router's.
 
 mod classify;
+mod explain;
+pub mod facts;
 mod functions;
 pub(crate) mod scan;
 mod select;
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::sync::Arc;
+
+pub use explain::{Explanation, Seen};
+pub use facts::Facts;
 
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
@@ -78,11 +84,18 @@ pub enum Reason {
     /// (`pg_stat_activity`, `pg_prepared_xacts`, `pg_stat_replication`...):
     /// the primary's, unless a hint asks for a replica's.
     NodeState,
+    /// It calls a function no catalog fact places (created after the last
+    /// catalog read, or not read yet): the primary, and the catalog is
+    /// read again.
+    UnknownFunction,
+    /// It reads a relation a replica cannot answer for: an unlogged table,
+    /// or a view that calls a primary-only function.
+    PrimaryRelation,
 }
 
 impl Reason {
     /// Every reason, for pre-creating metric series.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Write,
         Reason::Read,
         Reason::Transaction,
@@ -99,6 +112,8 @@ impl Reason {
         Reason::Zone,
         Reason::StandbyRefused,
         Reason::NodeState,
+        Reason::UnknownFunction,
+        Reason::PrimaryRelation,
     ];
 
     /// Whether a statement routed for this reason may have written (and
@@ -113,6 +128,8 @@ impl Reason {
                 | Reason::Lock
                 | Reason::ParseError
                 | Reason::StandbyRefused
+                | Reason::UnknownFunction
+                | Reason::PrimaryRelation
         )
     }
 
@@ -135,6 +152,8 @@ impl Reason {
             Reason::Zone => "zone",
             Reason::StandbyRefused => "standby_refused",
             Reason::NodeState => "node_state",
+            Reason::UnknownFunction => "unknown_function",
+            Reason::PrimaryRelation => "primary_relation",
         }
     }
 }
@@ -229,44 +248,100 @@ impl Weighter<Box<str>, Route> for TextWeight {
     }
 }
 
-/// Classifies statements, with a bounded cache. Built from the routing
-/// config; rebuilt on reload.
-pub struct Router {
+/// What routing knows besides the text: the operator's
+/// `routing.write_functions` and the catalog's facts.
+pub struct Knowledge {
     write_functions: HashSet<String>,
-    cache: Cache<Box<str>, Route, TextWeight>,
+    facts: Arc<Facts>,
 }
 
-impl Router {
-    /// A router whose cache holds about `cache_bytes` of statement text.
-    pub fn new(write_functions: &[String], volatile: &HashSet<String>, cache_bytes: u64) -> Router {
-        Router {
+impl Knowledge {
+    /// From the configured write functions (any case) and catalog facts.
+    pub fn new(write_functions: &[String], facts: Arc<Facts>) -> Knowledge {
+        Knowledge {
             write_functions: write_functions
                 .iter()
                 .map(|f| f.to_ascii_lowercase())
-                .chain(volatile.iter().cloned())
                 .collect(),
+            facts,
+        }
+    }
+
+    /// The catalog facts.
+    pub fn facts(&self) -> &Facts {
+        &self.facts
+    }
+}
+
+/// Classifies statements, with a bounded cache. Built from the routing
+/// config and the catalog's facts; rebuilt when either changes.
+pub struct Router {
+    known: Knowledge,
+    cache: Cache<Box<str>, Route, TextWeight>,
+    /// Told when a freshly classified statement calls an unknown function.
+    unknown_seen: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl Router {
+    /// A router whose cache holds about `cache_bytes` of statement text;
+    /// `unknown_seen` is notified when a statement calls a function the
+    /// facts do not place.
+    pub fn new(
+        known: Knowledge,
+        cache_bytes: u64,
+        unknown_seen: Option<Arc<tokio::sync::Notify>>,
+    ) -> Router {
+        Router {
+            known,
             cache: Cache::with_weighter(
                 (cache_bytes / 256).max(16) as usize,
                 cache_bytes.max(4096),
                 TextWeight,
             ),
+            unknown_seen,
         }
+    }
+
+    /// What it knows.
+    pub fn knowledge(&self) -> &Knowledge {
+        &self.known
     }
 
     /// Routes one query string (which may hold several statements). The
     /// cache key is the text with its number and string literals replaced,
     /// so `WHERE id = 1` and `WHERE id = 2` share one parse.
     pub fn classify(&self, sql: &str) -> Route {
+        self.classify_cached(sql).0
+    }
+
+    /// [`Router::classify`], and whether the answer came from the cache.
+    pub fn classify_cached(&self, sql: &str) -> (Route, bool) {
         if sql.len() > MAX_CACHED_SQL {
-            return classify_text(sql, &self.write_functions);
+            return (self.fresh(sql), false);
         }
         let key = cache_key(sql);
         if let Some(route) = self.cache.get(&*key) {
-            return route;
+            return (route, true);
         }
-        let route = classify_text(sql, &self.write_functions);
+        let route = self.fresh(sql);
         self.cache.insert(key.into(), route);
+        (route, false)
+    }
+
+    fn fresh(&self, sql: &str) -> Route {
+        let route = classify_text(sql, &self.known);
+        if route.reason == Reason::UnknownFunction
+            && let Some(notify) = &self.unknown_seen
+        {
+            notify.notify_one();
+        }
         route
+    }
+
+    /// Explains the route of `sql`: the verdict and the facts behind it.
+    pub fn explain(&self, sql: &str) -> Explanation {
+        let (route, cached) = self.classify_cached(sql);
+        explain::explain(sql, route, cached, &self.known)
     }
 
     /// Remembers that a replica refused `sql` because it is a standby: it
@@ -390,6 +465,15 @@ fn closing_quote(bytes: &[u8], start: usize, quote: u8) -> Option<usize> {
     None
 }
 
+/// `name` in lower case, in `buf` when it fits (catalog names have at most
+/// 63 bytes); `None` for a longer one.
+pub(crate) fn fold<'b>(name: &str, buf: &'b mut [u8; 64]) -> Option<&'b str> {
+    let out = buf.get_mut(..name.len())?;
+    out.copy_from_slice(name.as_bytes());
+    out.make_ascii_lowercase();
+    std::str::from_utf8(out).ok()
+}
+
 /// Whether `haystack` contains the ASCII `needle`, in any case.
 pub(crate) fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
     let (first, rest) = match needle.as_bytes() {
@@ -409,13 +493,12 @@ pub(crate) fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
 }
 
 /// Routes a query string without a cache.
-pub fn classify_text(sql: &str, write_functions: &HashSet<String>) -> Route {
+pub fn classify_text(sql: &str, known: &Knowledge) -> Route {
     let hint = scan::leading_hint(sql);
-    let mut route =
-        match scan::fast_path(sql).or_else(|| select::plain_select(sql, write_functions)) {
-            Some(route) => route,
-            None => classify::parsed(sql, write_functions),
-        };
+    let mut route = match scan::fast_path(sql).or_else(|| select::plain_select(sql, known)) {
+        Some(route) => route,
+        None => classify::parsed(sql, known),
+    };
     if route.target == Target::Primary
         && !route.dirties
         && (contains_ignoring_case(sql, "pg_settings") || contains_ignoring_case(sql, "set_config"))
@@ -433,7 +516,11 @@ pub fn classify_text(sql: &str, write_functions: &HashSet<String>) -> Route {
         Some(Target::Replica)
             if matches!(
                 route.reason,
-                Reason::Read | Reason::ParseError | Reason::Function | Reason::NodeState
+                Reason::Read
+                    | Reason::ParseError
+                    | Reason::Function
+                    | Reason::NodeState
+                    | Reason::UnknownFunction
             ) && !route.pins =>
         {
             Route::replica(Reason::Hint)

@@ -5,15 +5,14 @@
 //! session state. The scan answers "a read" only when none of these can be
 //! present: the text starts with SELECT, holds no `FOR`, `INTO`, `WITH`,
 //! INSERT/UPDATE/DELETE/MERGE word, no backslash, no comment or dollar
-//! quote after its start, balanced parentheses, one statement, and every
-//! `name(` is a function [`functions::effect`] calls safe. Anything else is
-//! left to the parser (`None`), so the scan can only be more cautious than
-//! the parser, never less.
-
-use std::collections::HashSet;
+//! quote after its start, balanced parentheses, one statement, every
+//! `name(` is an unqualified function [`functions::effect`] calls safe,
+//! and no word names a relation the catalog keeps on the primary.
+//! Anything else is left to the parser (`None`), so the scan can only be
+//! more cautious than the parser, never less.
 
 use super::functions::{self, Effect};
-use super::{Reason, Route, scan};
+use super::{Knowledge, Reason, Route, fold, scan};
 
 /// Words that send the statement to the parser.
 const STOP_WORDS: &[&str] = &[
@@ -21,7 +20,7 @@ const STOP_WORDS: &[&str] = &[
 ];
 
 /// Routes a plain SELECT as a read, or `None` when the parser must decide.
-pub fn plain_select(sql: &str, write_functions: &HashSet<String>) -> Option<Route> {
+pub fn plain_select(sql: &str, known: &Knowledge) -> Option<Route> {
     let (body, _) = scan::skip_leading_comments(sql);
     let bytes = body.as_bytes();
     // Backslash escapes (E'...') change where strings end.
@@ -37,10 +36,15 @@ pub fn plain_select(sql: &str, write_functions: &HashSet<String>) -> Option<Rout
     }
     let mut depth = 0usize;
     let mut i = 0;
-    // The last word, while only whitespace or a `.` part follows it.
+    // The last word, while only whitespace follows it (`"` for a quoted or
+    // qualified name).
     let mut last_word: Option<&str> = None;
+    let relations = known.facts.has_primary_relations();
+    // The word after a `.` (a qualified name).
+    let mut qualified = false;
     while i < bytes.len() {
         let b = bytes[i];
+        let after_dot = std::mem::take(&mut qualified);
         match b {
             b'\'' => {
                 i = after_quote(bytes, i, b'\'')?;
@@ -54,7 +58,7 @@ pub fn plain_select(sql: &str, write_functions: &HashSet<String>) -> Option<Rout
             }
             b'(' => {
                 if let Some(name) = last_word
-                    && !safe_function(name, write_functions)
+                    && !safe_function(name, known)
                 {
                     return None;
                 }
@@ -88,8 +92,11 @@ pub fn plain_select(sql: &str, write_functions: &HashSet<String>) -> Option<Rout
                 i += 1;
             }
             b if b.is_ascii_whitespace() => i += 1,
-            // `schema.function(`: the last part names the function.
-            b'.' => i += 1,
+            // `schema.function(`: the parser looks qualified names up.
+            b'.' => {
+                i += 1;
+                qualified = true;
+            }
             b if is_word_start(b) => {
                 let start = i;
                 while bytes.get(i).is_some_and(|b| is_word_byte(*b)) {
@@ -98,10 +105,15 @@ pub fn plain_select(sql: &str, write_functions: &HashSet<String>) -> Option<Rout
                 let word = &body[start..i];
                 if STOP_WORDS.iter().any(|s| word.eq_ignore_ascii_case(s))
                     || functions::is_node_view(word)
+                    || (relations && primary_relation(word, known))
                 {
                     return None;
                 }
-                last_word = Some(word);
+                last_word = Some(if after_dot {
+                    "\""
+                } else {
+                    word
+                });
             }
             _ => {
                 i += 1;
@@ -113,11 +125,18 @@ pub fn plain_select(sql: &str, write_functions: &HashSet<String>) -> Option<Rout
 }
 
 /// A function a replica may run: not `set_config` (the parser judges its
-/// arguments), not a quoted name, and of no effect.
-fn safe_function(name: &str, write_functions: &HashSet<String>) -> bool {
+/// arguments), not a quoted or qualified name, and of no effect.
+fn safe_function(name: &str, known: &Knowledge) -> bool {
+    let mut buf = [0; 64];
     name != "\""
         && !name.eq_ignore_ascii_case("set_config")
-        && functions::effect(name, write_functions) == Effect::None
+        && fold(name, &mut buf).is_some_and(|n| functions::effect(None, n, known) == Effect::None)
+}
+
+/// Whether a word may name a relation the catalog keeps on the primary.
+fn primary_relation(word: &str, known: &Knowledge) -> bool {
+    let mut buf = [0; 64];
+    fold(word, &mut buf).is_none_or(|n| known.facts.primary_relation(None, n).is_some())
 }
 
 /// The index after the quote that closes the one at `start` (doubled
@@ -146,7 +165,14 @@ mod tests {
     use super::*;
 
     fn scan(sql: &str) -> Option<Route> {
-        plain_select(sql, &HashSet::from(["audit_log".to_owned()]))
+        plain_select(sql, &known())
+    }
+
+    fn known() -> Knowledge {
+        Knowledge::new(
+            &["audit_log".to_owned()],
+            std::sync::Arc::new(crate::router::facts::tests::sample()),
+        )
     }
 
     /// Pieces of SQL, harmless and harmful, for random statements.
@@ -200,9 +226,9 @@ mod tests {
                 .chain(picks.iter().map(|&i| PIECES[i]))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let write_functions = HashSet::from(["audit_log".to_owned()]);
-            if let Some(fast) = plain_select(&sql, &write_functions) {
-                let parsed = super::super::classify::parsed(&sql, &write_functions);
+            let known = known();
+            if let Some(fast) = plain_select(&sql, &known) {
+                let parsed = super::super::classify::parsed(&sql, &known);
                 // The parser may refuse text PostgreSQL would too; what it
                 // understands, it must route as the scan did.
                 proptest::prop_assert!(
@@ -221,7 +247,7 @@ mod tests {
             "SELECT o.id, now() - interval '7 days' FROM orders o WHERE o.status = $1",
             "SELECT count(*) FROM t WHERE a IN (SELECT b FROM u WHERE c > 3)",
             "SELECT \"Weird\".x, 'it''s' FROM \"Weird\"",
-            "  /* pgsplit:replica */ SELECT pg_catalog.now()",
+            "  /* pgsplit:replica */ SELECT now()",
             "SELECT * FROM generate_series(1, 10) g",
         ] {
             assert_eq!(scan(sql), Some(Route::replica(Reason::Read)), "{sql}");

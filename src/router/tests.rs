@@ -2,8 +2,6 @@
 
 use super::*;
 
-use std::collections::HashSet;
-
 use Reason::*;
 
 const P: Target = Target::Primary;
@@ -67,10 +65,11 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
         false,
     ),
     ("SELECT pg_sleep(0.1)", R, Read, false),
+    // Volatile built-ins go to the primary: these answer about the node.
     (
         "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()",
-        R,
-        Read,
+        P,
+        Function,
         false,
     ),
     ("WITH x AS (SELECT 1 AS a) SELECT * FROM x", R, Read, false),
@@ -134,9 +133,57 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
     ("SELECT * FROM pg_stat_activity", P, NodeState, false),
     ("SELECT version()", R, Read, false),
     ("SELECT current_setting('search_path')", R, Read, false),
-    ("SELECT set_config_x(1)", R, Read, false),
-    ("SELECT my_func(1)", R, Read, false),
-    ("SELECT schema1.nextval_like('x')", R, Read, false),
+    // Unknown functions: the primary, whatever their name looks like.
+    ("SELECT set_config_x(1)", P, UnknownFunction, false),
+    ("SELECT my_func(1)", P, UnknownFunction, false),
+    ("SELECT schema1.nextval_like('x')", P, UnknownFunction, false),
+    ("SELECT App.Next_Ticket()", P, UnknownFunction, false),
+    ("SELECT * FROM app.bump('x')", P, UnknownFunction, false),
+    ("SELECT a FROM t WHERE b = app.bump(a)", P, UnknownFunction, false),
+    (
+        "SELECT * FROM t, LATERAL (SELECT app.bump(t.a)) x",
+        P,
+        UnknownFunction,
+        false,
+    ),
+    (
+        "SELECT CASE WHEN a > 0 THEN bump(a) ELSE 0 END FROM t",
+        P,
+        UnknownFunction,
+        false,
+    ),
+    ("SELECT \"Lookup\"(1)", P, UnknownFunction, false),
+    // Known user functions: by their volatility.
+    ("SELECT lookup(1)", R, Read, false),
+    ("SELECT public.lookup(1)", R, Read, false),
+    ("SELECT LOOKUP(a) FROM t", R, Read, false),
+    ("SELECT public.audit_log(1)", P, Function, false),
+    ("SELECT other_schema.lookup(1)", P, UnknownFunction, false),
+    // Built-ins by their catalog volatility.
+    ("SELECT pg_current_wal_lsn()", P, Function, false),
+    ("SELECT pg_current_wal_insert_lsn()", P, Function, false),
+    ("SELECT brin_summarize_new_values('i'::regclass)", P, Function, false),
+    ("SELECT brin_summarize_range('i'::regclass, 0)", P, Function, false),
+    ("SELECT brin_desummarize_range('i'::regclass, 0)", P, Function, false),
+    ("SELECT gin_clean_pending_list('i'::regclass)", P, Function, false),
+    ("SELECT pg_catalog.pg_current_wal_lsn()", P, Function, false),
+    ("SELECT lo_get(1234)", P, Function, false),
+    ("SELECT random(), clock_timestamp(), gen_random_uuid()", R, Read, false),
+    ("SELECT pg_sleep(0.1), timeofday()", R, Read, false),
+    ("SELECT pg_catalog.now(), CURRENT_TIMESTAMP, current_user", R, Read, false),
+    (
+        "SELECT COALESCE(a, 1), NULLIF(b, 2), GREATEST(1, 2), LEAST(3, 4) FROM t",
+        R,
+        Read,
+        false,
+    ),
+    (
+        "SELECT CAST(a AS numeric(10, 2)), b::varchar(3) FROM t WHERE c IN (1, 2)",
+        R,
+        Read,
+        false,
+    ),
+    ("SELECT * FROM (VALUES (1, 2)) AS v(a, b)", R, Read, false),
     ("SELECT a FROM t FETCH FIRST 5 ROWS ONLY", R, Read, false),
     // SHOW and EXPLAIN
     ("SHOW search_path", R, Read, false),
@@ -498,9 +545,19 @@ const TABLE: &[(&str, Target, Reason, bool)] = &[
     ),
 ];
 
+/// What the tests' router knows: PostgreSQL 15's built-ins, the volatile
+/// user function `audit_log` and the stable `lookup`.
+fn known() -> Knowledge {
+    Knowledge::new(&["audit_log".to_owned()], Arc::new(facts::tests::sample()))
+}
+
+fn router() -> Router {
+    Router::new(known(), 1 << 20, None)
+}
+
 #[test]
 fn routing_table() {
-    let router = Router::new(&["audit_log".to_owned()], &HashSet::new(), 1 << 20);
+    let router = router();
     let mut failures = Vec::new();
     for &(sql, target, reason, pins) in TABLE {
         // twice: the second answer comes from the cache
@@ -528,14 +585,14 @@ fn routing_table() {
 
 #[test]
 fn the_select_scan_agrees_with_the_parser_wherever_it_answers() {
-    let write_functions = HashSet::from(["audit_log".to_owned()]);
+    let known = known();
     let mut answered = 0;
     for &(sql, ..) in TABLE {
-        if let Some(fast) = select::plain_select(sql, &write_functions) {
+        if let Some(fast) = select::plain_select(sql, &known) {
             answered += 1;
             assert_eq!(
                 fast,
-                classify::parsed(sql, &write_functions),
+                classify::parsed(sql, &known),
                 "the scan and the parser disagree on {sql:?}"
             );
         }
@@ -545,7 +602,7 @@ fn the_select_scan_agrees_with_the_parser_wherever_it_answers() {
 
 #[test]
 fn deep_nesting_parses_or_goes_to_the_primary() {
-    let router = Router::new(&[], &HashSet::new(), 1 << 20);
+    let router = router();
     let deep = format!("SELECT {}1{}", "(".repeat(200), ")".repeat(200));
     assert_eq!(router.classify(&deep), Route::replica(Read));
     let deeper = format!(
@@ -568,7 +625,7 @@ fn deep_nesting_parses_or_goes_to_the_primary() {
 
 #[test]
 fn a_write_never_goes_to_a_replica_whatever_the_comments() {
-    let router = Router::new(&[], &HashSet::new(), 1 << 20);
+    let router = router();
     for prefix in [
         "",
         "/* pgsplit:replica */ ",
@@ -611,7 +668,7 @@ fn cache_keys_drop_literals_but_keep_what_routes() {
         "SELECT ?, ?, x2 FROM ü"
     );
     // routes through the cache stay right for the literal-free twins
-    let router = Router::new(&[], &HashSet::new(), 1 << 20);
+    let router = router();
     assert_eq!(router.classify("SELECT 1").target, Target::Replica);
     // set_config leaves settings the session re-reads afterwards
     assert!(

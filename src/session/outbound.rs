@@ -358,8 +358,6 @@ mod tests {
     //! The translation of client batches, without sockets: what a server
     //! connection receives and which replies the client is owed.
 
-    use std::collections::HashSet;
-
     use super::super::replies::Replies;
     use super::*;
     use crate::protocol::codec::decode_frame;
@@ -441,7 +439,11 @@ mod tests {
                 conn: ConnState::new(1),
                 statements: Statements::default(),
                 settings: Settings::from_startup(&params),
-                router: Router::new(&[], &HashSet::new(), 1 << 20),
+                router: Router::new(
+                    crate::router::Knowledge::new(&[], Default::default()),
+                    1 << 20,
+                    None,
+                ),
             }
         }
 

@@ -75,6 +75,8 @@ const IDLE_BUFFER_LIMIT: usize = 64 * 1024;
 const WRITE_HOLD_LIMIT: Duration = Duration::from_secs(30);
 /// How long resetting a server connection at session end may take.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a database's first session waits for its catalog to be read.
+const CATALOG_WAIT: Duration = Duration::from_secs(2);
 /// Pool handles a session keeps (one per node it used).
 const MAX_KNOWN_POOLS: usize = 16;
 
@@ -362,6 +364,12 @@ impl<'s> Session<'s> {
         }
         let mut first = session.first_connection().await?;
         let params = session.apply_startup_settings(&mut first).await?;
+        // The database exists (the node let us in): route its first
+        // statements by its catalog's facts.
+        session
+            .state
+            .await_catalog(&session.startup.database, CATALOG_WAIT)
+            .await;
         handshake::greeting(&mut session.cwbuf, &params, pid, secret);
         if session.mode == PoolMode::Session && first.target == Target::Primary {
             // Session pooling takes a primary connection only once the
