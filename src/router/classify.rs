@@ -4,9 +4,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    ContextModifier, CopyTarget, Expr, Query, Select, Set, SetExpr, Statement,
-    TableFactor, TransactionAccessMode, TransactionIsolationLevel, TransactionMode, Value, Visit,
-    Visitor,
+    ContextModifier, CopyTarget, Expr, Query, Select, Set, SetExpr, Statement, TableFactor,
+    TransactionAccessMode, TransactionIsolationLevel, TransactionMode, Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -64,6 +63,7 @@ pub fn seen(statement: &Statement, known: &Knowledge) -> Vec<Seen> {
     let mut walker = Walker {
         known,
         route: Route::replica(Reason::Read),
+        ctes: Vec::new(),
         seen: Some(&mut seen),
     };
     let _ = statement.visit(&mut walker);
@@ -199,6 +199,7 @@ fn walk(statement: &Statement, known: &Knowledge) -> Route {
     let mut walker = Walker {
         known,
         route: Route::replica(Reason::Read),
+        ctes: Vec::new(),
         seen: None,
     };
     let _ = statement.visit(&mut walker);
@@ -208,6 +209,8 @@ fn walk(statement: &Statement, known: &Knowledge) -> Route {
 struct Walker<'a> {
     known: &'a Knowledge,
     route: Route,
+    /// Names of common table expressions seen: not catalog relations.
+    ctes: Vec<String>,
     /// Collects what it looked up, for `explain` (it then walks on past
     /// a pin).
     seen: Option<&'a mut Vec<Seen>>,
@@ -226,7 +229,7 @@ impl Walker<'_> {
     fn function(&mut self, name: &sqlparser::ast::ObjectName) -> ControlFlow<()> {
         let Some((schema, name)) = folded_name(name) else {
             // `catalog.schema.name` or an expression: nothing to look up.
-            return self.force(Route::primary(Reason::UnknownFunction).dirtying());
+            return self.force(Route::primary(Reason::Unknown).dirtying());
         };
         if name == "set_config" && schema.as_deref().is_none_or(|s| s == "pg_catalog") {
             // set_config(name, value, false) changes the session: the
@@ -254,7 +257,7 @@ impl Walker<'_> {
                 self.force(Route::primary(Reason::Function).dirtying())
             }
             Effect::Pins => self.force(Route::pinned(Reason::Function)),
-            Effect::Unknown => self.force(Route::primary(Reason::UnknownFunction).dirtying()),
+            Effect::Unknown => self.force(Route::primary(Reason::Unknown).dirtying()),
         }
     }
 
@@ -268,17 +271,24 @@ impl Walker<'_> {
         }
     }
 
-    fn relation(&mut self, name: &sqlparser::ast::ObjectName) -> ControlFlow<()> {
+    /// A relation the statement reads; `from` when it is a FROM item (not
+    /// a CTE), which must be a relation the catalog knows.
+    fn relation(&mut self, name: &sqlparser::ast::ObjectName, from: bool) -> ControlFlow<()> {
         let Some((schema, name)) = folded_name(name) else {
             return ControlFlow::Continue(());
         };
+        let facts = &self.known.facts;
         let (route, fact) = if functions::is_node_view(&name) {
             (Some(Route::primary(Reason::NodeState)), "node_state")
+        } else if let Some(fact) = facts.primary_relation(schema.as_deref(), &name) {
+            (Some(Route::primary(Reason::PrimaryRelation)), fact.as_str())
+        } else if from
+            && !(schema.is_none() && self.ctes.contains(&name))
+            && !facts.relation_known(schema.as_deref(), &name)
+        {
+            (Some(Route::primary(Reason::Unknown)), "unknown")
         } else {
-            match self.known.facts.primary_relation(schema.as_deref(), &name) {
-                Some(fact) => (Some(Route::primary(Reason::PrimaryRelation)), fact.as_str()),
-                None => (None, Fact::Safe.as_str()),
-            }
+            (None, Fact::Safe.as_str())
         };
         if let Some(seen) = self.seen.as_deref_mut() {
             seen.push(Seen {
@@ -309,7 +319,8 @@ fn fold_ident(ident: &sqlparser::ast::Ident) -> String {
 /// `(schema, name)` of a one- or two-part name, folded; the schema of a
 /// three-part `database.schema.name`.
 fn folded_name(name: &sqlparser::ast::ObjectName) -> Option<(Option<String>, String)> {
-    let parts: Vec<&sqlparser::ast::Ident> = name.0.iter().map(|p| p.as_ident()).collect::<Option<_>>()?;
+    let parts: Vec<&sqlparser::ast::Ident> =
+        name.0.iter().map(|p| p.as_ident()).collect::<Option<_>>()?;
     match parts.as_slice() {
         [name] => Some((None, fold_ident(name))),
         [.., schema, name] => Some((Some(fold_ident(schema)), fold_ident(name))),
@@ -321,6 +332,10 @@ impl Visitor for Walker<'_> {
     type Break = ();
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if let Some(with) = &query.with {
+            self.ctes
+                .extend(with.cte_tables.iter().map(|c| fold_ident(&c.alias.name)));
+        }
         if !query.locks.is_empty() {
             return self.force(Route::primary(Reason::Lock));
         }
@@ -357,7 +372,7 @@ impl Visitor for Walker<'_> {
     }
 
     fn pre_visit_relation(&mut self, relation: &sqlparser::ast::ObjectName) -> ControlFlow<()> {
-        self.relation(relation)
+        self.relation(relation, false)
     }
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
@@ -368,6 +383,9 @@ impl Visitor for Walker<'_> {
                 ..
             }
             | TableFactor::Function { name, .. } => self.function(name),
+            TableFactor::Table {
+                name, args: None, ..
+            } => self.relation(name, true),
             _ => ControlFlow::Continue(()),
         }
     }

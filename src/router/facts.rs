@@ -57,8 +57,9 @@ pub struct FunctionRow {
     pub body: Option<String>,
 }
 
-/// One relation row of the catalog (`pg_class`) that matters to routing:
-/// an unlogged relation, or a user view with its definition.
+/// One relation row of the catalog (`pg_class`: tables, views,
+/// materialized views, sequences, foreign tables), with a user view's
+/// definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelationRow {
     /// `pg_namespace.nspname`.
@@ -76,7 +77,7 @@ pub struct RelationRow {
 pub struct Catalog {
     /// Every function.
     pub functions: Vec<FunctionRow>,
-    /// Unlogged relations and user views.
+    /// Every relation a query can read.
     pub relations: Vec<RelationRow>,
 }
 
@@ -125,6 +126,7 @@ pub struct Facts {
     databases: BTreeSet<String>,
     functions: HashMap<Box<str>, FunctionFact>,
     relations: HashMap<Box<str>, Fact>,
+    known_relations: HashSet<Box<str>>,
 }
 
 impl Facts {
@@ -134,6 +136,14 @@ impl Facts {
         for (database, catalog) in catalogs {
             facts.databases.insert(database.to_owned());
             let (functions, relations) = judge(catalog);
+            for r in &catalog.relations {
+                facts
+                    .known_relations
+                    .insert(r.name.clone().into_boxed_str());
+                facts
+                    .known_relations
+                    .insert(format!("{}.{}", r.schema, r.name).into_boxed_str());
+            }
             for (key, new) in functions {
                 facts
                     .functions
@@ -192,6 +202,14 @@ impl Facts {
                 .copied()
                 // `pg_temp.x` and friends: judged by the bare name.
                 .or_else(|| self.relations.get(name).copied()),
+        }
+    }
+
+    /// Whether a relation of that folded name is in a loaded catalog.
+    pub fn relation_known(&self, schema: Option<&str>, name: &str) -> bool {
+        match schema {
+            None => self.known_relations.contains(name),
+            Some(schema) => self.known_relations.contains(&*format!("{schema}.{name}")),
         }
     }
 
@@ -343,12 +361,16 @@ pub(crate) mod tests {
                 body: None,
             })
             .collect();
-        functions.extend(extra.iter().map(|(schema, name, volatile, body)| FunctionRow {
-            schema: (*schema).into(),
-            name: (*name).into(),
-            volatile: *volatile,
-            body: body.map(Into::into),
-        }));
+        functions.extend(
+            extra
+                .iter()
+                .map(|(schema, name, volatile, body)| FunctionRow {
+                    schema: (*schema).into(),
+                    name: (*name).into(),
+                    volatile: *volatile,
+                    body: body.map(Into::into),
+                }),
+        );
         Catalog {
             functions,
             relations: Vec::new(),
@@ -356,12 +378,72 @@ pub(crate) mod tests {
     }
 
     /// Facts of PostgreSQL 15's built-ins, the volatile user function
-    /// `audit_log` and the stable `lookup`.
+    /// `audit_log`, the stable `lookup`, and the tables the routing tests
+    /// read (`t`, `users`, `orders`...), `pg_catalog` views among them.
     pub(crate) fn sample() -> Facts {
-        let catalog = catalog(&[
+        let mut catalog = catalog(&[
             ("public", "audit_log", true, None),
             ("public", "lookup", false, Some("SELECT $1")),
         ]);
+        let table = |schema: &str, name: &str| RelationRow {
+            schema: schema.into(),
+            name: name.into(),
+            unlogged: false,
+            definition: None,
+        };
+        catalog.relations = [
+            "t",
+            "u",
+            "t1",
+            "t2",
+            "users",
+            "orders",
+            "docs",
+            "items",
+            "accounts",
+            "customers",
+            "pgbench_accounts",
+            "events",
+            "a",
+            "b",
+            "x",
+            "logs",
+            "big",
+            "jobs",
+            "new_table",
+            "other",
+            "weird",
+        ]
+        .iter()
+        .map(|n| table("public", n))
+        .chain(
+            [
+                "pg_class",
+                "pg_stats",
+                "pg_stat_activity",
+                "pg_stat_replication",
+                "pg_prepared_xacts",
+                "pg_tables",
+                "pg_settings",
+                "pg_locks",
+            ]
+            .iter()
+            .map(|n| table("pg_catalog", n)),
+        )
+        .chain([table("public", "Weird"), table("app", "t")])
+        .collect();
+        catalog.relations.push(RelationRow {
+            schema: "public".into(),
+            name: "scratch".into(),
+            unlogged: true,
+            definition: None,
+        });
+        catalog.relations.push(RelationRow {
+            schema: "public".into(),
+            name: "v_audit".into(),
+            unlogged: false,
+            definition: Some(" SELECT audit_log(1) AS a;".into()),
+        });
         Facts::build([("app", &catalog)])
     }
 
@@ -416,14 +498,39 @@ pub(crate) mod tests {
     #[test]
     fn stable_functions_that_reach_primary_only_ones_are_primary_only() {
         let mut catalog = catalog(&[
-            ("app", "bump", true, Some("INSERT INTO t VALUES (1) RETURNING 1")),
+            (
+                "app",
+                "bump",
+                true,
+                Some("INSERT INTO t VALUES (1) RETURNING 1"),
+            ),
             ("app", "sneaky", false, Some("SELECT app.bump ()")),
-            ("app", "sneakier", false, Some("BEGIN PERFORM sneaky(); END")),
-            ("app", "dynamic", false, Some("BEGIN EXECUTE 'SELECT bump()'; END")),
+            (
+                "app",
+                "sneakier",
+                false,
+                Some("BEGIN PERFORM sneaky(); END"),
+            ),
+            (
+                "app",
+                "dynamic",
+                false,
+                Some("BEGIN EXECUTE 'SELECT bump()'; END"),
+            ),
             ("app", "wal", false, Some("SELECT pg_current_wal_lsn()")),
             ("app", "pure", false, Some("SELECT bump + 1 FROM counters")),
-            ("app", "cache_reader", false, Some("SELECT * FROM app.cache")),
-            ("app", "activity", false, Some("SELECT count(*) FROM pg_stat_activity")),
+            (
+                "app",
+                "cache_reader",
+                false,
+                Some("SELECT * FROM app.cache"),
+            ),
+            (
+                "app",
+                "activity",
+                false,
+                Some("SELECT count(*) FROM pg_stat_activity"),
+            ),
         ]);
         catalog.relations = vec![
             RelationRow {

@@ -84,10 +84,10 @@ pub enum Reason {
     /// (`pg_stat_activity`, `pg_prepared_xacts`, `pg_stat_replication`...):
     /// the primary's, unless a hint asks for a replica's.
     NodeState,
-    /// It calls a function no catalog fact places (created after the last
-    /// catalog read, or not read yet): the primary, and the catalog is
-    /// read again.
-    UnknownFunction,
+    /// It calls a function or reads a relation no catalog fact places
+    /// (created after the last catalog read, or not read yet): the
+    /// primary, and the catalog is read again.
+    Unknown,
     /// It reads a relation a replica cannot answer for: an unlogged table,
     /// or a view that calls a primary-only function.
     PrimaryRelation,
@@ -112,7 +112,7 @@ impl Reason {
         Reason::Zone,
         Reason::StandbyRefused,
         Reason::NodeState,
-        Reason::UnknownFunction,
+        Reason::Unknown,
         Reason::PrimaryRelation,
     ];
 
@@ -128,7 +128,7 @@ impl Reason {
                 | Reason::Lock
                 | Reason::ParseError
                 | Reason::StandbyRefused
-                | Reason::UnknownFunction
+                | Reason::Unknown
                 | Reason::PrimaryRelation
         )
     }
@@ -152,7 +152,7 @@ impl Reason {
             Reason::Zone => "zone",
             Reason::StandbyRefused => "standby_refused",
             Reason::NodeState => "node_state",
-            Reason::UnknownFunction => "unknown_function",
+            Reason::Unknown => "unknown",
             Reason::PrimaryRelation => "primary_relation",
         }
     }
@@ -330,7 +330,7 @@ impl Router {
 
     fn fresh(&self, sql: &str) -> Route {
         let route = classify_text(sql, &self.known);
-        if route.reason == Reason::UnknownFunction
+        if route.reason == Reason::Unknown
             && let Some(notify) = &self.unknown_seen
         {
             notify.notify_one();
@@ -520,7 +520,7 @@ pub fn classify_text(sql: &str, known: &Knowledge) -> Route {
                     | Reason::ParseError
                     | Reason::Function
                     | Reason::NodeState
-                    | Reason::UnknownFunction
+                    | Reason::Unknown
             ) && !route.pins =>
         {
             Route::replica(Reason::Hint)

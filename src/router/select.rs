@@ -42,9 +42,13 @@ pub fn plain_select(sql: &str, known: &Knowledge) -> Option<Route> {
     let relations = known.facts.has_primary_relations();
     // The word after a `.` (a qualified name).
     let mut qualified = false;
+    let mut from = FromItems::default();
     while i < bytes.len() {
         let b = bytes[i];
         let after_dot = std::mem::take(&mut qualified);
+        if !b.is_ascii_whitespace() {
+            from.resolve(body, b, known)?;
+        }
         match b {
             b'\'' => {
                 i = after_quote(bytes, i, b'\'')?;
@@ -53,6 +57,10 @@ pub fn plain_select(sql: &str, known: &Knowledge) -> Option<Route> {
             // A quoted name followed by `(` is a function the scan does not
             // judge; elsewhere it is a name like any other.
             b'"' => {
+                // A quoted relation name: the parser looks it up.
+                if from.expect {
+                    return None;
+                }
                 i = after_quote(bytes, i, b'"')?;
                 last_word = Some("\"");
             }
@@ -65,9 +73,16 @@ pub fn plain_select(sql: &str, known: &Knowledge) -> Option<Route> {
                 depth += 1;
                 i += 1;
                 last_word = None;
+                from.expect = false;
             }
             b')' => {
                 depth = depth.checked_sub(1)?;
+                from.close(depth);
+                i += 1;
+                last_word = None;
+            }
+            b',' => {
+                from.comma(depth);
                 i += 1;
                 last_word = None;
             }
@@ -109,19 +124,103 @@ pub fn plain_select(sql: &str, known: &Knowledge) -> Option<Route> {
                 {
                     return None;
                 }
-                last_word = Some(if after_dot {
-                    "\""
-                } else {
-                    word
-                });
+                from.word(word, start, i, depth)?;
+                last_word = Some(if after_dot { "\"" } else { word });
             }
             _ => {
                 i += 1;
                 last_word = None;
+                from.expect = false;
             }
         }
     }
+    from.resolve(body, b' ', known)?;
     (depth == 0).then_some(Route::replica(Reason::Read))
+}
+
+/// Words that end a FROM list at its own depth.
+const AFTER_FROM: &[&str] = &[
+    "where",
+    "group",
+    "order",
+    "limit",
+    "offset",
+    "having",
+    "window",
+    "union",
+    "intersect",
+    "except",
+    "fetch",
+];
+
+/// The FROM items of a plain SELECT: each must be a bare name of a
+/// relation the catalog knows (or a function call, judged as one);
+/// anything else (a qualified or quoted name, an unknown relation) is the
+/// parser's to judge.
+#[derive(Default)]
+struct FromItems {
+    /// Depths of the FROM lists open around the scan.
+    depths: [usize; 8],
+    open: usize,
+    /// The next word is a FROM item.
+    expect: bool,
+    /// The last FROM item's name, until the next token tells whether it
+    /// is a relation or a function.
+    candidate: Option<(usize, usize)>,
+}
+
+impl FromItems {
+    fn word(&mut self, word: &str, start: usize, end: usize, depth: usize) -> Option<()> {
+        if word.eq_ignore_ascii_case("from") || word.eq_ignore_ascii_case("join") {
+            if word.eq_ignore_ascii_case("from") {
+                *self.depths.get_mut(self.open)? = depth;
+                self.open += 1;
+            }
+            self.expect = true;
+        } else if self.expect {
+            if !(word.eq_ignore_ascii_case("lateral") || word.eq_ignore_ascii_case("only")) {
+                self.candidate = Some((start, end));
+                self.expect = false;
+            }
+        } else if self.open > 0
+            && self.depths[self.open - 1] == depth
+            && AFTER_FROM.iter().any(|w| word.eq_ignore_ascii_case(w))
+        {
+            self.open -= 1;
+        }
+        Some(())
+    }
+
+    fn comma(&mut self, depth: usize) {
+        if self.open > 0 && self.depths[self.open - 1] == depth {
+            self.expect = true;
+        }
+    }
+
+    fn close(&mut self, depth: usize) {
+        while self.open > 0 && self.depths[self.open - 1] > depth {
+            self.open -= 1;
+        }
+        self.expect = false;
+    }
+
+    /// Judges the pending FROM item by the token that follows it: `(`
+    /// makes it a function, `.` a qualified name (the parser's), anything
+    /// else a relation that must be known.
+    fn resolve(&mut self, body: &str, next: u8, known: &Knowledge) -> Option<()> {
+        let Some((start, end)) = self.candidate.take() else {
+            return Some(());
+        };
+        match next {
+            b'(' => Some(()),
+            b'.' => None,
+            _ => {
+                let mut buf = [0; 64];
+                let name = fold(&body[start..end], &mut buf)?;
+                known.facts.relation_known(None, name).then_some(())
+            }
+        }
+    }
 }
 
 /// A function a replica may run: not `set_config` (the parser judges its
@@ -246,7 +345,7 @@ mod tests {
             "select abalance from pgbench_accounts where aid = 52341;",
             "SELECT o.id, now() - interval '7 days' FROM orders o WHERE o.status = $1",
             "SELECT count(*) FROM t WHERE a IN (SELECT b FROM u WHERE c > 3)",
-            "SELECT \"Weird\".x, 'it''s' FROM \"Weird\"",
+            "SELECT \"Weird\".x, 'it''s' FROM t AS \"Weird\"",
             "  /* pgsplit:replica */ SELECT now()",
             "SELECT * FROM generate_series(1, 10) g",
         ] {

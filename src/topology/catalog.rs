@@ -62,11 +62,12 @@ const FUNCTIONS_SQL: &str = "SELECT n.nspname::text, p.proname::text, p.provolat
     WHERE n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'";
 
 const RELATIONS_SQL: &str = "SELECT n.nspname::text, c.relname::text, c.relpersistence = 'u', \
-    CASE WHEN c.relkind = 'v' THEN pg_catalog.pg_get_viewdef(c.oid) END \
+    CASE WHEN c.relkind = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+        THEN pg_catalog.pg_get_viewdef(c.oid) END \
     FROM pg_catalog.pg_class c \
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-    WHERE (c.relpersistence = 'u' AND c.relkind IN ('r', 'p', 'm', 'S', 'f')) \
-       OR (c.relkind = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema'))";
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
+    AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'";
 
 /// Reads one database's catalog.
 pub async fn read(client: &tokio_postgres::Client) -> Result<Catalog, tokio_postgres::Error> {
@@ -150,8 +151,8 @@ impl<D: Fn() -> Vec<String>, C: Fn(Arc<Facts>)> CatalogTask<D, C> {
         loop {
             let cfg = self.config.load_full();
             let started = Instant::now();
-            let full = forced
-                || last_full.is_none_or(|t| t.elapsed() >= cfg.routing.functions_refresh.0);
+            let full =
+                forced || last_full.is_none_or(|t| t.elapsed() >= cfg.routing.functions_refresh.0);
             if full {
                 last_full = Some(started);
             }
@@ -167,7 +168,9 @@ impl<D: Fn() -> Vec<String>, C: Fn(Arc<Facts>)> CatalogTask<D, C> {
                 match self.round(&cfg, &primary, db, &mut watched, full).await {
                     Ok(news) => changed |= news,
                     // What it read last stays in force.
-                    Err(e) => tracing::debug!(database = %db, error = %e, "reading the catalog failed"),
+                    Err(e) => {
+                        tracing::debug!(database = %db, error = %e, "reading the catalog failed")
+                    }
                 }
             }
             if changed {
@@ -216,7 +219,8 @@ impl<D: Fn() -> Vec<String>, C: Fn(Arc<Facts>)> CatalogTask<D, C> {
             .get(db)
             .is_none_or(|w| w.endpoint != *primary || w.client.is_closed());
         if stale {
-            let client = connect_node(cfg, &self.node_tls, primary, Some(db), "pgsplit-catalog").await?;
+            let client =
+                connect_node(cfg, &self.node_tls, primary, Some(db), "pgsplit-catalog").await?;
             let old = watched.remove(db).and_then(|w| w.catalog);
             watched.insert(
                 db.to_owned(),

@@ -583,7 +583,7 @@ async fn no_secret_reaches_the_logs_or_status() {
     );
     let file = std::env::temp_dir().join(format!("pgsplit-secrets-{}.yaml", std::process::id()));
     std::fs::write(&file, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+    let child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
         .arg("-c")
         .arg(&file)
         .env("RUST_LOG", "trace")
@@ -634,22 +634,11 @@ async fn no_secret_reaches_the_logs_or_status() {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
+    // Read both pipes while it exits: trace logging can fill a pipe.
     let out = tokio::task::spawn_blocking(move || {
-        let _ = child.wait();
-        let mut text = String::new();
-        use std::io::Read;
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
         text
     })
     .await

@@ -33,6 +33,11 @@ pub fn cluster() -> &'static LocalCluster {
                     md5: true,
                 },
             ],
+            // Every node logs every statement: tests read back where one ran.
+            extra_conf: vec![
+                "log_statement = 'all'".into(),
+                "max_prepared_transactions = 10".into(),
+            ],
             ..ClusterOptions::default()
         };
         let cluster = LocalCluster::start(&options).expect("starting the test cluster");
@@ -42,6 +47,24 @@ pub fn cluster() -> &'static LocalCluster {
         wait_replicated(&cluster);
         cluster
     })
+}
+
+/// The ports of the nodes whose own statement log holds `marker`.
+#[allow(
+    dead_code,
+    reason = "used by the lag test binary, which shares this harness"
+)]
+pub fn logged_on(marker: &str) -> Vec<u16> {
+    let cluster = cluster();
+    cluster
+        .nodes
+        .iter()
+        .filter(|node| {
+            std::fs::read(cluster.dir.join(format!("{}.log", node.name)))
+                .is_ok_and(|log| memchr::memmem::find(&log, marker.as_bytes()).is_some())
+        })
+        .map(|node| node.port)
+        .collect()
 }
 
 /// The primary's port.
