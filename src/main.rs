@@ -56,6 +56,99 @@ enum Cmd {
         #[arg(long)]
         admin: Option<String>,
     },
+    /// Show where a statement would go and why: the route, the reason and
+    /// the catalog facts used. Asks a running proxy with --admin; else
+    /// reads the primary's catalog itself with the config file's login.
+    Explain {
+        /// The statement.
+        sql: String,
+        /// Ask the running proxy at this admin API URL.
+        #[arg(long)]
+        admin: Option<String>,
+        /// The session's user (for route rules).
+        #[arg(long)]
+        user: Option<String>,
+        /// The database whose catalog is read (default: the monitor's).
+        #[arg(long)]
+        database: Option<String>,
+        /// Print the JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `pgsplit explain`: from a running proxy, or from the catalog directly.
+async fn explain_command(cmd: Cmd, config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let Cmd::Explain {
+        sql,
+        admin,
+        user,
+        database,
+        json,
+    } = cmd
+    else {
+        unreachable!("explain only");
+    };
+    let request = pgsplit::admin::ExplainRequest {
+        sql,
+        user,
+        database,
+    };
+    let explanation: pgsplit::router::Explanation = if admin.is_some() {
+        let (url, token) = admin_target(config_path, admin);
+        let body = serde_json::json!({
+            "sql": request.sql, "user": request.user, "database": request.database,
+        })
+        .to_string();
+        let answer = pgsplit::admin::client::request(
+            &url,
+            "POST",
+            "/explain",
+            token.as_deref(),
+            Some(&body),
+        )
+        .await?;
+        if answer.status != 200 {
+            anyhow::bail!("{url}/explain answered {}: {}", answer.status, answer.body);
+        }
+        serde_json::from_str(&answer.body)?
+    } else {
+        let config = pgsplit::config::Config::load(config_path)?;
+        let metrics = pgsplit::metrics::Metrics::new();
+        let topology = pgsplit::topology::Topology::from_config(&config, None, &metrics);
+        let (_, _, monitor_db) = config.monitor_login();
+        let database = request.database.clone().unwrap_or(monitor_db);
+        let node_tls = pgsplit::tls::NodeTls::load(
+            config
+                .tls
+                .as_ref()
+                .and_then(|t| t.ca.as_ref())
+                .map(|c| c.value.as_path()),
+        )?;
+        let catalog = pgsplit::topology::catalog::read_once(
+            &config,
+            &node_tls,
+            &topology.primary().endpoint(),
+            &database,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the catalog of {database}: {e}"))?;
+        let facts = pgsplit::router::Facts::build([(database.as_str(), &catalog)]);
+        let router = pgsplit::router::Router::new(
+            pgsplit::router::Knowledge::new(&config.routing.write_functions, facts.into()),
+            1 << 20,
+            None,
+        );
+        let mut explanation = router.explain(&request.sql);
+        explanation.rule = pgsplit::admin::explain_rule(&config, &request);
+        explanation
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&explanation)?);
+    } else {
+        println!("{explanation}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The admin URL and token for the CLI: flags, then the config file, then
@@ -201,6 +294,7 @@ fn main() -> ExitCode {
             Some(cmd @ (Cmd::Status { .. } | Cmd::Failover { .. })) => {
                 admin_command(cmd, &cli.config).await
             }
+            Some(cmd @ Cmd::Explain { .. }) => explain_command(cmd, &cli.config).await,
             _ => pgsplit::app::run(cli.config.clone())
                 .await
                 .map(|()| ExitCode::SUCCESS),

@@ -182,15 +182,6 @@ impl State {
         .await;
     }
 
-    /// Asks for the catalog to be read again and waits (briefly) until it
-    /// has been, so the statement after a CREATE FUNCTION is routed with it.
-    pub async fn refresh_catalog(&self) {
-        let mut loads = self.catalog_loads.subscribe();
-        loads.mark_unchanged();
-        self.catalog_refresh.notify_one();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), loads.changed()).await;
-    }
-
     /// Raises the global read-your-writes floor to `lsn`.
     pub fn raise_global_floor(&self, lsn: u64) {
         self.global_floor.fetch_max(lsn, Ordering::Relaxed);

@@ -39,6 +39,7 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
         .route("/metrics", get(metrics))
         .route("/reload", post(reload))
         .route("/failover", post(failover))
+        .route("/explain", post(explain))
         .with_state(admin);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -171,4 +172,47 @@ async fn failover(
         StatusCode::CONFLICT
     };
     (code, axum::Json(report)).into_response()
+}
+
+/// Body of `POST /explain`.
+#[derive(Debug, Deserialize)]
+pub struct ExplainRequest {
+    /// The statement (or several, as one query string).
+    pub sql: String,
+    /// The session's user, for the route rule it would match.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The session's database, for the route rule it would match.
+    #[serde(default)]
+    pub database: Option<String>,
+}
+
+/// The route the running proxy gives a statement, and the facts behind it.
+async fn explain(
+    AxumState(admin): AxumState<Admin>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(refusal) = refuse_unauthorized(&admin, &headers) {
+        return refusal;
+    }
+    let request: ExplainRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": format!("bad request body: {e}") }),
+            );
+        }
+    };
+    let mut explanation = admin.state.router.load().explain(&request.sql);
+    explanation.rule = explain_rule(&admin.state.config.load(), &request);
+    (StatusCode::OK, axum::Json(explanation)).into_response()
+}
+
+/// The route rule a session of the request's user and database matches.
+pub fn explain_rule(config: &crate::config::Config, request: &ExplainRequest) -> Option<String> {
+    let user = request.user.as_deref()?;
+    let database = request.database.as_deref().unwrap_or(user);
+    crate::config::first_match(&config.routing.rules, user, database, "").map(|r| r.name.clone())
 }

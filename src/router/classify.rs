@@ -264,7 +264,7 @@ impl Walker<'_> {
     fn note(&mut self, name: &str, fact: &str) {
         if let Some(seen) = self.seen.as_deref_mut() {
             seen.push(Seen {
-                kind: "function",
+                kind: "function".into(),
                 name: name.to_owned(),
                 fact: fact.to_owned(),
             });
@@ -292,7 +292,7 @@ impl Walker<'_> {
         };
         if let Some(seen) = self.seen.as_deref_mut() {
             seen.push(Seen {
-                kind: "relation",
+                kind: "relation".into(),
                 name: match &schema {
                     Some(s) => format!("{s}.{name}"),
                     None => name.clone(),

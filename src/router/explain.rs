@@ -4,10 +4,10 @@
 use super::{Knowledge, Route, classify, scan};
 
 /// A function or relation the statement names, and what the facts say.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Seen {
     /// `function` or `relation`.
-    pub kind: &'static str,
+    pub kind: String,
     /// As written, folded (`schema.name` when qualified).
     pub name: String,
     /// `safe`, `primary_only`, `pins_session`, `unknown`, `set_config`,
@@ -16,18 +16,22 @@ pub struct Seen {
 }
 
 /// Why a statement goes where it goes.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Explanation {
     /// `primary` or `replica`.
-    pub target: &'static str,
+    pub target: String,
     /// The routing reason (the metric label).
-    pub reason: &'static str,
+    pub reason: String,
     /// It pins the session to its server connection.
     pub pins: bool,
     /// The session re-reads its state after it.
     pub dirties: bool,
     /// The leading `/* pgsplit:... */` hint, if any.
-    pub hint: Option<&'static str>,
+    pub hint: Option<String>,
+    /// The route rule a session of the given user and database matches
+    /// (it picks the replicas a read may use).
+    #[serde(default)]
+    pub rule: Option<String>,
     /// The route came from the route cache.
     pub cached: bool,
     /// sqlparser read it (facts are listed only then).
@@ -41,17 +45,30 @@ pub struct Explanation {
 /// Explains `route`, the verdict on `sql`.
 pub fn explain(sql: &str, route: Route, cached: bool, known: &Knowledge) -> Explanation {
     let statements = classify::parse(sql);
-    let seen = statements
+    let mut seen: Vec<Seen> = Vec::new();
+    for one in statements
         .iter()
         .flatten()
         .flat_map(|s| classify::seen(s, known))
-        .collect();
+    {
+        // A FROM item is met as a relation twice; the one that judged it
+        // stays.
+        match seen
+            .iter_mut()
+            .find(|s| s.kind == one.kind && s.name == one.name)
+        {
+            Some(old) if old.fact == "safe" => *old = one,
+            Some(_) => {}
+            None => seen.push(one),
+        }
+    }
     Explanation {
-        target: route.target.as_str(),
-        reason: route.reason.as_str(),
+        target: route.target.as_str().to_owned(),
+        reason: route.reason.as_str().to_owned(),
         pins: route.pins,
         dirties: route.dirties,
-        hint: scan::leading_hint(sql).map(|t| t.as_str()),
+        hint: scan::leading_hint(sql).map(|t| t.as_str().to_owned()),
+        rule: None,
         cached,
         parsed: statements.is_some(),
         seen,
@@ -69,8 +86,11 @@ impl std::fmt::Display for Explanation {
         if self.dirties {
             writeln!(f, "state:   the session re-reads its settings after it")?;
         }
-        if let Some(hint) = self.hint {
+        if let Some(hint) = &self.hint {
             writeln!(f, "hint:    {hint}")?;
+        }
+        if let Some(rule) = &self.rule {
+            writeln!(f, "rule:    {rule}")?;
         }
         writeln!(f, "cache:   {}", if self.cached { "hit" } else { "miss" })?;
         if !self.parsed {

@@ -58,8 +58,8 @@ pub struct Plan {
     pub command: Option<Tracked>,
     /// Messages that each produce a ReadyForQuery.
     pub syncs: usize,
-    /// Creates, alters or drops a function (the catalog must be re-read).
-    pub function_ddl: bool,
+    /// Creates, alters or drops something (the catalog is read again).
+    pub catalog_ddl: bool,
     /// A `/* pgsplit:tag=NAME */` hint on one of its statements.
     pub tag: Option<String>,
     /// Why it would pin the session, when its route pins.
@@ -100,7 +100,7 @@ pub fn plan(
 ) -> Result<Plan, ProtocolError> {
     let mut route = Route::replica(Reason::Read);
     let mut commands = Commands::default();
-    let mut function_ddl = false;
+    let mut catalog_ddl = false;
     let mut tag = None;
     let mut syncs = 0;
     let mut pin = None;
@@ -128,7 +128,7 @@ pub fn plan(
     let mut statement = |sql: &[u8], route: &mut Route, commands: &mut Commands| -> Route {
         let text = fe::sql_text(sql);
         let utf8 = matches!(text, std::borrow::Cow::Borrowed(_));
-        function_ddl |= is_function_ddl(&text);
+        catalog_ddl |= is_catalog_ddl(&text);
         tag = tag
             .take()
             .or_else(|| crate::router::scan::leading_tag(&text));
@@ -229,7 +229,7 @@ pub fn plan(
         route,
         command,
         syncs,
-        function_ddl,
+        catalog_ddl,
         tag,
         pin,
         drops_database,
@@ -277,17 +277,16 @@ fn after_keyword<'a>(text: &'a str, word: &str) -> Option<&'a str> {
     .then(|| after.trim_start())
 }
 
-/// CREATE/ALTER/DROP of a function or procedure (or anything mentioning
-/// one after such a keyword: a refresh too many costs one catalog query).
-fn is_function_ddl(sql: &str) -> bool {
+/// CREATE/ALTER/DROP of anything: the catalog facts may change (a read
+/// too many costs one catalog query, and reads are rate-limited).
+fn is_catalog_ddl(sql: &str) -> bool {
     let (rest, _) = crate::router::scan::skip_leading_comments(sql);
     let starts = |word: &str| {
         rest.as_bytes()
             .get(..word.len())
             .is_some_and(|head| head.eq_ignore_ascii_case(word.as_bytes()))
     };
-    (starts("create") || starts("alter") || starts("drop"))
-        && (contains_ignoring_case(sql, "function") || contains_ignoring_case(sql, "procedure"))
+    starts("create") || starts("alter") || starts("drop")
 }
 
 /// The session commands of a batch's statements: the first, how many

@@ -20,7 +20,7 @@
 //!
 //! A changed signal reads that database's catalog again. So does
 //! `routing.functions_refresh` for all of them (the backstop), a database
-//! clients start to use, function DDL that went through the proxy, and a
+//! clients start to use, DDL that went through the proxy, and a
 //! statement that called a function no fact placed (rate-limited to one
 //! read every [`MIN_GAP`]). Until a database is read, its sessions send
 //! every function call to the primary.
@@ -39,6 +39,10 @@ use crate::config::{Config, Endpoint};
 use crate::router::Facts;
 use crate::router::facts::{Catalog, FunctionRow, RelationRow};
 use crate::tls::{NodeTls, connect_node};
+
+/// One database's round (signal, and catalog if it moved) takes at most
+/// this long; a stuck one is dropped with its connection.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reads triggered by a session come at most this often.
 pub const MIN_GAP: Duration = Duration::from_millis(500);
@@ -165,7 +169,15 @@ impl<D: Fn() -> Vec<String>, C: Fn(Arc<Facts>)> CatalogTask<D, C> {
             let mut changed = watched.len() != before;
             let primary = self.topology.load().primary().endpoint();
             for db in &databases {
-                match self.round(&cfg, &primary, db, &mut watched, full).await {
+                let round = tokio::time::timeout(
+                    ROUND_TIMEOUT,
+                    self.round(&cfg, &primary, db, &mut watched, full),
+                );
+                let result = tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    r = round => r.unwrap_or_else(|_| Err("timed out".to_owned())),
+                };
+                match result {
                     Ok(news) => changed |= news,
                     // What it read last stays in force.
                     Err(e) => {

@@ -350,8 +350,10 @@ async fn volatile_user_functions_go_to_the_primary_stable_ones_and_builtins_do_n
         primary_port()
     );
     // bump_counter() may have written: read-your-writes holds this
-    // session's reads on the primary until the replicas caught up.
+    // session's reads on the primary until the replicas caught up. A
+    // stable function goes to a replica once the proxy has read it.
     caught_up().await;
+    knows_function(&proxy, "lookup_thing").await;
     for sql in [
         "SELECT lookup_thing(1), inet_server_port()",
         "SELECT random(), clock_timestamp(), gen_random_uuid(), inet_server_port()",

@@ -245,14 +245,7 @@ async fn objects_created_behind_the_proxys_back_are_the_primarys_from_their_firs
     for round in ["first", "known"] {
         if round == "known" {
             caught_up().await;
-            let facts = || proxy.state.facts.load().function(Some("mig"), "bump");
-            for _ in 0..200 {
-                if facts().is_some() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-            }
-            assert!(facts().is_some(), "the catalog was never read again");
+            knows_function(&proxy, "bump").await;
         }
         for (i, sql) in statements.iter().enumerate() {
             let marker = format!("placement-{round}-{i}");
@@ -331,6 +324,97 @@ async fn objects_created_behind_the_proxys_back_are_the_primarys_from_their_firs
         .unwrap();
     primary
         .batch_execute("DROP SCHEMA mig CASCADE")
+        .await
+        .unwrap();
+    proxy.stop().await;
+}
+
+/// Runs `pgsplit` with `args` and returns its standard output (without
+/// blocking the runtime the proxy under test runs on).
+async fn pgsplit_cli(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+        .args(args)
+        .output()
+        .await
+        .expect("running pgsplit");
+    assert!(
+        out.status.success(),
+        "pgsplit {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn explain_shows_the_route_the_reason_and_the_facts() {
+    let proxy = start_proxy(&config_text(&ports(), "admin:\n  listen: 127.0.0.1:0\n")).await;
+    let client = app(&proxy).await;
+    let _: i32 = scalar(&client, "SELECT 1").await;
+    let primary = direct(primary_port()).await;
+    primary
+        .batch_execute(
+            "DROP SCHEMA IF EXISTS expl CASCADE; CREATE SCHEMA expl;
+             CREATE FUNCTION expl.pure(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1';
+             CREATE UNLOGGED TABLE expl.cache (a int)",
+        )
+        .await
+        .unwrap();
+    let url = format!("http://{}", proxy.admin_addr.unwrap());
+    // The running proxy: a function it has not read yet is unknown...
+    let fresh = "SELECT expl.brand_new_fn(1)";
+    let out = pgsplit_cli(&["explain", "--admin", &url, fresh]).await;
+    assert!(out.contains("route:   primary"), "{out}");
+    assert!(out.contains("reason:  unknown"), "{out}");
+    assert!(
+        out.contains("function expl.brand_new_fn -> unknown"),
+        "{out}"
+    );
+    // ...and what it has read is judged by fact.
+    knows_function(&proxy, "pure").await;
+    let out = pgsplit_cli(&[
+        "explain",
+        "--admin",
+        &url,
+        "SELECT expl.pure(a), now() FROM items",
+    ])
+    .await;
+    assert!(out.contains("route:   replica"), "{out}");
+    assert!(out.contains("function expl.pure -> safe"), "{out}");
+    assert!(out.contains("function now -> safe"), "{out}");
+    assert!(out.contains("relation items -> safe"), "{out}");
+    // Without a proxy: the catalog read from the primary with the file's
+    // login.
+    let file = std::env::temp_dir().join(format!("pgsplit-explain-{}.yaml", std::process::id()));
+    std::fs::write(&file, config_text(&ports(), "")).unwrap();
+    let out = pgsplit_cli(&[
+        "-c",
+        file.to_str().unwrap(),
+        "explain",
+        "--database",
+        "app",
+        "SELECT count(*) FROM expl.cache",
+    ])
+    .await;
+    assert!(out.contains("route:   primary"), "{out}");
+    assert!(out.contains("reason:  primary_relation"), "{out}");
+    assert!(out.contains("relation expl.cache -> unlogged"), "{out}");
+    let json = pgsplit_cli(&[
+        "-c",
+        file.to_str().unwrap(),
+        "explain",
+        "--database",
+        "app",
+        "--json",
+        "SELECT pg_current_wal_lsn()",
+    ])
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["target"], "primary");
+    assert_eq!(v["reason"], "function");
+    assert_eq!(v["seen"][0]["fact"], "primary_only");
+    std::fs::remove_file(&file).unwrap();
+    primary
+        .batch_execute("DROP SCHEMA expl CASCADE")
         .await
         .unwrap();
     proxy.stop().await;

@@ -583,7 +583,7 @@ async fn no_secret_reaches_the_logs_or_status() {
     );
     let file = std::env::temp_dir().join(format!("pgsplit-secrets-{}.yaml", std::process::id()));
     std::fs::write(&file, text).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
         .arg("-c")
         .arg(&file)
         .env("RUST_LOG", "trace")
@@ -591,6 +591,17 @@ async fn no_secret_reaches_the_logs_or_status() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Drain both pipes from the start: trace logging fills a pipe quickly,
+    // and a proxy blocked on its log would stall.
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         assert!(Instant::now() < deadline, "the proxy did not start");
@@ -634,11 +645,10 @@ async fn no_secret_reaches_the_logs_or_status() {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    // Read both pipes while it exits: trace logging can fill a pipe.
     let out = tokio::task::spawn_blocking(move || {
-        let output = child.wait_with_output().unwrap();
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        let _ = child.wait();
+        let mut text = stdout.join().unwrap();
+        text.push_str(&stderr.join().unwrap());
         text
     })
     .await

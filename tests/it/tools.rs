@@ -57,6 +57,7 @@ async fn psql_runs_scripts_through_the_proxy() {
     assert!(out.contains(&format!("txn|{primary}")), "{out}");
     assert!(out.contains(&format!("primary|{primary}")), "{out}");
     wait_replicated(cluster());
+    knows_relation(&proxy, "psql_t").await;
     let port = proxy.addr.port().to_string();
     let out = tokio::task::spawn_blocking(move || {
         run(tool("psql").args([

@@ -3,7 +3,7 @@
 //! something changed it behind the proxy's back (and a pin when the node
 //! holds what cannot be replayed), the read-your-writes floor (the
 //! primary's WAL position after a transaction that may have written), and
-//! the catalog refresh after function DDL. Also: prepares answered
+//! the catalog read after DDL. Also: prepares answered
 //! without a node.
 
 use std::sync::Arc;
@@ -99,23 +99,24 @@ impl Session<'_> {
     /// A transaction ended on the held connection: re-read the session's
     /// state if something changed it untracked, record the WAL position for
     /// read-your-writes if it may have written, and re-read the catalog
-    /// after function DDL.
+    /// after DDL.
     pub(super) async fn after_transaction(&mut self) -> Result<(), SessionError> {
         let Some(held) = held_of(&mut self.phase) else {
             return Ok(());
         };
         let capture = std::mem::take(&mut held.dirtied);
         let wrote = std::mem::take(&mut held.wrote);
-        let function_ddl = std::mem::take(&mut held.function_ddl);
+        let catalog_ddl = std::mem::take(&mut held.catalog_ddl);
         if std::mem::take(&mut self.replies.settings_unknown) || capture {
             self.capture().await;
         }
         if wrote {
             self.record_write_position().await?;
         }
-        if function_ddl {
-            self.flush().await?;
-            self.state.refresh_catalog().await;
+        if catalog_ddl {
+            // No wait: what the catalog does not place yet is unknown and
+            // goes to the primary meanwhile.
+            self.state.catalog_refresh.notify_one();
         }
         Ok(())
     }

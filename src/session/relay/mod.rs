@@ -173,8 +173,8 @@ struct Held {
     open_batch: bool,
     /// It ran something that may have written (read-your-writes).
     wrote: bool,
-    /// Function DDL went through: re-read the catalog after.
-    function_ddl: bool,
+    /// DDL went through: the catalog is read again after.
+    catalog_ddl: bool,
     /// It ran something on the primary that may have called `nextval`.
     may_have_called_nextval: bool,
     /// It ran something that may have changed session state the proxy does
@@ -194,7 +194,7 @@ impl Held {
             pin: None,
             open_batch: false,
             wrote: false,
-            function_ddl: false,
+            catalog_ddl: false,
             may_have_called_nextval: false,
             dirtied: false,
             timing: None,

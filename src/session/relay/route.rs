@@ -418,7 +418,7 @@ impl Session<'_> {
         held.wrote |= held.target == Target::Primary
             && route.target == Target::Primary
             && route.reason.may_write();
-        held.function_ddl |= plan.function_ddl;
+        held.catalog_ddl |= plan.catalog_ddl;
         if held.target == Target::Primary
             && matches!(
                 route.reason,

@@ -67,6 +67,40 @@ pub fn logged_on(marker: &str) -> Vec<u16> {
         .collect()
 }
 
+/// Waits until the proxy's catalog facts hold the function `name` (it
+/// reads the catalog within a check interval of a change).
+#[allow(
+    dead_code,
+    reason = "used by the lag test binary, which shares this harness"
+)]
+pub async fn knows_function(proxy: &Proxy, name: &str) {
+    wait_for_facts(proxy, |f| f.function(None, name).is_some(), name).await;
+}
+
+/// Waits until the proxy's catalog facts hold the relation `name`.
+#[allow(
+    dead_code,
+    reason = "used by the lag test binary, which shares this harness"
+)]
+pub async fn knows_relation(proxy: &Proxy, name: &str) {
+    wait_for_facts(proxy, |f| f.relation_known(None, name), name).await;
+}
+
+async fn wait_for_facts(
+    proxy: &Proxy,
+    known: impl Fn(&pgsplit::router::Facts) -> bool,
+    name: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !known(&proxy.state.facts.load()) {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never read {name} from the catalog"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The primary's port.
 pub fn primary_port() -> u16 {
     cluster().nodes[0].port
