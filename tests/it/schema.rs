@@ -117,6 +117,14 @@ async fn currval_and_lastval_are_this_sessions_or_an_error_never_anothers() {
         let last: i32 = scalar(&a, "SELECT lastval()::int").await;
         assert_eq!(last, id);
     }
+    // The session's own primary work in between keeps its sequence state
+    // (it runs on that same connection while it is idle).
+    let id: i32 = scalar(&a, "INSERT INTO items (v) VALUES ('a') RETURNING id").await;
+    a.batch_execute("UPDATE items SET v = v WHERE id = -1")
+        .await
+        .unwrap();
+    let current: i32 = scalar(&a, "SELECT currval('items_id_seq')::int").await;
+    assert_eq!(current, id);
     // Another session used that connection since: an error, not its value.
     let _: i32 = scalar(&a, "INSERT INTO items (v) VALUES ('a') RETURNING id").await;
     let theirs: i32 = scalar(&b, "INSERT INTO items (v) VALUES ('b') RETURNING id").await;

@@ -460,6 +460,16 @@ impl<'s> Session<'s> {
 
     async fn checkout(&mut self, node: &Arc<Node>) -> Result<Pooled, PoolError> {
         let pool = self.pool_of(node);
+        // Soft affinity: the connection that holds this session's sequence
+        // state, when it is idle and nobody used it since, serves the
+        // session's next work there (its currval stays right, its caches
+        // warm).
+        if let Some((own, id, uses)) = &self.sequences
+            && Arc::ptr_eq(own, node)
+            && let Some(conn) = pool.checkout_exact(*id, *uses)
+        {
+            return Ok(conn);
+        }
         let result = pool.checkout().await;
         if result.is_err() {
             node.metrics.backend_errors.inc();
@@ -754,7 +764,12 @@ impl<'s> Session<'s> {
     /// Gives a connection back to its pool (which closes it if unclean).
     fn release(&mut self, mut held: Box<Held>) {
         self.slot.set(None);
-        if held.target == Target::Primary && held.may_have_called_nextval {
+        let ours = self
+            .sequences
+            .as_ref()
+            .is_some_and(|(node, id, _)| Arc::ptr_eq(node, &held.node) && *id == held.conn.id());
+        if held.target == Target::Primary && (held.may_have_called_nextval || ours) {
+            // (this session's own use keeps its sequence state its own)
             self.sequences = Some((held.node.clone(), held.conn.id(), held.conn.proto.uses));
         }
         held.conn.release();
