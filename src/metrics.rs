@@ -39,6 +39,8 @@ pub struct Metrics {
     pub pinned: Vec<IntGauge>,
     /// `pgsplit_pinned_refused_total`.
     pub pinned_refused: IntCounter,
+    /// `pgsplit_ryw_probes_total{result}`.
+    ryw_probes: IntCounterVec,
 }
 
 /// One node's handles, resolved once.
@@ -199,11 +201,27 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let ryw_probes = registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "pgsplit_ryw_probes_total",
+                    "Read-your-writes probes of a replica's replay position, by result \
+                     (caught_up: the read ran there; behind: it went to the primary)",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+        );
+        for result in ["caught_up", "behind", "failed"] {
+            ryw_probes.with_label_values(&[result]);
+        }
         Metrics {
             client_connections,
             queries,
             pinned,
             pinned_refused,
+            ryw_probes,
             decisions,
             durations,
             node_up: int_gauge_vec(
@@ -262,6 +280,11 @@ impl Metrics {
             effective_weight: self.effective_weight.with_label_values(&[name]),
             pool,
         }
+    }
+
+    /// Counts a read-your-writes probe.
+    pub fn ryw_probe(&self, result: &str) {
+        self.ryw_probes.with_label_values(&[result]).inc();
     }
 
     /// Counts one routing decision.

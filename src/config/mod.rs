@@ -312,8 +312,11 @@ pub struct RoutingConfig {
     pub primary_reads: u32,
     /// Where reads go when no replica is eligible.
     pub no_replica: NoReplica,
-    /// Read-your-writes mode (enforced once the lag monitor lands).
+    /// Read-your-writes mode.
     pub read_your_writes: ReadYourWrites,
+    /// How long a read may wait for a replica to replay the session's
+    /// floor (probing it) before it goes to the primary; 0 = probe once.
+    pub read_your_writes_wait: Duration,
     /// Extra function names that force the primary.
     pub write_functions: Vec<String>,
     /// How often the catalog's volatile user functions are re-read.
@@ -331,6 +334,7 @@ impl Default for RoutingConfig {
             primary_reads: 0,
             no_replica: NoReplica::Primary,
             read_your_writes: ReadYourWrites::Session,
+            read_your_writes_wait: Duration(std::time::Duration::from_millis(5)),
             write_functions: Vec::new(),
             functions_refresh: Duration(std::time::Duration::from_secs(30)),
             rules: Vec::new(),

@@ -291,12 +291,31 @@ impl BackendConn {
     /// # Errors
     /// The connection failed or the answer was not a number.
     pub async fn wal_insert_lsn(&mut self, client: &mut BytesMut) -> Result<u64, WireError> {
-        let mut value = None;
-        self.run_own_query(
-            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
+        self.own_lsn(
+            "SELECT (pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
             client,
-            |row| value = be::data_row_text(row).into_iter().next().flatten(),
         )
+        .await
+    }
+
+    /// `pg_last_wal_replay_lsn()` of a standby, as a number (0 when it
+    /// has replayed nothing, or is not a standby).
+    ///
+    /// # Errors
+    /// The connection failed or the answer was not a number.
+    pub async fn replay_lsn(&mut self, client: &mut BytesMut) -> Result<u64, WireError> {
+        self.own_lsn(
+            "SELECT coalesce((pg_catalog.pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0)",
+            client,
+        )
+        .await
+    }
+
+    async fn own_lsn(&mut self, sql: &str, client: &mut BytesMut) -> Result<u64, WireError> {
+        let mut value = None;
+        self.run_own_query(sql, client, |row| {
+            value = be::data_row_text(row).into_iter().next().flatten();
+        })
         .await?;
         value
             .and_then(|v| v.parse().ok())

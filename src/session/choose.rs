@@ -27,6 +27,9 @@ pub struct Wants<'a> {
 pub enum Choice {
     /// Send it there.
     Node { node: Arc<Node>, reason: Reason },
+    /// A replica that may have replayed the floor since the monitor's
+    /// last sample: ask it (and wait a little), else the primary.
+    Probe { node: Arc<Node> },
     /// Refuse it at the proxy.
     Refuse { code: &'static str, message: String },
 }
@@ -103,15 +106,10 @@ pub fn choose(config: &Config, topology: &Topology, wants: &Wants<'_>) -> Choice
             reason: retry(reason),
         };
     }
-    let behind = wants.floor > 0
-        && topology
-            .pick_reader(&ReadRequest { floor: 0, ..base }, &mut rng)
-            .is_some();
-    if behind {
-        return Choice::Node {
-            node: topology.primary().clone(),
-            reason: Reason::ReadYourWrites,
-        };
+    if wants.floor > 0
+        && let Some(node) = topology.to_probe(&base, &mut rng)
+    {
+        return Choice::Probe { node: node.clone() };
     }
     match config.routing.no_replica {
         NoReplica::Primary => Choice::Node {

@@ -12,7 +12,7 @@ pub mod lag;
 pub mod monitor;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use rand::Rng;
@@ -48,8 +48,23 @@ pub struct Node {
     pub stats: ArcSwap<NodeStats>,
     /// Server connections of this proxy now running a client's work there.
     pub in_flight: AtomicU32,
+    /// The highest replay position a read-your-writes probe saw on it
+    /// (newer than the monitor's sample between polls); forgotten when the
+    /// node goes down, since a restarted standby may show less.
+    pub probed: AtomicU64,
     /// Its metric handles.
     pub metrics: NodeMetrics,
+}
+
+impl Node {
+    /// The highest position it is known to have replayed: the monitor's
+    /// sample or a later probe.
+    pub fn replayed(&self) -> u64 {
+        self.stats
+            .load()
+            .lsn
+            .max(self.probed.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// What the monitor last measured on a node.
@@ -223,6 +238,7 @@ impl Topology {
                         ..NodeStats::default()
                     }),
                     in_flight: AtomicU32::new(0),
+                    probed: AtomicU64::new(0),
                     metrics: metrics.node(&n.name.value),
                 })
             })
@@ -339,6 +355,38 @@ impl Topology {
         self.nodes.iter().find(|n| &*n.name == name)
     }
 
+    /// A reader `req` allows (its floor aside) to ask whether it has
+    /// replayed the floor since the monitor's sample: one that replays
+    /// (not paused), drawn by effective weight.
+    pub fn to_probe(&self, req: &ReadRequest<'_>, rng: &mut impl Rng) -> Option<&Arc<Node>> {
+        let candidates: Vec<(&Arc<Node>, f64)> = self
+            .nodes
+            .iter()
+            .filter(|n| self.is_replica(n) && n.health.is_up() && !req.exclude.contains(&n.name))
+            .filter(|n| match req.tags {
+                Some(tags) => tags.iter().all(|t| n.tags.contains(t)),
+                None => n.tags.is_empty() || n.serve_default,
+            })
+            .filter_map(|n| {
+                let stats = n.stats.load();
+                (stats.eligible && !stats.replay_paused && stats.effective_weight > 0.0)
+                    .then_some((n, stats.effective_weight))
+            })
+            .collect();
+        let total: f64 = candidates.iter().map(|(_, w)| w).sum();
+        if candidates.is_empty() || total <= 0.0 {
+            return None;
+        }
+        let mut ticket = rng.random_range(0.0..total);
+        for &(node, w) in &candidates {
+            if ticket < w {
+                return Some(node);
+            }
+            ticket -= w;
+        }
+        candidates.last().map(|(n, _)| *n)
+    }
+
     /// Picks a node for a read (see [`ReadRequest`]): among replicas that
     /// are up, within the lag limits, replayed past the floor and carrying
     /// the requested tags (or, for ordinary reads, untagged or
@@ -360,7 +408,12 @@ impl Topology {
                 })
                 .filter_map(|n| {
                     let stats = n.stats.load();
-                    (stats.eligible && stats.lsn >= req.floor && stats.effective_weight > 0.0)
+                    let replayed = if req.floor > stats.lsn {
+                        n.replayed()
+                    } else {
+                        stats.lsn
+                    };
+                    (stats.eligible && replayed >= req.floor && stats.effective_weight > 0.0)
                         .then_some((n, stats.effective_weight))
                 }),
         );

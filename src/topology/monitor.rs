@@ -154,6 +154,8 @@ pub async fn run(
                     }
                 }
                 Err(error) => {
+                    // A standby that restarts may show less than it did.
+                    node.probed.store(0, std::sync::atomic::Ordering::Relaxed);
                     if node.health.observe_failure(cfg.lag.down_after) {
                         tracing::warn!(node = %node.name, %error, state = "down", "node stopped answering");
                     } else {

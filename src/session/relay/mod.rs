@@ -476,7 +476,10 @@ impl<'s> Session<'s> {
         }
         if let Err(e) = &result
             && e.is_unreachable()
-            && node.health.mark_down()
+            && {
+                node.probed.store(0, std::sync::atomic::Ordering::Relaxed);
+                node.health.mark_down()
+            }
         {
             tracing::warn!(node = %node.name, error = %e, state = "down", "node unreachable");
         }

@@ -18,13 +18,17 @@ use super::{
     Held, Hold, MAX_READ_TRIES, Phase, PinGuard, Retry, Session, WRITE_HOLD_LIMIT, backend_error,
 };
 use crate::cancel::CancelTarget;
-use crate::pool::PoolError;
+use crate::pool::{PoolError, Pooled};
 use crate::protocol::backend::{self as be, Severity, TxnStatus};
 use crate::protocol::codec::Frame;
 use crate::protocol::frontend as fe;
 use crate::protocol::sqlstate;
 use crate::router::{Reason, Route, Target};
+use crate::topology::Node;
 use crate::wire::WireError;
+
+/// Between two read-your-writes probes of one replica.
+const PROBE_PAUSE: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// Why the held connection could not go on.
 #[derive(Debug)]
@@ -226,10 +230,12 @@ impl Session<'_> {
                         h.target == Target::Replica
                             && h.node.health.is_up()
                             && !tried.contains(&h.node.name)
-                            && h.node.stats.load().lsn >= floor
+                            && h.node.replayed() >= floor
                     })
                 })
                 .flatten();
+            // A replica's connection a read-your-writes probe found caught up.
+            let mut probed = None;
             let (node, reason) = match kept {
                 Some(i) => (self.spare[i].node.clone(), route.reason),
                 None => {
@@ -242,6 +248,15 @@ impl Session<'_> {
                     };
                     match choose(&config, &topology, &wants) {
                         Choice::Node { node, reason } => (node, reason),
+                        Choice::Probe { node } => {
+                            let wait = config.routing.read_your_writes_wait.0;
+                            probed = self.probe(&node, floor, wait).await;
+                            if probed.is_some() {
+                                (node, route.reason)
+                            } else {
+                                (topology.primary().clone(), Reason::ReadYourWrites)
+                            }
+                        }
                         Choice::Refuse { code, message } => {
                             // (a deferred BEGIN stays open, as the client
                             // believes)
@@ -255,6 +270,11 @@ impl Session<'_> {
             let is_primary = Arc::ptr_eq(&node, topology.primary());
             let conn = match self.take_spare(&node) {
                 Some(held) => Ok(held),
+                None if probed.is_some() => Ok(Held::new(
+                    probed.take().expect("checked"),
+                    node.clone(),
+                    Target::Replica,
+                )),
                 None => self.checkout(&node).await.map(|conn| {
                     let target = if is_primary {
                         Target::Primary
@@ -313,6 +333,45 @@ impl Session<'_> {
     /// primary connection where this session last called `nextval`, if
     /// nobody used it since; otherwise the client gets 55000, never
     /// another session's value.
+    /// Asks `node`, on the connection a read would use, whether it has
+    /// replayed `floor`, asking again for up to `wait`; every answer
+    /// raises what the proxy knows of the node for all sessions. Returns
+    /// the connection when it has, else `None` (the read goes to the
+    /// primary).
+    async fn probe(
+        &mut self,
+        node: &Arc<Node>,
+        floor: u64,
+        wait: std::time::Duration,
+    ) -> Option<Pooled> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut conn = self.checkout(node).await.ok()?;
+        let mut notifications = bytes::BytesMut::new();
+        loop {
+            let answer = conn.replay_lsn(&mut notifications).await;
+            self.cwbuf.extend_from_slice(&notifications);
+            notifications.clear();
+            let Ok(lsn) = answer else {
+                conn.mark_broken();
+                self.state.metrics.ryw_probe("failed");
+                return None;
+            };
+            node.probed
+                .fetch_max(lsn, std::sync::atomic::Ordering::Relaxed);
+            if lsn >= floor {
+                self.state.metrics.ryw_probe("caught_up");
+                return Some(conn);
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                self.state.metrics.ryw_probe("behind");
+                conn.release();
+                return None;
+            }
+            tokio::time::sleep((deadline - now).min(PROBE_PAUSE)).await;
+        }
+    }
+
     async fn route_to_own_sequences(
         &mut self,
         frames: Vec<Frame>,
