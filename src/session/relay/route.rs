@@ -100,7 +100,9 @@ impl Session<'_> {
         let route = plan.route;
         let hold = held.hold(&self.replies);
         let in_txn = hold == Hold::Transaction;
-        let must_stay = held.open_batch || held.pin.is_some() || in_txn;
+        // (A batch sent without a Sync does not keep a batch that needs
+        // another node here: Drain ends it with a Sync of our own.)
+        let must_stay = held.pin.is_some() || in_txn;
         if in_txn && held.target == Target::Replica && needs_primary_in_replica_transaction(route) {
             return Placement::RefuseOnHeld(format!(
                 "this read-only transaction runs on replica {} (placed by its first statement), \
