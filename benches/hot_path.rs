@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 use criterion::{Criterion, criterion_group, criterion_main};
 use pgsplit::protocol::{codec, frontend};
-use pgsplit::router::facts::{Catalog, FunctionRow};
+use pgsplit::router::facts::{Catalog, FunctionRow, RelationRow};
 use pgsplit::router::{Facts, Knowledge, Router, classify_text};
 
 const SELECT_200: &str = "SELECT o.id, o.created_at, o.total, c.name, c.email FROM orders o \
@@ -31,7 +31,7 @@ fn report_2k() -> String {
 }
 
 /// What a router knows of PostgreSQL 15's built-ins (read from a real
-/// catalog into the unit tests' fixture).
+/// catalog into the unit tests' fixture) and of the benched tables.
 fn knowledge() -> Knowledge {
     let functions = include_str!("../src/router/testdata/pg15_functions.txt")
         .lines()
@@ -43,9 +43,19 @@ fn knowledge() -> Knowledge {
             body: None,
         })
         .collect();
+    // The tables the statements read (a real catalog knows them).
+    let relations = ["orders", "customers", "pgbench_accounts", "t"]
+        .iter()
+        .map(|name| RelationRow {
+            schema: "public".into(),
+            name: (*name).into(),
+            unlogged: false,
+            definition: None,
+        })
+        .collect();
     let catalog = Catalog {
         functions,
-        relations: Vec::new(),
+        relations,
     };
     Knowledge::new(&[], Arc::new(Facts::build([("app", &catalog)])))
 }

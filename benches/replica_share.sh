@@ -26,7 +26,7 @@ trap cleanup EXIT
 
 cat > "$DIR/proxy.yaml" <<YAML
 listen: 127.0.0.1:$SPLIT
-auth: { method: trust, users: [ { name: postgres } ] }
+auth: { method: trust, users: [ { name: postgres }, { name: app, password: app } ] }
 nodes:
   - { name: pg1, host: 127.0.0.1, port: $P1, role: primary }
   - { name: pg2, host: 127.0.0.1, port: $P2, role: replica }

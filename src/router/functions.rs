@@ -134,7 +134,7 @@ pub fn effect(schema: Option<&str>, name: &str, known: &Knowledge) -> Effect {
     if builtin_scope && ALWAYS_PRIMARY.contains(&name) {
         return Effect::Primary { user: false };
     }
-    if known.write_functions.contains(name) {
+    if !known.write_functions.is_empty() && known.write_functions.contains(name) {
         return Effect::Primary { user: true };
     }
     if schema.is_none() && SQL_FORMS.binary_search(&name).is_ok() {
