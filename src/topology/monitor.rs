@@ -104,9 +104,20 @@ pub async fn run(
     let mut pollers: Vec<Poller> = Vec::new();
     let mut history = History::default();
     let mut tracks: HashMap<Arc<str>, ReplicaTrack> = HashMap::new();
+    let mut last_primary: Option<Arc<str>> = None;
     loop {
         let cfg = config.load_full();
         let topo = topology.load_full();
+        // A new primary (switchover, failover): lag is measured against its
+        // positions from now on, not the old primary's (which may be ahead
+        // of anything the new one will write for a while).
+        let primary_now = topo.primary().name.clone();
+        if last_primary.as_ref().is_some_and(|p| *p != primary_now) {
+            tracing::info!(primary = %primary_now, "primary changed: lag history starts again");
+            history = History::default();
+            tracks.clear();
+        }
+        last_primary = Some(primary_now);
         sync_pollers(&mut pollers, &topo);
         let timeout = cfg.lag.check_timeout.0;
         let results = futures_util::future::join_all(pollers.iter_mut().map(|p| {

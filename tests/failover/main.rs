@@ -258,6 +258,23 @@ async fn forced_failover_after_the_primary_dies() {
         followed,
         "the other replica never served the new primary's data"
     );
+    // Its lag is measured against the new primary, not the dead one's
+    // last position: caught up, it reads as caught up.
+    let node = proxy
+        .state
+        .topology
+        .load()
+        .nodes
+        .iter()
+        .find(|n| n.port == other)
+        .unwrap()
+        .clone();
+    let caught_up = wait_for(Duration::from_secs(10), || {
+        let stats = node.stats.load();
+        stats.eligible && stats.lag_seconds < 1.0
+    })
+    .await;
+    assert!(caught_up, "lag after the failover: {:?}", node.stats.load());
     proxy.stop().await;
 }
 
