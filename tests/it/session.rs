@@ -682,3 +682,53 @@ async fn a_connection_never_given_back_clean_is_not_reused() {
     assert_eq!(again.id(), second);
     proxy.stop().await;
 }
+
+/// Read-your-writes in `mode`: each read of a row the session just wrote
+/// sees it, and replicas serve such reads once they have replayed (asked
+/// at routing time, not at the monitor's next poll).
+async fn reads_see_own_writes_and_replicas_serve_them_in(mode: &str) {
+    let proxy = start_proxy(&config_text(&ports(), &format!("pool:\n  mode: {mode}\n"))).await;
+    let client = app(&proxy).await;
+    // Session pooling: the session now keeps a replica connection.
+    let first = served_by(&client, "SELECT inet_server_port()").await;
+    assert!(replica_ports().contains(&first));
+    let mut on_replicas = 0;
+    for i in 0..60 {
+        let id: i32 = scalar(
+            &client,
+            &format!("INSERT INTO items (v) VALUES ('ryw-{mode}-{i}') RETURNING id"),
+        )
+        .await;
+        let r = rows(
+            &client,
+            &format!("SELECT count(*), inet_server_port() FROM items WHERE id = {id}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            r[0][0].as_deref(),
+            Some("1"),
+            "{mode}: read {i} missed its write"
+        );
+        let port: u16 = r[0][1].as_deref().unwrap().parse().unwrap();
+        if replica_ports().contains(&port) {
+            on_replicas += 1;
+        }
+    }
+    assert!(
+        on_replicas > 0,
+        "{mode}: every read after a write went to the primary"
+    );
+    eprintln!("{mode}: {on_replicas} of 60 reads after a write ran on a replica");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn reads_see_own_writes_and_replicas_serve_them_in_transaction_pooling() {
+    reads_see_own_writes_and_replicas_serve_them_in("transaction").await;
+}
+
+#[tokio::test]
+async fn reads_see_own_writes_and_replicas_serve_them_in_session_pooling() {
+    reads_see_own_writes_and_replicas_serve_them_in("session").await;
+}
