@@ -18,12 +18,14 @@
 //!   transaction ends, at most once a second per backend (and when it goes
 //!   idle, within 10 s): such changes are seen within a second or two.
 //!
-//! A changed signal reads that database's catalog again. So does
-//! `routing.functions_refresh` for all of them (the backstop), a database
-//! clients start to use, DDL that went through the proxy, and a
-//! statement that called a function no fact placed (rate-limited to one
-//! read every [`MIN_GAP`]). Until a database is read, its sessions send
-//! every function call to the primary.
+//! A changed signal reads that database's catalog again;
+//! `routing.functions_refresh` reads all of them regardless (the backstop),
+//! and a database clients start to use is read at once. DDL that went
+//! through the proxy and a statement that named a function or relation no
+//! fact placed make the next round start now (at most one every
+//! [`MIN_GAP`]), so a new object is known within milliseconds of its
+//! first use. Until a database is read, its sessions send every function
+//! call to the primary.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,8 +46,8 @@ use crate::tls::{NodeTls, connect_node};
 /// this long; a stuck one is dropped with its connection.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Reads triggered by a session come at most this often.
-pub const MIN_GAP: Duration = Duration::from_millis(500);
+/// Rounds a session asks for come at most this often.
+pub const MIN_GAP: Duration = Duration::from_millis(50);
 
 const SIGNAL_SQL: &str = "SELECT concat_ws('/', \
     (SELECT max(oid) FROM pg_catalog.pg_proc), \
@@ -203,8 +205,10 @@ impl<D: Fn() -> Vec<String>, C: Fn(Arc<Facts>)> CatalogTask<D, C> {
             self.loads.send_modify(|n| *n += 1);
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
+                // Asked (DDL went through, an unknown name was seen): check
+                // the signals now; what moved is read.
                 _ = self.refresh_now.notified() => {
-                    forced = true;
+                    forced = false;
                     tokio::time::sleep_until(started + MIN_GAP).await;
                 }
                 _ = tokio::time::sleep(cfg.lag.check_interval.0) => forced = false,

@@ -12,6 +12,22 @@ public class JdbcCheck {
         }
     }
 
+    /** Waits until the proxy's catalog facts place what sql names. */
+    static void proxyKnows(String sql) throws Exception {
+        String body = "{\"sql\": \"" + sql.replace("\"", "\\\"") + "\"}";
+        for (int i = 0; i < 500; i++) {
+            java.net.HttpURLConnection h = (java.net.HttpURLConnection)
+                new java.net.URL("http://" + System.getenv("PGSPLIT_ADMIN") + "/explain").openConnection();
+            h.setRequestMethod("POST");
+            h.setDoOutput(true);
+            h.getOutputStream().write(body.getBytes(java.nio.charset.StandardCharsets.UTF_8));
+            String answer = new String(h.getInputStream().readAllBytes(), java.nio.charset.StandardCharsets.UTF_8);
+            if (!answer.contains("\"reason\":\"unknown\"")) return;
+            Thread.sleep(10);
+        }
+        check(false, "the proxy never learned what " + sql + " names");
+    }
+
     public static void main(String[] args) throws Exception {
         int port = Integer.parseInt(System.getenv("PGSPLIT_PORT"));
         int primary = Integer.parseInt(System.getenv("PRIMARY_PORT"));
@@ -64,6 +80,35 @@ public class JdbcCheck {
                 s.executeUpdate("INSERT INTO drv_jdbc (n) VALUES (77)");
             }
             c.commit();
+            c.setAutoCommit(true);
+            // Once the replicas have replayed this session's writes, its
+            // reads (read-your-writes on, prepareThreshold=1) run on them.
+            String sql = "SELECT count(*) FROM drv_jdbc WHERE n = 77";
+            for (int p : replicas) {
+                String direct = "jdbc:postgresql://127.0.0.1:" + p + "/app?user=app&password=app";
+                try (Connection d = DriverManager.getConnection(direct); Statement s = d.createStatement()) {
+                    boolean done = false;
+                    for (int i = 0; i < 1000 && !done; i++) {
+                        try (ResultSet rs = s.executeQuery(sql)) {
+                            rs.next();
+                            done = rs.getLong(1) >= 1;
+                        }
+                        if (!done) Thread.sleep(10);
+                    }
+                    check(done, "replica " + p + " never replayed the writes");
+                }
+            }
+            proxyKnows(sql);
+            try (PreparedStatement ps = c.prepareStatement("SELECT inet_server_port(), count(*) FROM drv_jdbc WHERE n = ?")) {
+                for (int i = 0; i < 10; i++) {
+                    ps.setInt(1, 77);
+                    try (ResultSet rs = ps.executeQuery()) {
+                        rs.next();
+                        check(replicas.contains(rs.getInt(1)), "read after the writes replayed on a replica, got " + rs.getInt(1));
+                        check(rs.getLong(2) >= 1, "the replica has the session's write");
+                    }
+                }
+            }
         }
         System.out.println("pgjdbc ok");
     }

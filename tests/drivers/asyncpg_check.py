@@ -5,15 +5,16 @@ import datetime
 
 import asyncpg
 
-from common import SESSION_MODE, HOST, PORT, check, on_primary, on_replica
+from common import SESSION_MODE, HOST, PORT, check, monitor_caught_up, on_primary, on_replica, replicas_replayed
 
 
 async def main():
     conn = await asyncpg.connect(host=HOST, port=PORT, user="app", password="app", database="app")
     await conn.execute("CREATE TABLE IF NOT EXISTS drv_asyncpg (id serial PRIMARY KEY, n int, t text, ts timestamptz)")
-    # read-your-writes keeps this session on the primary until a replica
-    # has replayed the CREATE; give the monitor a moment to see that.
-    await asyncio.sleep(1)
+    # read-your-writes keeps this session's reads off a replica until it
+    # has replayed the CREATE; they spread over both once the monitor has
+    # seen both replay it.
+    monitor_caught_up()
     seen = set()
     for i in range(20):
         row = await conn.fetchrow("SELECT inet_server_port() AS port, $1::int * 3 AS x", i)
@@ -43,6 +44,13 @@ async def main():
     stmt = await conn.prepare("SELECT $1::int + 100")
     for i in range(10):
         check(await stmt.fetchval(i) == i + 100, "prepared statement object")
+    # Once the replicas have replayed this session's writes, its reads run
+    # on them (read-your-writes on; asyncpg prepares every statement).
+    replicas_replayed("SELECT count(*) FROM drv_asyncpg")
+    for i in range(10):
+        row = await conn.fetchrow("SELECT inet_server_port() AS port, count(*) AS n FROM drv_asyncpg WHERE n = $1", 7)
+        on_replica(row["port"], "read after the writes replayed")
+        check(row["n"] >= 1, "the replica has the session's write")
     await conn.close()
     print("asyncpg ok")
 

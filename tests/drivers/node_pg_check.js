@@ -6,6 +6,33 @@ const port = Number(process.env.PGSPLIT_PORT);
 const primary = Number(process.env.PRIMARY_PORT);
 const replicas = new Set(process.env.REPLICA_PORTS.split(',').map(Number));
 
+const admin = process.env.PGSPLIT_ADMIN;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Waits until every replica shows `sql` returning a count of at least 1
+// (checked on the nodes themselves), and until the proxy's catalog facts
+// place what it names (its /explain no longer says unknown).
+async function replayedEverywhere(sql) {
+  for (const p of replicas) {
+    const direct = new Client({ host: '127.0.0.1', port: p, user: 'app', password: 'app', database: 'app' });
+    await direct.connect();
+    let done = false;
+    for (let i = 0; i < 1000 && !done; i++) {
+      const r = await direct.query(sql);
+      done = Number(r.rows[0].count) >= 1;
+      if (!done) await sleep(10);
+    }
+    await direct.end();
+    check(done, `replica ${p} never replayed: ${sql}`);
+  }
+  for (let i = 0; i < 500; i++) {
+    const answer = await fetch(`http://${admin}/explain`, { method: 'POST', body: JSON.stringify({ sql }) });
+    if ((await answer.json()).reason !== 'unknown') return;
+    await sleep(10);
+  }
+  check(false, `the proxy never learned what ${sql} names`);
+}
+
 function check(cond, what) {
   if (!cond) {
     console.error(`FAILED: ${what}`);
@@ -38,6 +65,14 @@ async function main() {
   check(Number(tp.rows[0].port) === primary, 'read in a transaction');
   await client.query('INSERT INTO drv_node (n) VALUES (5)');
   await client.query('COMMIT');
+  // Once the replicas have replayed this session's writes, its reads
+  // (read-your-writes on, named statements) run on them.
+  await replayedEverywhere('SELECT count(*) FROM drv_node WHERE n = 5');
+  for (let i = 0; i < 10; i++) {
+    const r = await client.query({ name: 'after-writes', text: 'SELECT inet_server_port() AS port, count(*) AS n FROM drv_node WHERE n = $1', values: [5] });
+    check(replicas.has(Number(r.rows[0].port)), `read after the writes replayed served by ${r.rows[0].port}`);
+    check(Number(r.rows[0].n) >= 1, 'the replica has the session write');
+  }
   await client.end();
   console.log('node-postgres ok');
 }

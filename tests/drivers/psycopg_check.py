@@ -2,18 +2,18 @@
 transactions, server-side prepared statements (prepare_threshold=0),
 pipeline mode, COPY, and parameters of several types with NULLs."""
 import datetime
-import time
 import decimal
 
 import psycopg
 
-from common import SESSION_MODE, DSN, check, on_primary, on_replica
+from common import SESSION_MODE, DSN, check, monitor_caught_up, on_primary, on_replica, replicas_replayed
 
 with psycopg.connect(DSN, autocommit=True, prepare_threshold=0) as conn:
     conn.execute("CREATE TABLE IF NOT EXISTS drv_psycopg (id serial PRIMARY KEY, n int, t text, f float8, b bool, ts timestamptz, d numeric)")
-    # read-your-writes keeps this session on the primary until a replica
-    # has replayed the CREATE; give the monitor a moment to see that.
-    time.sleep(1)
+    # read-your-writes keeps this session's reads off a replica until it
+    # has replayed the CREATE; they spread over both once the monitor has
+    # seen both replay it.
+    monitor_caught_up()
     seen = set()
     for i in range(20):
         port, x = conn.execute("SELECT inet_server_port(), %s::int * 2", (i,)).fetchone()
@@ -60,5 +60,22 @@ with psycopg.connect(DSN, autocommit=True, prepare_threshold=0) as conn:
                 for _ in copy.rows():
                     rows += 1
             check(rows >= 1000, f"copy out rows {rows}")
+
+    # Once the replicas have replayed this session's writes, its reads
+    # (read-your-writes on, named statements) run on them.
+    replicas_replayed("SELECT count(*) FROM drv_psycopg")
+    for i in range(10):
+        port, n = conn.execute("SELECT inet_server_port(), count(*) FROM drv_psycopg WHERE n = %s", (42,)).fetchone()
+        on_replica(port, "read after the writes replayed (prepare_threshold=0)")
+        check(n >= 1, "the replica has the session's write")
+
+# The default prepare threshold: text first, then named statements.
+with psycopg.connect(DSN, autocommit=True) as conn:
+    conn.execute("INSERT INTO drv_psycopg (n) VALUES (%s)", (43,))
+    replicas_replayed("SELECT count(*) FROM drv_psycopg")
+    for i in range(10):
+        port, n = conn.execute("SELECT inet_server_port(), count(*) FROM drv_psycopg WHERE n = %s", (43,)).fetchone()
+        on_replica(port, "read after the writes replayed (default prepare threshold)")
+        check(n >= 1, "the replica has the session's write")
 
 print("psycopg ok")

@@ -3,7 +3,7 @@ on replicas, writes and transactions on the primary."""
 from sqlalchemy import Integer, String, create_engine, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from common import HOST, PORT, check, on_primary, on_replica
+from common import HOST, PORT, check, on_primary, on_replica, replicas_replayed
 
 
 class Base(DeclarativeBase):
@@ -34,4 +34,16 @@ with Session(tx_engine) as session:
     names = session.scalars(select(Item.name).where(Item.name == "a")).all()
     check("a" in names, "session sees its own rows")
     session.commit()
+# Once the replicas have replayed the ORM's writes, its reads run on them.
+replicas_replayed("SELECT count(*) FROM drv_sqlalchemy")
+with Session(tx_engine) as session:
+    for _ in range(5):
+        port = session.execute(text("SELECT inet_server_port()")).scalar()
+        session.commit()
+        on_primary(port, "a read in the ORM's transaction (BEGIN without READ ONLY)")
+with engine.connect() as conn:
+    for _ in range(10):
+        port, n = conn.execute(text("SELECT inet_server_port(), count(*) FROM drv_sqlalchemy WHERE name = 'a'")).one()
+        on_replica(port, "autocommit read after the writes replayed")
+        check(n >= 1, "the replica has the ORM's write")
 print("sqlalchemy ok")

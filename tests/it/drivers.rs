@@ -116,9 +116,13 @@ fn jdbc_jar() -> &'static Path {
     })
 }
 
-fn env_for<'c>(cmd: &'c mut Command, proxy_port: u16, mode: &str) -> &'c mut Command {
+fn env_for<'c>(cmd: &'c mut Command, proxy: &pgsplit::app::Proxy, mode: &str) -> &'c mut Command {
     let replicas: Vec<String> = replica_ports().iter().map(u16::to_string).collect();
-    cmd.env("PGSPLIT_PORT", proxy_port.to_string())
+    cmd.env("PGSPLIT_PORT", proxy.addr.port().to_string())
+        .env(
+            "PGSPLIT_ADMIN",
+            proxy.admin_addr.expect("admin API").to_string(),
+        )
         .env("PRIMARY_PORT", primary_port().to_string())
         .env("REPLICA_PORTS", replicas.join(","))
         .env("POOL_MODE", mode)
@@ -126,15 +130,13 @@ fn env_for<'c>(cmd: &'c mut Command, proxy_port: u16, mode: &str) -> &'c mut Com
 }
 
 async fn run_driver(mode: &str, build: impl Fn(&mut Command) + Send + 'static, program: &str) {
-    let extra = format!("pool:\n  mode: {mode}\n");
+    let extra = format!("pool:\n  mode: {mode}\nadmin:\n  listen: 127.0.0.1:0\n");
     let proxy = start_proxy(&config_text(&ports(), &extra)).await;
-    let port = proxy.addr.port();
     let program = program.to_owned();
-    let mode_env = mode.to_owned();
+    let mut cmd = Command::new(&program);
+    build(&mut cmd);
+    env_for(&mut cmd, &proxy, mode);
     let out = tokio::task::spawn_blocking(move || {
-        let mut cmd = Command::new(&program);
-        build(&mut cmd);
-        env_for(&mut cmd, port, &mode_env);
         cmd.output().unwrap_or_else(|e| panic!("{program}: {e}"))
     })
     .await
