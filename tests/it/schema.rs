@@ -138,6 +138,17 @@ async fn currval_and_lastval_are_this_sessions_or_an_error_never_anothers() {
         .await
         .expect_err("lastval");
     assert_eq!(code(&e).as_deref(), Some("55000"));
+    // A write that calls no nextval, on the connection where another
+    // session's nextval ran: that state is not this session's.
+    let _theirs: i32 = scalar(&b, "INSERT INTO items (v) VALUES ('b') RETURNING id").await;
+    a.batch_execute("UPDATE items SET v = v WHERE id = -1")
+        .await
+        .unwrap();
+    let e = a
+        .simple_query("SELECT currval('items_id_seq')")
+        .await
+        .expect_err("another session's value after a write of this one");
+    assert_eq!(code(&e).as_deref(), Some("55000"), "{e:?}");
     // A session that never called nextval, on a connection another used.
     let c = app(&proxy).await;
     let e = c

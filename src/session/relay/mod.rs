@@ -177,6 +177,10 @@ struct Held {
     catalog_ddl: bool,
     /// It ran something on the primary that may have called `nextval`.
     may_have_called_nextval: bool,
+    /// A statement that may have called nextval ran here on top of
+    /// sequence state that could not be discarded first (inside a
+    /// transaction): currval must not be answered here.
+    sequences_unclear: bool,
     /// It ran something that may have changed session state the proxy does
     /// not track: re-read the session's state after.
     dirtied: bool,
@@ -196,6 +200,7 @@ impl Held {
             wrote: false,
             catalog_ddl: false,
             may_have_called_nextval: false,
+            sequences_unclear: false,
             dirtied: false,
             timing: None,
         })
@@ -771,7 +776,9 @@ impl<'s> Session<'s> {
             .sequences
             .as_ref()
             .is_some_and(|(node, id, _)| Arc::ptr_eq(node, &held.node) && *id == held.conn.id());
-        if held.target == Target::Primary && (held.may_have_called_nextval || ours) {
+        if held.target == Target::Primary && held.sequences_unclear {
+            self.sequences = None;
+        } else if held.target == Target::Primary && (held.may_have_called_nextval || ours) {
             // (this session's own use keeps its sequence state its own)
             self.sequences = Some((held.node.clone(), held.conn.id(), held.conn.proto.uses));
         }

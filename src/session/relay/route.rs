@@ -27,6 +27,10 @@ use crate::router::{Reason, Route, Target};
 use crate::topology::Node;
 use crate::wire::WireError;
 
+/// A `sequence_owner` no session has: the connection's sequence state is
+/// discarded before the next statement that may call nextval.
+const STALE_SEQUENCES: i32 = i32::MIN;
+
 /// Between two read-your-writes probes of one replica.
 const PROBE_PAUSE: std::time::Duration = std::time::Duration::from_micros(500);
 
@@ -480,14 +484,30 @@ impl Session<'_> {
             && route.target == Target::Primary
             && route.reason.may_write();
         held.catalog_ddl |= plan.catalog_ddl;
-        if held.target == Target::Primary
+        let may_call_nextval = held.target == Target::Primary
             && matches!(
                 route.reason,
                 Reason::Write | Reason::Function | Reason::Hint | Reason::StandbyRefused
-            )
-        {
+            );
+        if may_call_nextval {
             held.may_have_called_nextval = true;
-            held.conn.proto.sequence_owner = Some(self.pid);
+            // Sequence state already on this connection (another session's,
+            // or an older nextval of this one's made before it moved on)
+            // must not answer a later currval as if this statement made it:
+            // discarded first on a fresh connection, else currval is
+            // refused until the next nextval.
+            let current = self
+                .sequences
+                .as_ref()
+                .is_some_and(|(n, id, _)| Arc::ptr_eq(n, &held.node) && *id == held.conn.id());
+            let owner = held.conn.proto.sequence_owner;
+            if owner.is_some_and(|o| o != self.pid) || (owner == Some(self.pid) && !current) {
+                if fresh {
+                    held.conn.proto.sequence_owner = Some(STALE_SEQUENCES);
+                } else {
+                    held.sequences_unclear = true;
+                }
+            }
         }
         held.dirtied |= route.dirties;
         held.timing.get_or_insert_with(std::time::Instant::now);
@@ -502,6 +522,9 @@ impl Session<'_> {
         }
         .translate(&frames, plan.command.as_ref(), fresh)
         .map_err(SessionError::ClientProtocol)?;
+        if may_call_nextval {
+            held.conn.proto.sequence_owner = Some(self.pid);
+        }
         if let Some(begin) = &begin {
             // The deferred BEGIN goes first: after the settings replay (a
             // fresh connection's first expect), before the batch.
