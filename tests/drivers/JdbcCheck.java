@@ -12,6 +12,39 @@ public class JdbcCheck {
         }
     }
 
+    static long lsn(String text) {
+        String[] parts = text.split("/");
+        return (Long.parseLong(parts[0], 16) << 32) | Long.parseLong(parts[1], 16);
+    }
+
+    /** Waits until the proxy's monitor has seen every replica replay what
+     *  the primary has written (its /status), so reads spread over both. */
+    static void monitorCaughtUp(int primary) throws Exception {
+        long target;
+        String direct = "jdbc:postgresql://127.0.0.1:" + primary + "/app?user=app&password=app";
+        try (Connection d = DriverManager.getConnection(direct); Statement s = d.createStatement();
+             ResultSet rs = s.executeQuery("SELECT pg_current_wal_lsn()::text")) {
+            rs.next();
+            target = lsn(rs.getString(1));
+        }
+        java.util.regex.Pattern node = java.util.regex.Pattern.compile(
+            "\"role\":\"replica\"[^}]*?\"replay_lsn\":\"([0-9A-F]+/[0-9A-F]+)\"");
+        for (int i = 0; i < 1000; i++) {
+            java.net.HttpURLConnection h = (java.net.HttpURLConnection)
+                new java.net.URL("http://" + System.getenv("PGSPLIT_ADMIN") + "/status").openConnection();
+            String status = new String(h.getInputStream().readAllBytes(), java.nio.charset.StandardCharsets.UTF_8);
+            java.util.regex.Matcher m = node.matcher(status);
+            int seen = 0, behind = 0;
+            while (m.find()) {
+                seen++;
+                if (lsn(m.group(1)) < target) behind++;
+            }
+            if (seen > 0 && behind == 0) return;
+            Thread.sleep(10);
+        }
+        check(false, "the monitor never saw the replicas replay the CREATE");
+    }
+
     /** Waits until the proxy's catalog facts place what sql names. */
     static void proxyKnows(String sql) throws Exception {
         String body = "{\"sql\": \"" + sql.replace("\"", "\\\"") + "\"}";
@@ -39,9 +72,10 @@ public class JdbcCheck {
             try (Statement s = c.createStatement()) {
                 s.execute("CREATE TABLE IF NOT EXISTS drv_jdbc (id serial PRIMARY KEY, n int, t text)");
             }
-            // read-your-writes keeps this session on the primary until a
-            // replica has replayed the CREATE; give the monitor a moment.
-            Thread.sleep(1000);
+            // read-your-writes keeps this session's reads off a replica
+            // until it has replayed the CREATE; they spread over both once
+            // the monitor saw both.
+            monitorCaughtUp(primary);
             Set<Integer> seen = new HashSet<>();
             try (PreparedStatement ps = c.prepareStatement("SELECT inet_server_port(), ?::int * 2")) {
                 for (int i = 0; i < 20; i++) {

@@ -33,6 +33,27 @@ async function replayedEverywhere(sql) {
   check(false, `the proxy never learned what ${sql} names`);
 }
 
+const lsn = (text) => {
+  const [high, low] = text.split('/');
+  return BigInt(`0x${high}`) * 4294967296n + BigInt(`0x${low}`);
+};
+
+// Waits until the proxy's monitor has seen every replica replay what the
+// primary has written (its /status), so reads spread over both.
+async function monitorCaughtUp() {
+  const direct = new Client({ host: '127.0.0.1', port: primary, user: 'app', password: 'app', database: 'app' });
+  await direct.connect();
+  const target = lsn((await direct.query('SELECT pg_current_wal_lsn()::text AS l')).rows[0].l);
+  await direct.end();
+  for (let i = 0; i < 1000; i++) {
+    const nodes = (await (await fetch(`http://${admin}/status`)).json()).nodes;
+    const reps = nodes.filter((n) => n.role === 'replica');
+    if (reps.length > 0 && reps.every((n) => n.replay_lsn && lsn(n.replay_lsn) >= target)) return;
+    await sleep(10);
+  }
+  check(false, 'the monitor never saw the replicas replay the CREATE');
+}
+
 function check(cond, what) {
   if (!cond) {
     console.error(`FAILED: ${what}`);
@@ -44,9 +65,9 @@ async function main() {
   const client = new Client({ host: '127.0.0.1', port, user: 'app', password: 'app', database: 'app' });
   await client.connect();
   await client.query('CREATE TABLE IF NOT EXISTS drv_node (id serial PRIMARY KEY, n int, t text)');
-  // read-your-writes keeps this session on the primary until a replica has
-  // replayed the CREATE; give the monitor a moment to see that.
-  await new Promise((r) => setTimeout(r, 1000));
+  // read-your-writes keeps this session's reads off a replica until it has
+  // replayed the CREATE; they spread over both once the monitor saw both.
+  await monitorCaughtUp();
   const seen = new Set();
   for (let i = 0; i < 20; i++) {
     const r = await client.query({ name: 'read-port', text: 'SELECT inet_server_port() AS port, $1::int * 2 AS x', values: [i] });
