@@ -59,6 +59,10 @@ pub struct State {
     pub rule_sessions: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// Databases clients have used (the catalog is read in each).
     pub databases: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Databases a session has waited for the catalog of: only the first
+    /// waits (one whose catalog cannot be read costs one wait, not one per
+    /// login).
+    catalog_waits: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Sessions pinned to a server connection.
     pub pins: crate::pins::PinCounts,
     next_session: AtomicI32,
@@ -100,6 +104,7 @@ impl State {
             facts: ArcSwap::from_pointee(Facts::default()),
             catalog_loads: watch::channel(0).0,
             databases: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            catalog_waits: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             pins: crate::pins::PinCounts::default(),
             writes_held: watch::channel(false).0,
             rule_sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -149,6 +154,10 @@ impl State {
     /// Forgets a database a client dropped.
     pub fn forget_database(&self, database: &str) {
         self.databases.lock().expect("poisoned").remove(database);
+        self.catalog_waits
+            .lock()
+            .expect("poisoned")
+            .remove(database);
     }
 
     /// Notes a database a client uses; a new one triggers a catalog read.
@@ -166,9 +175,15 @@ impl State {
     /// Waits (at most `limit`) until the catalog of `database` has been
     /// read, so a session's first statements are routed by its facts
     /// (until then every function call is unknown and goes to the primary).
+    /// Only the database's first session waits.
     pub async fn await_catalog(&self, database: &str, limit: std::time::Duration) {
         self.note_database(database);
-        if self.facts.load().has_database(database) {
+        let first = self
+            .catalog_waits
+            .lock()
+            .expect("poisoned")
+            .insert(database.to_owned());
+        if !first || self.facts.load().has_database(database) {
             return;
         }
         let mut loads = self.catalog_loads.subscribe();
