@@ -125,6 +125,7 @@ impl Proxy {
                 databases,
                 on_change,
                 loads: state.catalog_loads.clone(),
+                tried: state.catalog_tried.clone(),
                 shutdown: shutdown.clone(),
             }
             .run(),

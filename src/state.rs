@@ -59,10 +59,9 @@ pub struct State {
     pub rule_sessions: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// Databases clients have used (the catalog is read in each).
     pub databases: std::sync::Mutex<std::collections::BTreeSet<String>>,
-    /// Databases a session has waited for the catalog of: only the first
-    /// waits (one whose catalog cannot be read costs one wait, not one per
-    /// login).
-    catalog_waits: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Databases the catalog task has tried to read at least once
+    /// (successfully or not): logins to them wait no more.
+    pub catalog_tried: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
     /// Sessions pinned to a server connection.
     pub pins: crate::pins::PinCounts,
     next_session: AtomicI32,
@@ -104,7 +103,7 @@ impl State {
             facts: ArcSwap::from_pointee(Facts::default()),
             catalog_loads: watch::channel(0).0,
             databases: std::sync::Mutex::new(std::collections::BTreeSet::new()),
-            catalog_waits: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            catalog_tried: Arc::default(),
             pins: crate::pins::PinCounts::default(),
             writes_held: watch::channel(false).0,
             rule_sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -154,7 +153,7 @@ impl State {
     /// Forgets a database a client dropped.
     pub fn forget_database(&self, database: &str) {
         self.databases.lock().expect("poisoned").remove(database);
-        self.catalog_waits
+        self.catalog_tried
             .lock()
             .expect("poisoned")
             .remove(database);
@@ -175,20 +174,24 @@ impl State {
     /// Waits (at most `limit`) until the catalog of `database` has been
     /// read, so a session's first statements are routed by its facts
     /// (until then every function call is unknown and goes to the primary).
-    /// Only the database's first session waits.
+    /// Once the catalog task has tried the database, nobody waits (one
+    /// whose catalog cannot be read costs one wait, not one per login).
     pub async fn await_catalog(&self, database: &str, limit: std::time::Duration) {
         self.note_database(database);
-        let first = self
-            .catalog_waits
-            .lock()
-            .expect("poisoned")
-            .insert(database.to_owned());
-        if !first || self.facts.load().has_database(database) {
+        let settled = || {
+            self.facts.load().has_database(database)
+                || self
+                    .catalog_tried
+                    .lock()
+                    .expect("poisoned")
+                    .contains(database)
+        };
+        if settled() {
             return;
         }
         let mut loads = self.catalog_loads.subscribe();
         let _ = tokio::time::timeout(limit, async {
-            while !self.facts.load().has_database(database) {
+            while !settled() {
                 if loads.changed().await.is_err() {
                     return;
                 }

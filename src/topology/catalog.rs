@@ -144,6 +144,8 @@ pub struct CatalogTask<D, C> {
     pub on_change: C,
     /// Counts every round, so a session that asked for a read can wait.
     pub loads: watch::Sender<u64>,
+    /// The databases tried at least once (read or failed).
+    pub tried: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
     /// Stops it.
     pub shutdown: CancellationToken,
 }
@@ -202,6 +204,10 @@ impl<D: Fn() -> Vec<String>, C: Fn(Arc<Facts>)> CatalogTask<D, C> {
                 );
                 (self.on_change)(Arc::new(facts));
             }
+            self.tried
+                .lock()
+                .expect("poisoned")
+                .extend(databases.iter().cloned());
             self.loads.send_modify(|n| *n += 1);
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
