@@ -75,7 +75,7 @@ const IDLE_BUFFER_LIMIT: usize = 64 * 1024;
 const WRITE_HOLD_LIMIT: Duration = Duration::from_secs(30);
 /// How long resetting a server connection at session end may take.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a database's first session waits for its catalog to be read.
+/// How long a login waits for the catalog task to try its database.
 const CATALOG_WAIT: Duration = Duration::from_secs(2);
 /// Pool handles a session keeps (one per node it used).
 const MAX_KNOWN_POOLS: usize = 16;
