@@ -335,10 +335,6 @@ impl Session<'_> {
         }
     }
 
-    /// `currval`/`lastval` in transaction pooling: they run on the
-    /// primary connection where this session last called `nextval`, if
-    /// nobody used it since; otherwise the client gets 55000, never
-    /// another session's value.
     /// Asks `node`, on the connection a read would use, whether it has
     /// replayed `floor`, asking again for up to `wait`; every answer
     /// raises what the proxy knows of the node for all sessions. Returns
@@ -378,6 +374,10 @@ impl Session<'_> {
         }
     }
 
+    /// `currval`/`lastval` in transaction pooling: they run on the
+    /// primary connection where this session last called `nextval`, if
+    /// nobody used it since; otherwise the client gets 55000, never
+    /// another session's value.
     async fn route_to_own_sequences(
         &mut self,
         frames: Vec<Frame>,
@@ -487,7 +487,12 @@ impl Session<'_> {
         let may_call_nextval = held.target == Target::Primary
             && matches!(
                 route.reason,
-                Reason::Write | Reason::Function | Reason::Hint | Reason::StandbyRefused
+                Reason::Write
+                    | Reason::Function
+                    | Reason::Hint
+                    | Reason::StandbyRefused
+                    | Reason::Unknown
+                    | Reason::PrimaryRelation
             );
         if may_call_nextval {
             held.may_have_called_nextval = true;
