@@ -114,6 +114,24 @@ fn refuse_unauthorized(admin: &Admin, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
+/// The JSON body of an authorized POST, or the answer refusing it (401
+/// for the token, 400 for the body).
+fn authorized_body<T: serde::de::DeserializeOwned>(
+    admin: &Admin,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, Box<Response>> {
+    if let Some(refusal) = refuse_unauthorized(admin, headers) {
+        return Err(Box::new(refusal));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": format!("bad request body: {e}") }),
+        ))
+    })
+}
+
 async fn reload(AxumState(admin): AxumState<Admin>, headers: HeaderMap) -> Response {
     if let Some(refusal) = refuse_unauthorized(&admin, &headers) {
         return refusal;
@@ -152,17 +170,9 @@ async fn failover(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(refusal) = refuse_unauthorized(&admin, &headers) {
-        return refusal;
-    }
-    let request: FailoverRequest = match serde_json::from_slice(&body) {
+    let request: FailoverRequest = match authorized_body(&admin, &headers, &body) {
         Ok(r) => r,
-        Err(e) => {
-            return json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({ "error": format!("bad request body: {e}") }),
-            );
-        }
+        Err(refusal) => return *refusal,
     };
     let report =
         crate::failover::run(&admin.state, &request.to, request.force, request.check).await;
@@ -193,17 +203,9 @@ async fn explain(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(refusal) = refuse_unauthorized(&admin, &headers) {
-        return refusal;
-    }
-    let request: ExplainRequest = match serde_json::from_slice(&body) {
+    let request: ExplainRequest = match authorized_body(&admin, &headers, &body) {
         Ok(r) => r,
-        Err(e) => {
-            return json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({ "error": format!("bad request body: {e}") }),
-            );
-        }
+        Err(refusal) => return *refusal,
     };
     let mut explanation = admin.state.router.load().explain(&request.sql);
     explanation.rule = explain_rule(&admin.state.config.load(), &request);

@@ -355,18 +355,28 @@ impl Topology {
         self.nodes.iter().find(|n| &*n.name == name)
     }
 
-    /// A reader `req` allows (its floor aside) to ask whether it has
-    /// replayed the floor since the monitor's sample: one that replays
-    /// (not paused), drawn by effective weight.
-    pub fn to_probe(&self, req: &ReadRequest<'_>, rng: &mut impl Rng) -> Option<&Arc<Node>> {
-        let candidates: Vec<(&Arc<Node>, f64)> = self
-            .nodes
+    /// Replicas that are up, not excluded, and carry the requested tags
+    /// (or, for ordinary reads, untagged or `serve_default`): the readers
+    /// `req` allows before lag, floor and weight.
+    fn allowed_readers<'t, 'r>(
+        &'t self,
+        req: &'r ReadRequest<'_>,
+    ) -> impl Iterator<Item = &'t Arc<Node>> + use<'t, 'r> {
+        self.nodes
             .iter()
             .filter(|n| self.is_replica(n) && n.health.is_up() && !req.exclude.contains(&n.name))
             .filter(|n| match req.tags {
                 Some(tags) => tags.iter().all(|t| n.tags.contains(t)),
                 None => n.tags.is_empty() || n.serve_default,
             })
+    }
+
+    /// A reader `req` allows (its floor aside) to ask whether it has
+    /// replayed the floor since the monitor's sample: one that replays
+    /// (not paused), drawn by effective weight.
+    pub fn to_probe(&self, req: &ReadRequest<'_>, rng: &mut impl Rng) -> Option<&Arc<Node>> {
+        let candidates: Vec<(&Arc<Node>, f64)> = self
+            .allowed_readers(req)
             .filter_map(|n| {
                 let stats = n.stats.load();
                 (stats.eligible && !stats.replay_paused && stats.effective_weight > 0.0)
@@ -396,27 +406,16 @@ impl Topology {
     /// weight. `None` when no replica is eligible.
     pub fn pick_reader(&self, req: &ReadRequest<'_>, rng: &mut impl Rng) -> Option<Pick<'_>> {
         let mut candidates: Vec<(&Arc<Node>, f64)> = Vec::with_capacity(self.nodes.len() + 1);
-        candidates.extend(
-            self.nodes
-                .iter()
-                .filter(|n| {
-                    self.is_replica(n) && n.health.is_up() && !req.exclude.contains(&n.name)
-                })
-                .filter(|n| match req.tags {
-                    Some(tags) => tags.iter().all(|t| n.tags.contains(t)),
-                    None => n.tags.is_empty() || n.serve_default,
-                })
-                .filter_map(|n| {
-                    let stats = n.stats.load();
-                    let replayed = if req.floor > stats.lsn {
-                        n.replayed()
-                    } else {
-                        stats.lsn
-                    };
-                    (stats.eligible && replayed >= req.floor && stats.effective_weight > 0.0)
-                        .then_some((n, stats.effective_weight))
-                }),
-        );
+        candidates.extend(self.allowed_readers(req).filter_map(|n| {
+            let stats = n.stats.load();
+            let replayed = if req.floor > stats.lsn {
+                n.replayed()
+            } else {
+                stats.lsn
+            };
+            (stats.eligible && replayed >= req.floor && stats.effective_weight > 0.0)
+                .then_some((n, stats.effective_weight))
+        }));
         if candidates.is_empty() {
             return None;
         }
