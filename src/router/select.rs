@@ -135,7 +135,8 @@ pub fn plain_select(sql: &str, known: &Knowledge) -> Option<Route> {
         }
     }
     from.resolve(body, b' ', known)?;
-    (depth == 0).then_some(Route::replica(Reason::Read))
+    // A FROM with no item after it: the parser's to judge.
+    (depth == 0 && !from.expect).then_some(Route::replica(Reason::Read))
 }
 
 /// Words that end a FROM list at its own depth.
@@ -172,6 +173,10 @@ struct FromItems {
 impl FromItems {
     fn word(&mut self, word: &str, start: usize, end: usize, depth: usize) -> Option<()> {
         if word.eq_ignore_ascii_case("from") || word.eq_ignore_ascii_case("join") {
+            // `FROM FROM`: a name the parser may read as a relation.
+            if self.expect {
+                return None;
+            }
             if word.eq_ignore_ascii_case("from") {
                 *self.depths.get_mut(self.open)? = depth;
                 self.open += 1;
