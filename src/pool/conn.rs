@@ -291,11 +291,26 @@ impl BackendConn {
     /// # Errors
     /// The connection failed or the answer was not a number.
     pub async fn wal_insert_lsn(&mut self, client: &mut BytesMut) -> Result<u64, WireError> {
-        self.own_lsn(
-            "SELECT (pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
+        let mut value = None;
+        self.run_own_query(
+            "SELECT (pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint, \
+             pg_catalog.current_setting('wal_block_size')::bigint, \
+             pg_catalog.pg_size_bytes(pg_catalog.current_setting('wal_segment_size'))",
             client,
+            |row| {
+                let cols: Vec<Option<u64>> = be::data_row_text(row)
+                    .into_iter()
+                    .map(|c| c.and_then(|v| v.parse().ok()))
+                    .collect();
+                if let [Some(insert), Some(block), Some(segment)] = cols[..] {
+                    value = Some(last_record_end(insert, block, segment));
+                }
+            },
         )
-        .await
+        .await?;
+        value.ok_or(WireError::Protocol(codec::ProtocolError::Malformed {
+            what: "LSN reply",
+        }))
     }
 
     /// `pg_last_wal_replay_lsn()` of a standby, as a number (0 when it
@@ -366,5 +381,60 @@ impl BackendConn {
         self.stream
             .tcp()
             .is_some_and(|tcp| tcp.poll_peek(&mut cx, &mut buf).is_pending())
+    }
+}
+
+/// Where the last WAL record before `insert` ended, given the position
+/// `pg_current_wal_insert_lsn()` reports (where the next record will
+/// start). When the next record is a page's first, that position lies past
+/// the page's header (24 bytes; 40 on a segment's first page), while a
+/// standby that has replayed everything reports the page boundary: the
+/// read-your-writes floor must be the boundary, or a session's reads wait
+/// for WAL that nobody may write. (No record starts within a header, so
+/// nothing before `insert` ends past the boundary.)
+fn last_record_end(insert: u64, block: u64, segment: u64) -> u64 {
+    const SHORT_HEADER: u64 = 24;
+    const LONG_HEADER: u64 = 40;
+    if segment > 0 && insert % segment == LONG_HEADER {
+        insert - LONG_HEADER
+    } else if block > 0 && insert % block == SHORT_HEADER {
+        insert - SHORT_HEADER
+    } else {
+        insert
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_record_end;
+
+    const BLOCK: u64 = 8192;
+    const SEGMENT: u64 = 16 << 20;
+
+    #[test]
+    fn a_position_past_a_page_header_is_the_page_boundary() {
+        assert_eq!(last_record_end(3 * BLOCK + 24, BLOCK, SEGMENT), 3 * BLOCK);
+        assert_eq!(
+            last_record_end(5 * SEGMENT + 40, BLOCK, SEGMENT),
+            5 * SEGMENT
+        );
+    }
+
+    #[test]
+    fn a_position_within_a_page_is_kept() {
+        for insert in [
+            3 * BLOCK + 48,
+            3 * BLOCK + 40,
+            5 * SEGMENT + 48,
+            7 * BLOCK + 8000,
+        ] {
+            assert_eq!(last_record_end(insert, BLOCK, SEGMENT), insert);
+        }
+        // Other block sizes: 24 past an 8 kB multiple is inside a 32 kB page.
+        assert_eq!(last_record_end(BLOCK + 24, 4 * BLOCK, SEGMENT), BLOCK + 24);
+        assert_eq!(
+            last_record_end(4 * BLOCK + 24, 4 * BLOCK, SEGMENT),
+            4 * BLOCK
+        );
     }
 }

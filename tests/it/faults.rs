@@ -178,3 +178,43 @@ async fn no_replica_error_policy() {
     );
     proxy.stop().await;
 }
+
+/// A read after the session's own write asks a replica whether it has
+/// replayed the write. A replica behind a network that hangs answers
+/// nothing: the read goes to the primary once `lag.check_timeout` has
+/// passed, not whenever the network comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_a_write_does_not_hang_on_a_stalled_replica() {
+    let ports = ports();
+    let relay = Relay::start(ports[1]).await;
+    // The monitor never marks pg2 down here (down_after): the probe alone
+    // must give up on it.
+    let extra = "lag:\n  check_interval: 100ms\n  check_timeout: 1s\n  down_after: 100000\n  max_lag: 1h\n  max_lag_bytes: 100GB\n";
+    let proxy = start_proxy(&config_text(&[ports[0], relay.port], extra)).await;
+    let client = app(&proxy).await;
+    // A connection to pg2 waits in the pool.
+    assert_eq!(
+        served_by(&client, "SELECT inet_server_port()").await,
+        ports[1]
+    );
+    relay.stall();
+    let id: i32 = scalar(
+        &client,
+        "INSERT INTO items (v) VALUES ('stalled') RETURNING id",
+    )
+    .await;
+    let read = tokio::time::timeout(
+        Duration::from_secs(20),
+        rows(
+            &client,
+            &format!("SELECT inet_server_port(), count(*) FROM items WHERE id = {id}"),
+        ),
+    )
+    .await
+    .expect("the read hung on the stalled replica")
+    .unwrap();
+    assert_eq!(read[0][0].as_deref(), Some(ports[0].to_string().as_str()));
+    assert_eq!(read[0][1].as_deref(), Some("1"));
+    relay.resume();
+    proxy.stop().await;
+}

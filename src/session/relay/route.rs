@@ -339,7 +339,9 @@ impl Session<'_> {
     /// replayed `floor`, asking again for up to `wait`; every answer
     /// raises what the proxy knows of the node for all sessions. Returns
     /// the connection when it has, else `None` (the read goes to the
-    /// primary).
+    /// primary). One answer may take `lag.check_timeout`, as a poll of the
+    /// monitor may: a replica that stalls costs the read that long, not
+    /// forever.
     async fn probe(
         &mut self,
         node: &Arc<Node>,
@@ -347,13 +349,15 @@ impl Session<'_> {
         wait: std::time::Duration,
     ) -> Option<Pooled> {
         let deadline = std::time::Instant::now() + wait;
+        let answer_limit = self.state.config.load().lag.check_timeout.0;
         let mut conn = self.checkout(node).await.ok()?;
         let mut notifications = bytes::BytesMut::new();
         loop {
-            let answer = conn.replay_lsn(&mut notifications).await;
+            let answer =
+                tokio::time::timeout(answer_limit, conn.replay_lsn(&mut notifications)).await;
             self.cwbuf.extend_from_slice(&notifications);
             notifications.clear();
-            let Ok(lsn) = answer else {
+            let Ok(Ok(lsn)) = answer else {
                 conn.mark_broken();
                 self.state.metrics.ryw_probe("failed");
                 return None;

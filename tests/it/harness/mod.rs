@@ -136,14 +136,13 @@ pub fn wait_replicated(cluster: &LocalCluster) {
     }
 }
 
-/// Waits until the replicas have replayed everything and the proxy's
-/// monitor (100 ms interval in tests) has seen it, so read-your-writes no
-/// longer holds a session's reads on the primary.
+/// Waits until the replicas have replayed everything the primary has
+/// written, so any session's read finds its data on them (a session's own
+/// read after its write asks the replica itself: [`PATIENT_READS`]).
 pub async fn caught_up() {
     tokio::task::spawn_blocking(|| wait_replicated(cluster()))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
 }
 
 /// proxy.yaml text for the shared cluster: md5 for clients, the three
@@ -167,7 +166,30 @@ pub fn config_text(ports: &[u16], extra: &str) -> String {
     } else {
         "\nlag:\n  check_interval: 100ms\n"
     };
+    let extra = patient_reads(extra);
     format!("listen: 127.0.0.1:0\n{auth}nodes:\n{nodes}{extra}{lag}")
+}
+
+/// `routing.read_your_writes_wait` in tests, unless a test sets its own
+/// read-your-writes: a read after a write waits this long for a replica to
+/// replay it (5 ms by default). On a loaded 2-core machine the replicas may
+/// trail by more than 5 ms, and a test that asserts a read ran on a
+/// replica would race the replay; this way it waits for it.
+const PATIENT_READS: &str = "  read_your_writes_wait: 30s\n";
+
+fn patient_reads(extra: &str) -> String {
+    if extra.contains("read_your_writes") {
+        extra.to_owned()
+    } else if extra.starts_with("routing:\n") || extra.contains("\nrouting:\n") {
+        extra.replacen("routing:\n", &format!("routing:\n{PATIENT_READS}"), 1)
+    } else {
+        let sep = if extra.is_empty() || extra.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        };
+        format!("{extra}{sep}routing:\n{PATIENT_READS}")
+    }
 }
 
 /// The cluster's real ports: primary first.
