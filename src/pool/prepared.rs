@@ -1,7 +1,6 @@
 //! The prepared statements living on one server connection, bounded: the
 //! least recently used is closed when a new one needs the room.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// How many statements one server connection keeps.
@@ -10,7 +9,8 @@ pub const MAX_PREPARED_PER_CONNECTION: usize = 256;
 /// Server-side statement names prepared on a connection.
 #[derive(Debug, Default)]
 pub struct PreparedSet {
-    names: HashMap<Arc<str>, u64>,
+    /// (foldhash: looked up on every Bind; names are the proxy's own)
+    names: foldhash::HashMap<Arc<str>, u64>,
     tick: u64,
 }
 

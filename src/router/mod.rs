@@ -388,43 +388,50 @@ pub fn cache_key(sql: &str) -> Cow<'_, str> {
                 .is_some_and(|w| w.eq_ignore_ascii_case(b"set_config"))
     });
     // Runs of ordinary bytes are copied whole; every cut falls on an ASCII
-    // byte, so the key stays UTF-8.
-    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    // byte, so the slices of `sql` copied are whole characters.
+    let mut out = String::with_capacity(bytes.len());
     let (mut i, mut run) = (0, 0);
     let mut last_ident = false;
     while i < bytes.len() {
-        let b = bytes[i];
+        // Identifier and other bytes in one tight run; only the class of
+        // its last byte matters after it.
+        let start = i;
+        while i < bytes.len() && KEY_CLASS[usize::from(bytes[i])] <= IDENT {
+            i += 1;
+        }
+        if i > start {
+            last_ident = KEY_CLASS[usize::from(bytes[i - 1])] == IDENT;
+        }
+        let Some(&b) = bytes.get(i) else { break };
         match KEY_CLASS[usize::from(b)] {
-            DIGIT if !last_ident => {
-                out.extend_from_slice(&bytes[run..i]);
+            DIGIT if last_ident => i += 1,
+            DIGIT => {
+                out.push_str(&sql[run..i]);
                 while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
                     i += 1;
                 }
-                out.push(b'?');
+                out.push('?');
                 run = i;
+                last_ident = false;
             }
-            QUOTE => {
+            _ => {
                 let Some(end) = closing_quote(bytes, i, b) else {
                     return Cow::Borrowed(sql);
                 };
                 // Quoted identifiers (and kept or prefixed strings) stay
                 // whole, quotes and all; other strings become `?`.
                 if !(b == b'"' || keep_strings || last_ident) {
-                    out.extend_from_slice(&bytes[run..i]);
-                    out.push(b'?');
+                    out.push_str(&sql[run..i]);
+                    out.push('?');
                     run = end + 1;
                 }
                 i = end + 1;
                 last_ident = b == b'"';
             }
-            class => {
-                last_ident = class != OTHER;
-                i += 1;
-            }
         }
     }
-    out.extend_from_slice(&bytes[run..]);
-    String::from_utf8(out).map_or(Cow::Borrowed(sql), Cow::Owned)
+    out.push_str(&sql[run..]);
+    Cow::Owned(out)
 }
 
 /// Byte classes for [`cache_key`]: identifier bytes (letters, `_`, digits

@@ -69,6 +69,9 @@ pub struct Plan {
     /// Calls `currval` or `lastval`: it must run where this session's
     /// `nextval` ran.
     pub reads_sequence_state: bool,
+    /// The routes of its Parse messages' statements, in order (before
+    /// session-command tracking): what the statements remember.
+    pub parse_routes: Vec<Route>,
 }
 
 impl Plan {
@@ -110,6 +113,7 @@ pub fn plan(
     let mut parsed_unnamed = false;
     // Statements parsed earlier in this same batch route by their text.
     let mut parsed_here: Vec<(String, Route)> = Vec::new();
+    let mut parse_routes: Vec<Route> = Vec::new();
     // Where a statement name points: one parsed earlier in this batch (its
     // route), or one of the session's (with the statement). An unknown
     // name fails on the node; it is routed safely.
@@ -125,52 +129,54 @@ pub fn plan(
         let route = statement.map_or(Route::primary(Reason::Session), |s| s.route);
         (route, statement)
     };
-    let mut statement = |sql: &[u8], route: &mut Route, commands: &mut Commands| -> Route {
-        let text = fe::sql_text(sql);
-        let utf8 = matches!(text, std::borrow::Cow::Borrowed(_));
-        catalog_ddl |= is_catalog_ddl(&text);
-        tag = tag
-            .take()
-            .or_else(|| crate::router::scan::leading_tag(&text));
-        let mut r = if !utf8 && memchr::memchr(b'\\', sql).is_some() {
-            // Another client_encoding may cut this text differently.
-            Route::primary(Reason::ParseError).dirtying()
-        } else {
-            router.classify(&text)
+    let mut statement =
+        |sql: &[u8], route: &mut Route, commands: &mut Commands| -> (Route, Route) {
+            let text = fe::sql_text(sql);
+            let utf8 = matches!(text, std::borrow::Cow::Borrowed(_));
+            catalog_ddl |= is_catalog_ddl(&text);
+            tag = tag
+                .take()
+                .or_else(|| crate::router::scan::leading_tag(&text));
+            let mut r = if !utf8 && memchr::memchr(b'\\', sql).is_some() {
+                // Another client_encoding may cut this text differently.
+                Route::primary(Reason::ParseError).dirtying()
+            } else {
+                router.classify(&text)
+            };
+            let classified = r;
+            r = if utf8 {
+                tracked(r, &text, commands)
+            } else {
+                // Not UTF-8 (another client_encoding): a SET in it is not
+                // replayed from its text but read back from the node.
+                commands.note_statement(None, "");
+                r
+            };
+            // What only primary statements can be (replicas get plain reads).
+            if r.target == Target::Primary {
+                if drops_database.is_none() && r.reason == Reason::Write {
+                    drops_database = dropped_database(&text);
+                }
+                if r.reason == Reason::Function
+                    && (contains_ignoring_case(&text, "currval")
+                        || contains_ignoring_case(&text, "lastval"))
+                {
+                    reads_sequence_state = true;
+                }
+                if r.reason == Reason::Write
+                    || contains_ignoring_case(&text, "nextval")
+                    || contains_ignoring_case(&text, "setval")
+                {
+                    // The batch makes its own sequence state.
+                    writes_sequences = true;
+                }
+            }
+            if r.pins && pin.is_none() {
+                pin = Some(PinReason::of_sql(&text));
+            }
+            *route = route.merge(r);
+            (r, classified)
         };
-        r = if utf8 {
-            tracked(r, &text, commands)
-        } else {
-            // Not UTF-8 (another client_encoding): a SET in it is not
-            // replayed from its text but read back from the node.
-            commands.note_statement(None, "");
-            r
-        };
-        // What only primary statements can be (replicas get plain reads).
-        if r.target == Target::Primary {
-            if drops_database.is_none() && r.reason == Reason::Write {
-                drops_database = dropped_database(&text);
-            }
-            if r.reason == Reason::Function
-                && (contains_ignoring_case(&text, "currval")
-                    || contains_ignoring_case(&text, "lastval"))
-            {
-                reads_sequence_state = true;
-            }
-            if r.reason == Reason::Write
-                || contains_ignoring_case(&text, "nextval")
-                || contains_ignoring_case(&text, "setval")
-            {
-                // The batch makes its own sequence state.
-                writes_sequences = true;
-            }
-        }
-        if r.pins && pin.is_none() {
-            pin = Some(PinReason::of_sql(&text));
-        }
-        *route = route.merge(r);
-        r
-    };
     for frame in frames {
         let body = frame.body();
         match frame.tag {
@@ -181,8 +187,9 @@ pub fn plan(
             fe::PARSE_TAG => {
                 let p = fe::parse(body)?;
                 parsed_unnamed |= p.name.is_empty();
-                let r = statement(p.sql, &mut route, &mut commands);
+                let (r, classified) = statement(p.sql, &mut route, &mut commands);
                 parsed_here.push((p.name.into_owned(), r));
+                parse_routes.push(classified);
             }
             fe::BIND_TAG => {
                 let name = fe::bind_statement(body)?;
@@ -234,6 +241,7 @@ pub fn plan(
         pin,
         drops_database,
         reads_sequence_state: reads_sequence_state && !writes_sequences,
+        parse_routes,
     })
 }
 

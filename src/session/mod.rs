@@ -98,41 +98,41 @@ pub async fn refuse_too_many(mut socket: TcpStream) {
 }
 
 /// Serves one client until it leaves, fails, or the proxy shuts down.
+///
+/// The session's span (id, peer, user, database) is entered for the
+/// handshake. While statements are relayed it is entered on every poll
+/// only when debug logging is on for pgsplit: entering and leaving it
+/// costs more per transaction than the rest of the logging, and the
+/// relay's few info and warn events name it as their parent instead.
 pub async fn serve(state: Arc<State>, socket: TcpStream, peer: SocketAddr) {
     let session_id = state.next_session_id();
     let span = tracing::info_span!("session", session_id, %peer, user = tracing::field::Empty, db = tracing::field::Empty);
-    async move {
-        state.metrics.client_connections.inc();
-        let _ = socket.set_nodelay(true);
-        let mut socket = ClientStream::Plain(socket);
-        match run(&state, &mut socket, session_id).await {
-            Ok(()) => tracing::debug!("session ended"),
-            Err(e) => {
-                if let Some(code) = e.sqlstate() {
-                    let mut out = BytesMut::new();
-                    handshake::refusal(&mut out, code, &e.to_string());
-                    let _ = wire::flush(&mut socket, &mut out).await;
-                }
-                match e {
-                    SessionError::Client(_)
-                    | SessionError::Shutdown
-                    | SessionError::IdleTimeout => {
-                        tracing::debug!(error = %e, "session ended")
-                    }
-                    _ => tracing::info!(error = %e, "session failed"),
-                }
-            }
-        }
-        state.metrics.client_connections.dec();
+    state.metrics.client_connections.inc();
+    let _ = socket.set_nodelay(true);
+    let mut socket = ClientStream::Plain(socket);
+    let result = run(&state, &mut socket, session_id, &span).await;
+    if let Err(e) = &result
+        && let Some(code) = e.sqlstate()
+    {
+        let mut out = BytesMut::new();
+        handshake::refusal(&mut out, code, &e.to_string());
+        let _ = wire::flush(&mut socket, &mut out).await;
     }
-    .instrument(span)
-    .await;
+    span.in_scope(|| match result {
+        Ok(()) => tracing::debug!("session ended"),
+        Err(e @ (SessionError::Client(_) | SessionError::Shutdown | SessionError::IdleTimeout)) => {
+            tracing::debug!(error = %e, "session ended")
+        }
+        Err(e) => tracing::info!(error = %e, "session failed"),
+    });
+    state.metrics.client_connections.dec();
 }
 
 async fn run(
     state: &Arc<State>,
     socket: &mut ClientStream,
     session_id: i32,
+    span: &tracing::Span,
 ) -> Result<(), SessionError> {
     let mut rbuf = BytesMut::with_capacity(8192);
     let handshake_deadline = state.config.load().limits.startup_timeout.0;
@@ -145,6 +145,7 @@ async fn run(
         handshake::login(state, &config, socket, &mut rbuf, &startup).await?;
         Ok::<_, SessionError>(Some(startup))
     })
+    .instrument(span.clone())
     .await
     .map_err(|_| SessionError::Refused {
         code: sqlstate::PROTOCOL_VIOLATION,
@@ -153,11 +154,24 @@ async fn run(
     let Some(startup) = startup else {
         return Ok(());
     };
-    let span = tracing::Span::current();
     span.record("user", startup.user.as_str());
     span.record("db", startup.database.as_str());
-    relay::Session::start(state.clone(), socket, rbuf, startup, session_id)
+    let relay = async {
+        relay::Session::start(
+            state.clone(),
+            socket,
+            rbuf,
+            startup,
+            session_id,
+            span.clone(),
+        )
         .await?
         .run()
         .await
+    };
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        relay.instrument(span.clone()).await
+    } else {
+        relay.await
+    }
 }

@@ -19,7 +19,7 @@ use crate::protocol::backend as be;
 use crate::protocol::codec::Frame;
 use crate::protocol::frontend as fe;
 use crate::protocol::sqlstate;
-use crate::router::Router;
+use crate::router::{Reason, Route};
 
 /// What to send and what to expect back.
 #[derive(Debug, Default)]
@@ -41,8 +41,8 @@ pub struct Translation<'a> {
     pub statements: &'a mut Statements,
     /// The client's settings.
     pub settings: &'a Settings,
-    /// For routes of newly parsed statements.
-    pub router: &'a Router,
+    /// The routes of the batch's Parse messages, in order (the plan's).
+    pub parse_routes: &'a [Route],
     /// The session's id (whose sequence state a connection may hold).
     pub session: i32,
 }
@@ -70,6 +70,7 @@ impl Translation<'_> {
         }
         let mut parsed_unnamed = false;
         let mut skipping = false;
+        let mut routes = self.parse_routes.iter().copied();
         for frame in frames {
             if skipping && frame.tag != fe::SYNC_TAG {
                 continue;
@@ -78,15 +79,17 @@ impl Translation<'_> {
             match frame.tag {
                 fe::PARSE_TAG => {
                     let p = fe::parse(body)?;
+                    // (the plan routed every Parse; unknown means primary)
+                    let route = routes.next().unwrap_or(Route::primary(Reason::ParseError));
                     if p.name.is_empty() {
                         parsed_unnamed = true;
-                        let s = Arc::new(self.statement(&p));
+                        let s = Arc::new(Statement::unnamed(p.sql, p.types, route));
                         let token = ConnState::next_unnamed();
                         self.statements.unnamed = Some((s, token));
                         self.conn.unnamed = Some(token);
                         forward(&mut out, frame, Kind::Parse);
                     } else {
-                        skipping = !self.parse_named(&mut out, p)?;
+                        skipping = !self.parse_named(&mut out, p, route)?;
                     }
                 }
                 fe::BIND_TAG => {
@@ -206,19 +209,14 @@ impl Translation<'_> {
         }
     }
 
-    fn statement(&self, p: &fe::Parse<'_>) -> Statement {
-        let text = fe::sql_text(p.sql);
-        Statement::new(
-            p.sql,
-            p.types,
-            self.router.classify(&text),
-            self.settings.resolution_key(),
-        )
-    }
-
     /// A client's named Parse. False when the name is taken (the client
     /// gets PostgreSQL's 42P05 and the batch is skipped up to Sync).
-    fn parse_named(&mut self, out: &mut Outbound, p: fe::Parse<'_>) -> Result<bool, ProtocolError> {
+    fn parse_named(
+        &mut self,
+        out: &mut Outbound,
+        p: fe::Parse<'_>,
+        route: Route,
+    ) -> Result<bool, ProtocolError> {
         if self.statements.get(&p.name).is_some() {
             let message = format!("prepared statement \"{}\" already exists", p.name);
             let mut bytes = BytesMut::new();
@@ -231,7 +229,12 @@ impl Translation<'_> {
             out.expects.push(Expect::synthetic(bytes));
             return Ok(false);
         }
-        let statement = Arc::new(self.statement(&p));
+        let statement = Arc::new(Statement::new(
+            p.sql,
+            p.types,
+            route,
+            self.settings.resolution_key(),
+        ));
         let server_name = statement.server_name.clone();
         self.statements.add(&p.name, statement.clone());
         out.added.push(p.name.to_string());
@@ -426,7 +429,7 @@ mod tests {
         conn: ConnState,
         statements: Statements,
         settings: Settings,
-        router: Router,
+        router: crate::router::Router,
     }
 
     impl Fixture {
@@ -439,7 +442,7 @@ mod tests {
                 conn: ConnState::new(1),
                 statements: Statements::default(),
                 settings: Settings::from_startup(&params),
-                router: Router::new(
+                router: crate::router::Router::new(
                     crate::router::Knowledge::new(&[], Default::default()),
                     1 << 20,
                     None,
@@ -448,14 +451,24 @@ mod tests {
         }
 
         fn translate(&mut self, bytes: &[u8], command: Option<&Tracked>, fresh: bool) -> Outbound {
+            let frames = frames(bytes);
+            // The plan's routes of the Parse messages.
+            let parse_routes: Vec<Route> = frames
+                .iter()
+                .filter(|f| f.tag == fe::PARSE_TAG)
+                .map(|f| {
+                    let p = fe::parse(f.body()).unwrap();
+                    self.router.classify(&fe::sql_text(p.sql))
+                })
+                .collect();
             Translation {
                 conn: &mut self.conn,
                 statements: &mut self.statements,
                 settings: &self.settings,
-                router: &self.router,
+                parse_routes: &parse_routes,
                 session: 1,
             }
-            .translate(&frames(bytes), command, fresh)
+            .translate(&frames, command, fresh)
             .unwrap()
         }
     }

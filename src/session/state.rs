@@ -3,7 +3,7 @@
 //! (startup parameters and session SETs). Replayed onto whichever server
 //! connection the session uses next.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -45,6 +45,18 @@ impl Statement {
     /// A statement with its server name derived from text, types and the
     /// session's name-resolution context (`context`, see
     /// [`Settings::resolution_key`]).
+    /// The unnamed statement: sent under no server name, so none is made.
+    pub fn unnamed(sql: &[u8], types: &[u8], route: Route) -> Statement {
+        static NONE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+        Statement {
+            sql: sql.to_vec(),
+            types: types.to_vec(),
+            server_name: NONE.clone(),
+            route,
+            command: std::str::from_utf8(sql).ok().and_then(recognise),
+        }
+    }
+
     pub fn new(sql: &[u8], types: &[u8], route: Route, context: u64) -> Statement {
         let mut h = DefaultHasher::new();
         sql.hash(&mut h);
@@ -64,7 +76,8 @@ impl Statement {
 /// The client's named statements.
 #[derive(Debug, Default)]
 pub struct Statements {
-    named: HashMap<String, Arc<Statement>>,
+    /// (foldhash, seeded per process: looked up on every Bind)
+    named: foldhash::HashMap<String, Arc<Statement>>,
     /// The unnamed statement and the token of its last parse (see
     /// [`crate::pool::ConnState::unnamed`]).
     pub unnamed: Option<(Arc<Statement>, u64)>,

@@ -144,8 +144,8 @@ impl Session<'_> {
             Ok(false) | Err(_) => {
                 // The connection's state is unknown: it must not serve
                 // anyone else, and the session keeps the settings it knew.
-                tracing::warn!("re-reading the session's state failed; closing the connection");
                 held.conn.mark_broken();
+                tracing::warn!(parent: &self.span, "re-reading the session's state failed; closing the connection");
                 return;
             }
         }
@@ -199,7 +199,7 @@ impl Session<'_> {
                 // until any replica within max_lag must have replayed the
                 // write. (The global floor cannot expire per session, so it
                 // is left as it was.)
-                tracing::warn!(error = %e, "reading the WAL position after a write failed");
+                tracing::warn!(parent: &self.span, error = %e, "reading the WAL position after a write failed");
                 self.floor = u64::MAX;
                 self.floor_expires = Some(std::time::Instant::now() + config.lag.max_lag.0);
             }

@@ -231,6 +231,9 @@ impl Held {
 
 /// A client session after its handshake.
 pub struct Session<'s> {
+    /// The session's span: the parent of the relay's info and warn events
+    /// (entered on every poll only when debug logging is on).
+    span: tracing::Span,
     state: Arc<State>,
     client: &'s mut ClientStream,
     crbuf: BytesMut,
@@ -311,6 +314,7 @@ impl<'s> Session<'s> {
         crbuf: BytesMut,
         startup: Startup,
         pid: i32,
+        span: tracing::Span,
     ) -> Result<Session<'s>, SessionError> {
         let config = state.config.load_full();
         let password = config.user(&startup.user).and_then(|u| u.password.clone());
@@ -334,6 +338,7 @@ impl<'s> Session<'s> {
         )
         .map(|r| r.name.clone());
         let mut session = Session {
+            span,
             state,
             client,
             crbuf,
@@ -399,7 +404,7 @@ impl<'s> Session<'s> {
             conn: &mut held.conn.proto,
             statements: &mut self.statements,
             settings: &self.settings,
-            router: &self.state.router.load(),
+            parse_routes: &[],
             session: self.pid,
         }
         .translate(&[], None, true)
@@ -486,7 +491,7 @@ impl<'s> Session<'s> {
                 node.health.mark_down()
             }
         {
-            tracing::warn!(node = %node.name, error = %e, state = "down", "node unreachable");
+            tracing::warn!(parent: &self.span, node = %node.name, error = %e, state = "down", "node unreachable");
         }
         result
     }

@@ -146,7 +146,7 @@ impl Session<'_> {
                 self.send(frames, plan, None, Vec::new(), 0).await
             }
             Placement::RefuseOnHeld(message) => {
-                tracing::info!(error = %message, "statement refused in a replica transaction");
+                tracing::info!(parent: &self.span, error = %message, "statement refused in a replica transaction");
                 self.refuse_on_held(&message, plan.syncs).await
             }
             Placement::Drain => {
@@ -526,7 +526,7 @@ impl Session<'_> {
             conn: &mut held.conn.proto,
             statements: &mut self.statements,
             settings: &self.settings,
-            router: &self.state.router.load(),
+            parse_routes: &plan.parse_routes,
             session: self.pid,
         }
         .translate(&frames, plan.command.as_ref(), fresh)
@@ -623,7 +623,7 @@ impl Session<'_> {
 
     /// Tells the client a batch failed before reaching any node.
     pub(super) fn fail_batch(&mut self, code: &str, message: &str, syncs: usize) {
-        tracing::info!(code, error = message, "statement failed at the proxy");
+        tracing::info!(parent: &self.span, code, error = message, "statement failed at the proxy");
         if !matches!(self.phase, Phase::Held(_)) {
             self.slot.set(None);
         }
@@ -648,7 +648,7 @@ impl Session<'_> {
         held.node.metrics.backend_errors.inc();
         self.slot.set(None);
         if failure.node_down() && held.node.health.mark_down() {
-            tracing::warn!(node = %held.node.name, error = %failure, state = "down", "node connection lost");
+            tracing::warn!(parent: &self.span, node = %held.node.name, error = %failure, state = "down", "node connection lost");
         }
         let in_txn = held.conn.status() != TxnStatus::Idle;
         let pinned = held.pin.is_some();
@@ -663,7 +663,7 @@ impl Session<'_> {
             && !in_txn
             && !pinned
         {
-            tracing::info!(node = %node, "read failed before any reply; trying another node");
+            tracing::info!(parent: &self.span, node = %node, "read failed before any reply; trying another node");
             retry.tried.push(node);
             return self.send_again(retry, None).await;
         }
@@ -723,6 +723,7 @@ impl Session<'_> {
                 let text = fe::sql_text(sql);
                 if router.mark_standby_refused(&text) {
                     tracing::info!(
+                        parent: &self.span,
                         node = %node,
                         refusal = %why,
                         statement = super::cut_for_log(&text).0,
