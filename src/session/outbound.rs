@@ -95,13 +95,10 @@ impl Translation<'_> {
                 fe::BIND_TAG => {
                     let b = fe::bind(body)?;
                     match self.resolve(&mut out, &b.statement, parsed_unnamed) {
-                        Some(server_name) => {
+                        Some((server_name, client_name)) => {
                             fe::write_bind(&mut out.bytes, &b, &server_name);
-                            out.expects.push(Expect::renamed(
-                                Kind::Bind,
-                                server_name,
-                                &b.statement,
-                            ));
+                            out.expects
+                                .push(Expect::renamed(Kind::Bind, server_name, client_name));
                         }
                         None => forward(&mut out, frame, Kind::Bind),
                     }
@@ -112,7 +109,7 @@ impl Translation<'_> {
                         .then(|| self.resolve(&mut out, &name, parsed_unnamed))
                         .flatten();
                     match resolved {
-                        Some(server_name) => {
+                        Some((server_name, client_name)) => {
                             fe::write_target(
                                 &mut out.bytes,
                                 fe::DESCRIBE_TAG,
@@ -122,7 +119,7 @@ impl Translation<'_> {
                             out.expects.push(Expect::renamed(
                                 Kind::DescribeStatement,
                                 server_name,
-                                &name,
+                                client_name,
                             ));
                         }
                         None if kind == fe::STATEMENT => {
@@ -274,8 +271,8 @@ impl Translation<'_> {
         out.expects.push(e);
     }
 
-    /// The server name for a client statement name, preparing it on this
-    /// connection when needed. `None`: send the message unchanged (the
+    /// The server name for a client statement name (and the client's name,
+    /// shared), preparing it on this connection when needed. `None`: send the message unchanged (the
     /// unnamed statement, or a name the client never prepared, which the
     /// node will report under the client's own name).
     fn resolve(
@@ -283,7 +280,7 @@ impl Translation<'_> {
         out: &mut Outbound,
         name: &str,
         parsed_unnamed: bool,
-    ) -> Option<Arc<str>> {
+    ) -> Option<(Arc<str>, Arc<str>)> {
         if name.is_empty() {
             if !parsed_unnamed
                 && let Some((s, token)) = self.statements.unnamed.clone()
@@ -300,11 +297,12 @@ impl Translation<'_> {
             }
             return None;
         }
-        let statement = self.statements.get(name)?.clone();
+        let (client_name, statement) = self.statements.get_named(name)?;
+        let (client_name, statement) = (client_name.clone(), statement.clone());
         if !self.conn.prepared.touch(&statement.server_name) {
             self.prepare(out, &statement);
         }
-        Some(statement.server_name.clone())
+        Some((statement.server_name.clone(), client_name))
     }
 
     fn query(&mut self, out: &mut Outbound, frame: &Frame, command: Option<&Tracked>) {

@@ -54,7 +54,7 @@ pub struct Expect {
     /// An eviction Close: if skipped, the statement is still there.
     pub closed: Option<Arc<str>>,
     /// Server statement name to replace by the client's in errors.
-    pub rename: Option<(Arc<str>, String)>,
+    pub rename: Option<(Arc<str>, Arc<str>)>,
     /// A tracked session command to apply if the Query succeeds.
     pub command: Option<Command>,
     /// The SQL of a tracked SET or RESET.
@@ -89,9 +89,9 @@ impl Expect {
     }
 
     /// A reply whose errors must name the client's statement.
-    pub fn renamed(kind: Kind, server_name: Arc<str>, client_name: &str) -> Expect {
+    pub fn renamed(kind: Kind, server_name: Arc<str>, client_name: Arc<str>) -> Expect {
         Expect {
-            rename: Some((server_name, client_name.to_owned())),
+            rename: Some((server_name, client_name)),
             ..Expect::new(kind)
         }
     }

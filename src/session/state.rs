@@ -77,7 +77,7 @@ impl Statement {
 #[derive(Debug, Default)]
 pub struct Statements {
     /// (foldhash, seeded per process: looked up on every Bind)
-    named: foldhash::HashMap<String, Arc<Statement>>,
+    named: foldhash::HashMap<Arc<str>, Arc<Statement>>,
     /// The unnamed statement and the token of its last parse (see
     /// [`crate::pool::ConnState::unnamed`]).
     pub unnamed: Option<(Arc<Statement>, u64)>,
@@ -89,12 +89,18 @@ impl Statements {
         self.named.get(name)
     }
 
+    /// A named statement with the client's name for it (shared, for
+    /// replies that must name it).
+    pub fn get_named(&self, name: &str) -> Option<(&Arc<str>, &Arc<Statement>)> {
+        self.named.get_key_value(name)
+    }
+
     /// Adds a named statement; false when the name is taken.
     pub fn add(&mut self, name: &str, statement: Arc<Statement>) -> bool {
         if self.named.contains_key(name) {
             return false;
         }
-        self.named.insert(name.to_owned(), statement);
+        self.named.insert(Arc::from(name), statement);
         true
     }
 

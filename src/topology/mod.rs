@@ -405,7 +405,8 @@ impl Topology {
     /// weight) wins. The primary takes part with `primary_reads` as its
     /// weight. `None` when no replica is eligible.
     pub fn pick_reader(&self, req: &ReadRequest<'_>, rng: &mut impl Rng) -> Option<Pick<'_>> {
-        let mut candidates: Vec<(&Arc<Node>, f64)> = Vec::with_capacity(self.nodes.len() + 1);
+        // On the stack for the usual handful of nodes: this runs per read.
+        let mut candidates: smallvec::SmallVec<[(&Arc<Node>, f64); 8]> = smallvec::SmallVec::new();
         candidates.extend(self.allowed_readers(req).filter_map(|n| {
             let stats = n.stats.load();
             let replayed = if req.floor > stats.lsn {
@@ -421,9 +422,11 @@ impl Topology {
         }
         let mut by_zone = false;
         if let Some(zone) = req.zone {
-            let (local, remote): (Vec<_>, Vec<_>) = candidates
-                .iter()
-                .partition(|(n, _)| n.zone.as_deref() == Some(zone));
+            let (local, remote): (smallvec::SmallVec<[_; 8]>, smallvec::SmallVec<[_; 8]>) =
+                candidates
+                    .iter()
+                    .copied()
+                    .partition(|(n, _)| n.zone.as_deref() == Some(zone));
             if !local.is_empty() && !remote.is_empty() {
                 let cross =
                     req.cross_zone_share > 0.0 && rng.random_bool(req.cross_zone_share.min(1.0));
