@@ -152,6 +152,14 @@ impl Replies {
         self.queue.is_empty()
     }
 
+    /// Whether the client has every answer it is owed: what is still owed
+    /// is the proxy's own work (a startup setting restored after RESET).
+    pub fn client_answered(&self) -> bool {
+        self.queue
+            .iter()
+            .all(|e| !e.forward && !matches!(e.kind, Kind::Synthetic(_)))
+    }
+
     /// Forgets everything (the connection is gone).
     pub fn clear(&mut self) {
         *self = Replies::default();

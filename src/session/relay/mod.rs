@@ -767,9 +767,12 @@ impl<'s> Session<'s> {
     /// Returns a connection the session no longer needs: kept as a spare in
     /// session pooling, released to the pool in transaction pooling.
     fn put_back(&mut self, held: Box<Held>) {
-        self.slot.set(None);
         match self.mode {
-            PoolMode::Session => self.spare.push(held),
+            PoolMode::Session => {
+                self.slot.set(None);
+                self.spare.push(held);
+            }
+            // (release clears the cancel slot)
             PoolMode::Transaction => self.release(held),
         }
     }

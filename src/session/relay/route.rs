@@ -118,7 +118,16 @@ impl Session<'_> {
         }
         let fits =
             held.target == Target::Primary || (route.target == Target::Replica && !route.pins);
-        if must_stay || fits {
+        // A read behind only the proxy's own work on a primary connection
+        // (the client has its answers) waits for that work, then goes
+        // where reads go: the connection is between the client's
+        // statements, not in the middle of them.
+        let behind_own_work = held.target == Target::Primary
+            && route.target == Target::Replica
+            && hold == Hold::Replies
+            && !held.open_batch
+            && self.replies.client_answered();
+        if must_stay || (fits && !behind_own_work) {
             Placement::Held
         } else {
             Placement::Drain
