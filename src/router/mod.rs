@@ -396,9 +396,10 @@ pub fn cache_key(sql: &str) -> Cow<'_, str> {
         // Identifier and other bytes in one tight run; only the class of
         // its last byte matters after it.
         let start = i;
-        while i < bytes.len() && KEY_CLASS[usize::from(bytes[i])] <= IDENT {
-            i += 1;
-        }
+        i += bytes[i..]
+            .iter()
+            .position(|&b| KEY_CLASS[usize::from(b)] > IDENT)
+            .unwrap_or(bytes.len() - i);
         if i > start {
             last_ident = KEY_CLASS[usize::from(bytes[i - 1])] == IDENT;
         }
