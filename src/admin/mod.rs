@@ -152,7 +152,10 @@ async fn reload(AxumState(admin): AxumState<Admin>, headers: HeaderMap) -> Respo
 }
 
 /// Body of `POST /failover`.
+/// (unknown keys are refused: a typo of `check` must not run a real
+/// switchover)
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FailoverRequest {
     /// Node to promote; the most advanced replica when absent (force only).
     #[serde(default)]
@@ -186,6 +189,7 @@ async fn failover(
 
 /// Body of `POST /explain`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExplainRequest {
     /// The statement (or several, as one query string).
     pub sql: String,

@@ -95,8 +95,8 @@ pub async fn run(state: &Arc<State>, to: &Option<String>, force: bool, check: bo
         state.metrics.failover("refused");
         return Report::refused(action, "another failover is in progress");
     };
-    let report = if force && !check {
-        failover(state, to.as_deref()).await
+    let report = if force {
+        failover(state, to.as_deref(), check).await
     } else {
         switchover(state, to.as_deref(), check).await
     };
@@ -428,20 +428,24 @@ async fn repoint(
         .map_err(db(replica))
 }
 
-async fn failover(state: &Arc<State>, to: Option<&str>) -> Report {
+/// A forced failover: promote the most advanced reachable replica (or
+/// `to`) without the old primary's final position. `drill`: choose and
+/// report the survivor and the bytes that may be lost, change nothing.
+async fn failover(state: &Arc<State>, to: Option<&str>, drill: bool) -> Report {
     let config = state.config.load_full();
     let topology = state.topology.load_full();
     let old = topology.primary().clone();
     let mut steps = Steps::default();
+    let action = if drill { "drill" } else { "failover" };
     let mut report = Report {
-        action: "failover".into(),
+        action: action.into(),
         old_primary: Some(old.name.to_string()),
         ..Report::default()
     };
     let candidates: Vec<Arc<Node>> = match to {
         Some(name) => match topology.node(name) {
             Some(n) if topology.is_replica(n) => vec![n.clone()],
-            _ => return Report::refused("failover", format!("{name} is not a replica")),
+            _ => return Report::refused(action, format!("{name} is not a replica")),
         },
         None => topology
             .nodes
@@ -479,6 +483,23 @@ async fn failover(state: &Arc<State>, to: Option<&str>) -> Report {
         Err(e) => return steps.finish(report, Some(e)),
     };
     report.candidate = Some(candidate.name.to_string());
+    if drill {
+        // What the monitor last saw of the old primary against what the
+        // survivor has: the most that would be lost.
+        let last_known = old.stats.load().lsn;
+        report.lost_bytes = Some(last_known.saturating_sub(received.max(0) as u64));
+        for planned in [
+            "hold new writes",
+            "promote",
+            "publish the topology",
+            "release writes",
+            "repoint the other replicas",
+        ] {
+            steps.plan(planned);
+        }
+        report.ok = true;
+        return steps.finish(report, None);
+    }
     let held = std::time::Instant::now();
     state.hold_writes(true);
     if let Err(e) = steps.run("promote", promote(&candidate, &client)).await {

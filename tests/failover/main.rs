@@ -215,6 +215,16 @@ async fn forced_failover_after_the_primary_dies() {
         .await
         .unwrap();
     tokio::task::block_in_place(|| c.pg_ctl(0, "kill")).unwrap();
+    // The drill of this failover: the survivor it would promote and what
+    // may be lost, with nothing changed.
+    let drill = failover(&proxy, r#"{"force": true, "check": true}"#).await;
+    assert!(drill.ok, "{drill:?}");
+    assert_eq!(drill.action, "drill");
+    assert!(
+        drill.candidate.is_some() && drill.lost_bytes.is_some(),
+        "{drill:?}"
+    );
+    assert_eq!(proxy.state.topology.load().primary().name.as_ref(), "pg1");
     let report = failover(&proxy, r#"{"force": true}"#).await;
     let failed_over = Instant::now();
     eprintln!("{report:#?}");
@@ -299,6 +309,20 @@ async fn a_second_proxy_follows_a_switchover_made_through_the_first() {
         .await,
         ports[0]
     );
+    // A typo of `check` is refused, naming the key, and changes nothing.
+    let url = format!("http://{}", a.admin_addr.expect("admin API"));
+    let typo = request(
+        &url,
+        "POST",
+        "/failover",
+        None,
+        Some(r#"{"to": "pg3", "chek": true}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(typo.status, 400, "{}", typo.body);
+    assert!(typo.body.contains("chek"), "{}", typo.body);
+    assert_eq!(a.state.topology.load().primary().name.as_ref(), "pg1");
     let report = failover(&a, r#"{"to": "pg3"}"#).await;
     assert!(report.ok, "{report:?}");
     let started = Instant::now();
