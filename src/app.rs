@@ -96,6 +96,7 @@ impl Proxy {
             state.config.clone(),
             state.node_tls.clone(),
             shutdown.clone(),
+            state.topology_poll.clone(),
         ));
         let on_change = {
             let state = state.clone();

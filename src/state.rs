@@ -53,6 +53,9 @@ pub struct State {
     pub catalog_loads: watch::Sender<u64>,
     /// True while a switchover holds new writes.
     pub writes_held: watch::Sender<bool>,
+    /// Asks the monitor to poll the nodes now (a write found the primary
+    /// fenced).
+    pub topology_poll: Arc<Notify>,
     /// One failover at a time.
     pub failover_lock: tokio::sync::Mutex<()>,
     /// Sessions open per route rule they matched at startup.
@@ -106,6 +109,7 @@ impl State {
             catalog_tried: Arc::default(),
             pins: crate::pins::PinCounts::default(),
             writes_held: watch::channel(false).0,
+            topology_poll: Arc::new(Notify::new()),
             rule_sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
             failover_lock: tokio::sync::Mutex::new(()),
             next_session: AtomicI32::new(1),
@@ -148,6 +152,29 @@ impl State {
         tokio::time::timeout(limit, rx.wait_for(|held| !held))
             .await
             .is_ok()
+    }
+
+    /// A write found `old` refusing writes as read-only (fenced by a
+    /// switchover, maybe another proxy's): asks the monitor to poll now and
+    /// waits, at most `limit`, for another node to become the primary.
+    /// Returns whether one did.
+    pub async fn await_new_primary(&self, old: &str, limit: std::time::Duration) -> bool {
+        const LOOK: std::time::Duration = std::time::Duration::from_millis(10);
+        const ASK_EVERY: u32 = 5;
+        let deadline = tokio::time::Instant::now() + limit;
+        for round in 0.. {
+            if *self.topology.load().primary().name != *old {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            if round % ASK_EVERY == 0 {
+                self.topology_poll.notify_one();
+            }
+            tokio::time::sleep(LOOK).await;
+        }
+        false
     }
 
     /// Forgets a database a client dropped.

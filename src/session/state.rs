@@ -209,6 +209,14 @@ impl Settings {
         self.serializable
     }
 
+    /// Whether the session may have made its transactions read-only by
+    /// default (a SET of its own, by any means, or a startup option): a
+    /// 25006 is then maybe its own doing, not a fence.
+    pub fn read_only(&self) -> bool {
+        let name = "default_transaction_read_only";
+        self.sets.contains_key(name) || self.startup_value(name).is_some()
+    }
+
     fn find_serializable(&self) -> bool {
         let name = "default_transaction_isolation";
         match self.sets.get(name) {

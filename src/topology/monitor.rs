@@ -100,6 +100,7 @@ pub async fn run(
     config: Arc<ArcSwap<Config>>,
     node_tls: NodeTls,
     shutdown: CancellationToken,
+    poll_now: Arc<tokio::sync::Notify>,
 ) {
     let mut pollers: Vec<Poller> = Vec::new();
     let mut history = History::default();
@@ -243,6 +244,8 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(cfg.lag.check_interval.0) => {}
+            // A write found the primary fenced: look again at once.
+            _ = poll_now.notified() => {}
         }
     }
 }

@@ -358,6 +358,65 @@ async fn a_second_proxy_follows_a_switchover_made_through_the_first() {
     b.stop().await;
 }
 
+/// A switchover through one proxy fences the old primary; a second proxy
+/// that has not looked since (its monitor polls once an hour here) sends
+/// an autocommit write there and is refused as read-only. The write is
+/// held, the second proxy looks at once, and the write runs on the new
+/// primary: the client sees no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_by_a_fenced_primary_waits_for_the_new_one() {
+    let _serial = SERIAL.lock().await;
+    let c = new_cluster().await;
+    let ports = node_ports(&c);
+    let a = start_proxy(&config_text(&ports, ADMIN)).await;
+    let b = start_proxy(&config_text(&ports, "lag:\n  check_interval: 1h\n")).await;
+    let through_b = connect_to(&b).await;
+    assert_eq!(
+        served_by(
+            &through_b,
+            "INSERT INTO acked VALUES (3, 1) RETURNING inet_server_port()"
+        )
+        .await,
+        ports[0]
+    );
+    let report = failover(&a, r#"{"to": "pg2"}"#).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(b.state.topology.load().primary().name.as_ref(), "pg1");
+    let written = rows(
+        &through_b,
+        "INSERT INTO acked VALUES (3, 2) RETURNING inet_server_port()",
+    )
+    .await
+    .expect("the write through the second proxy failed");
+    assert_eq!(
+        written[0][0].as_deref(),
+        Some(ports[1].to_string().as_str())
+    );
+    assert_eq!(b.state.topology.load().primary().name.as_ref(), "pg2");
+    let stored: i64 = direct(ports[1])
+        .await
+        .query_one("SELECT count(*) FROM acked WHERE client = 3", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 2);
+    // A session that made its own transactions read-only is not held.
+    through_b
+        .batch_execute("SET default_transaction_read_only = on")
+        .await
+        .unwrap();
+    let refused = through_b
+        .simple_query("INSERT INTO acked VALUES (3, 3)")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.as_db_error().map(|e| e.code().code()),
+        Some("25006")
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_adds_a_replica_without_dropping_clients_and_refuses_a_broken_file() {
     let _serial = SERIAL.lock().await;

@@ -63,6 +63,9 @@ use crate::wire::{self, WireError};
 
 /// Nodes a read may be tried on before the client is told it failed.
 const MAX_READ_TRIES: usize = 3;
+/// How many primaries one autocommit write may be refused by as read-only
+/// (each refusal waits for the next primary).
+const MAX_WRITE_TRIES: usize = 3;
 /// Client output is flushed at this size even mid-result.
 const FLUSH_AT: usize = 64 * 1024;
 /// A batch without a boundary is sent on once it reaches this size.
@@ -144,8 +147,12 @@ impl Drop for PinGuard {
 }
 
 /// A batch that may be sent again elsewhere: a read whose replies have not
-/// started reaching the client.
+/// started reaching the client, or an autocommit write until the primary
+/// has accepted it (a fenced primary refuses it before running it).
 struct Retry {
+    /// A write on the primary: sent again only after a fenced primary's
+    /// refusal, never after a lost connection (it may have committed).
+    write: bool,
     frames: Vec<Frame>,
     plan: Plan,
     tried: Vec<Arc<str>>,
@@ -591,15 +598,26 @@ impl<'s> Session<'s> {
                 }
                 Err(e) => return self.backend_failed(route::Failure::Wire(e)).await,
             };
-            if self.retry.is_some() {
-                if let Some(code) = shutdown_code(&frame) {
+            if let Some(retry) = &self.retry {
+                if retry.write {
+                    if let Some(refusal) = fenced_refusal(&frame)
+                        && !self.settings.read_only()
+                    {
+                        // The primary refuses writes as read-only and ran
+                        // nothing: a switchover fenced it (maybe through
+                        // another proxy). Held until the new primary is known.
+                        return self.refused_by_fenced_primary(refusal).await;
+                    }
+                } else if let Some(code) = shutdown_code(&frame) {
                     // The node is going away (shut down, crashed, restarting)
                     // and nothing of this read reached the client: retry it.
                     return self
                         .backend_failed(route::Failure::ShuttingDown(code))
                         .await;
                 }
-                if let Some(why) = standby_refusal(&frame) {
+                if !self.retry.as_ref().is_some_and(|r| r.write)
+                    && let Some(why) = standby_refusal(&frame)
+                {
                     // A replica cannot run it because it is a standby, and
                     // nothing of it reached the client: the primary runs it.
                     return self.refused_by_standby(why).await;
@@ -915,6 +933,16 @@ fn standby_refusal(frame: &Frame) -> Option<String> {
         || (matches!(code.as_str(), "0A000" | "55000") && recovery)
         || message.contains("during recovery");
     refused.then(|| format!("{code}: {message}"))
+}
+
+/// The SQLSTATE and message of an ErrorResponse with which a primary
+/// refuses a write because it is read-only (25006): what a fence does.
+fn fenced_refusal(frame: &Frame) -> Option<(String, String)> {
+    if frame.tag != be::ERROR_RESPONSE_TAG {
+        return None;
+    }
+    let (code, message) = be::error_code_and_message(frame.body())?;
+    (code == crate::protocol::sqlstate::READ_ONLY_SQL_TRANSACTION).then_some((code, message))
 }
 
 async fn fill_held(phase: &mut Phase) -> Result<(), WireError> {

@@ -15,7 +15,8 @@ use super::super::choose::{Choice, Wants, choose};
 use super::super::outbound::Translation;
 use super::super::replies::{Expect, Kind, Replies};
 use super::{
-    Held, Hold, MAX_READ_TRIES, Phase, PinGuard, Retry, Session, WRITE_HOLD_LIMIT, backend_error,
+    Held, Hold, MAX_READ_TRIES, MAX_WRITE_TRIES, Phase, PinGuard, Retry, Session, WRITE_HOLD_LIMIT,
+    backend_error,
 };
 use crate::cancel::CancelTarget;
 use crate::pool::{PoolError, Pooled};
@@ -330,7 +331,11 @@ impl Session<'_> {
             );
             self.state.metrics.decision(held.target, reason);
             let cancel = self.take_hold(held);
-            let retryable = route.target == Target::Replica;
+            // Reads may go elsewhere until their replies start; an
+            // autocommit write may wait for a new primary if a fenced one
+            // refuses it (a transaction's statements may not: its BEGIN ran).
+            let retryable = route.target == Target::Replica
+                || (begin.is_none() && !route.pins && tried.len() < MAX_WRITE_TRIES);
             self.send(
                 frames,
                 plan,
@@ -572,6 +577,7 @@ impl Session<'_> {
         self.replies.emit_ready_synthetics(&mut self.cwbuf);
         if retry > 0 && !in_txn {
             self.retry = Some(Retry {
+                write: route.target == Target::Primary,
                 hold_back: plan.syncs > 0,
                 frames,
                 plan,
@@ -669,6 +675,7 @@ impl Session<'_> {
         self.replies.clear();
         self.held_back.clear();
         if let Some(mut retry) = retry
+            && !retry.write
             && !in_txn
             && !pinned
         {
@@ -686,6 +693,41 @@ impl Session<'_> {
 }
 
 impl Session<'_> {
+    /// The primary refused the write in flight as read-only before running
+    /// any of it: a switchover fenced it, maybe through another proxy,
+    /// which this one has not seen yet. The write is held (the monitor asked
+    /// to look now) until another node is the primary, then sent there; if
+    /// none is within the write hold limit, the client gets the refusal.
+    pub(super) async fn refused_by_fenced_primary(
+        &mut self,
+        (code, message): (String, String),
+    ) -> Result<(), SessionError> {
+        let Phase::Held(mut held) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            return Ok(());
+        };
+        let Some(mut retry) = self.retry.take() else {
+            self.phase = Phase::Held(held);
+            return Ok(());
+        };
+        held.conn.mark_broken();
+        let node = held.node.name.clone();
+        drop(held);
+        self.replies.clear();
+        self.held_back.clear();
+        self.slot.set(None);
+        tracing::info!(parent: &self.span, node = %node, "the primary refused a write as read-only; holding it for the new primary");
+        if !self.state.await_new_primary(&node, WRITE_HOLD_LIMIT).await {
+            for name in &retry.added {
+                self.statements.remove(name);
+            }
+            self.phase = Phase::before(retry.begin);
+            self.fail_batch(&code, &message, retry.plan.syncs);
+            return Ok(());
+        }
+        retry.tried.push(node);
+        self.send_again(retry, None).await
+    }
+
     /// The replica refused the read in flight because it is a standby
     /// (`why`), before any of it reached the client: its statements are
     /// remembered as primary-only and it runs on the primary; the client
