@@ -52,9 +52,65 @@ count() { # binary label
     local sessions; sessions=$(echo "$ann" | awk '/src\/session\/mod.rs:<tokio_util::task::task_tracker::TrackedFuture/ {gsub(",", "", $1); print $1; exit}' || true)
     local tx=$((TRANSACTIONS + 400))
     echo "$2 -M $mode: $tx transactions; program $total instructions; sessions ${sessions:-?} ($(( ${sessions:-0} / tx )) per transaction)"
-    [ -n "${KEEP:-}" ] && cp "$DIR/$2.$mode.out" "$KEEP.$2.$mode.out"
+    if [ -n "${KEEP:-}" ]; then cp "$DIR/$2.$mode.out" "$KEEP.$2.$mode.out"; fi
+  done
+}
+# PGBOUNCER=1 (SMALL=400): the whole program's instructions per transaction, pgsplit
+# given only the primary (what PgBouncer is given, pool of 4) against
+# PgBouncer (transaction pooling, pool of 4): each runs under callgrind
+# twice, with SMALL and TRANSACTIONS transactions after the same warm-up,
+# and the difference per transaction cancels start-up and shutdown. Unlike
+# the session count above this includes the I/O driver and the scheduler.
+program_delta() { # label port command... (AS_PG: run it as postgres)
+  local label=$1; shift
+  local port=$1; shift
+  for mode in $MODES; do
+    local bench_mode=$mode
+    [ "$label" = pgbouncer ] && [ "$mode" = prepared ] && bench_mode=extended
+    local totals=()
+    for n in "$SMALL" "$TRANSACTIONS"; do
+      local out="$DIR/$label.$mode.$n.out"
+      "${AS_PG[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" "$@" > "$DIR/$label.log" 2>&1 &
+      local pid=$!
+      local up=""
+      for _ in $(seq 1 240); do "$PGBIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d app -Atc "SELECT 1" >/dev/null 2>&1 && { up=1; break; }; sleep 0.5; done
+      [ -n "$up" ] || { echo "$label did not accept connections:" >&2; for f in "$DIR/$label.log" "$DIR/bouncer.log"; do [ -f "$f" ] && head -n 40 "$f" >&2; done; return 1; }
+      "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -S -M "$bench_mode" -c 4 -j 1 -t 100 app > /dev/null 2>&1
+      "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -S -M "$bench_mode" -c 4 -j 1 -t "$((n / 4))" app > /dev/null 2>&1
+      pkill -INT -f "callgrind-out-file=$out" || true; wait "$pid" 2>/dev/null || true
+      totals+=("$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' || true)")
+    done
+    echo "$label -M $bench_mode: program $(( (totals[1] - totals[0]) / (TRANSACTIONS - SMALL) )) instructions per transaction (difference of $SMALL and $TRANSACTIONS transactions)"
   done
 }
 count target/release/pgsplit pgsplit
 [ -n "${BASELINE:-}" ] && count "$BASELINE" baseline
+if [ -n "${PGBOUNCER:-}" ]; then
+  command -v pgbouncer >/dev/null || { echo "install pgbouncer: apt-get install -y pgbouncer" >&2; exit 1; }
+  SMALL=${SMALL:-400}
+  port=$(free_port)
+  { echo "listen: 127.0.0.1:$port"; echo "auth: { method: trust, users: [ { name: postgres } ] }"
+    echo "nodes:"; echo "  - { name: pg1, host: 127.0.0.1, port: $P1, role: primary }"
+    echo "pool: { mode: transaction, size: 4 }"; echo "workers: 1"; } > "$DIR/primary.yaml"
+  AS_PG=()
+  program_delta pgsplit-primary "$port" target/release/pgsplit run -c "$DIR/primary.yaml"
+  bport=$(free_port)
+  cat > "$DIR/pgbouncer.ini" <<INI
+[databases]
+app = host=127.0.0.1 port=$P1 dbname=app user=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bport
+unix_socket_dir =
+auth_type = trust
+auth_file = $DIR/users.txt
+pool_mode = transaction
+default_pool_size = 4
+logfile = $DIR/bouncer.log
+INI
+  echo '"postgres" ""' > "$DIR/users.txt"
+  chown -R postgres "$DIR" 2>/dev/null || true
+  AS_PG=(); [ "$(id -u)" = 0 ] && AS_PG=(runuser -u postgres --)
+  program_delta pgbouncer "$bport" "$(command -v pgbouncer)" "$DIR/pgbouncer.ini"
+fi
 exit 0
