@@ -184,7 +184,7 @@ async fn switchover(state: &Arc<State>, to: Option<&str>, drill: bool) -> Report
         return Report::refused(action, format!("{name} is not an available replica"));
     }
     let mut steps = Steps::default();
-    let mut report = Report {
+    let report = Report {
         action: action.into(),
         candidate: Some(name.to_owned()),
         old_primary: Some(old.name.to_string()),
@@ -201,20 +201,19 @@ async fn switchover(state: &Arc<State>, to: Option<&str>, drill: bool) -> Report
         Err(e) => return steps.finish(report, Some(e)),
     };
     if drill {
-        for planned in [
-            "hold new writes",
-            "drain open transactions on the old primary",
-            "fence the old primary",
-            "wait for the candidate to replay the final position",
-            "promote",
-            "publish the topology",
-            "release writes",
-            "repoint the other replicas",
-        ] {
-            steps.plan(planned);
-        }
-        report.ok = true;
-        return steps.finish(report, None);
+        return steps.drilled(
+            report,
+            &[
+                "hold new writes",
+                "drain open transactions on the old primary",
+                "fence the old primary",
+                "wait for the candidate to replay the final position",
+                "promote",
+                "publish the topology",
+                "release writes",
+                "repoint the other replicas",
+            ],
+        );
     }
     let old_client = match steps
         .run("connect to the old primary", connect(state, &config, &old))
@@ -488,17 +487,16 @@ async fn failover(state: &Arc<State>, to: Option<&str>, drill: bool) -> Report {
         // survivor has: the most that would be lost.
         let last_known = old.stats.load().lsn;
         report.lost_bytes = Some(last_known.saturating_sub(received.max(0) as u64));
-        for planned in [
-            "hold new writes",
-            "promote",
-            "publish the topology",
-            "release writes",
-            "repoint the other replicas",
-        ] {
-            steps.plan(planned);
-        }
-        report.ok = true;
-        return steps.finish(report, None);
+        return steps.drilled(
+            report,
+            &[
+                "hold new writes",
+                "promote",
+                "publish the topology",
+                "release writes",
+                "repoint the other replicas",
+            ],
+        );
     }
     let held = std::time::Instant::now();
     state.hold_writes(true);

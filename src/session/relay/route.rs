@@ -693,6 +693,29 @@ impl Session<'_> {
 }
 
 impl Session<'_> {
+    /// A node refused the batch in flight before any of it reached the
+    /// client: the held connection is closed (the rest of its replies would
+    /// have to be read and dropped; this happens once per statement) and
+    /// the batch comes back to be sent again, with the node's name. `None`
+    /// (nothing changed) when no connection is held or the batch may not
+    /// be sent again.
+    fn abandon_for_retry(&mut self) -> Option<(Retry, Arc<str>)> {
+        let Phase::Held(mut held) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            return None;
+        };
+        let Some(retry) = self.retry.take() else {
+            self.phase = Phase::Held(held);
+            return None;
+        };
+        held.conn.mark_broken();
+        let node = held.node.name.clone();
+        drop(held);
+        self.replies.clear();
+        self.held_back.clear();
+        self.slot.set(None);
+        Some((retry, node))
+    }
+
     /// The primary refused the write in flight as read-only before running
     /// any of it: a switchover fenced it, maybe through another proxy,
     /// which this one has not seen yet. The write is held (the monitor asked
@@ -702,19 +725,9 @@ impl Session<'_> {
         &mut self,
         (code, message): (String, String),
     ) -> Result<(), SessionError> {
-        let Phase::Held(mut held) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+        let Some((mut retry, node)) = self.abandon_for_retry() else {
             return Ok(());
         };
-        let Some(mut retry) = self.retry.take() else {
-            self.phase = Phase::Held(held);
-            return Ok(());
-        };
-        held.conn.mark_broken();
-        let node = held.node.name.clone();
-        drop(held);
-        self.replies.clear();
-        self.held_back.clear();
-        self.slot.set(None);
         tracing::info!(parent: &self.span, node = %node, "the primary refused a write as read-only; holding it for the new primary");
         if !self.state.await_new_primary(&node, WRITE_HOLD_LIMIT).await {
             for name in &retry.added {
@@ -733,21 +746,9 @@ impl Session<'_> {
     /// remembered as primary-only and it runs on the primary; the client
     /// sees only the primary's answer.
     pub(super) async fn refused_by_standby(&mut self, why: String) -> Result<(), SessionError> {
-        let Phase::Held(mut held) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+        let Some((retry, node)) = self.abandon_for_retry() else {
             return Ok(());
         };
-        let Some(retry) = self.retry.take() else {
-            self.phase = Phase::Held(held);
-            return Ok(());
-        };
-        // The rest of its replies would have to be read and dropped; the
-        // connection is closed instead (this happens once per statement).
-        held.conn.mark_broken();
-        let node = held.node.name.clone();
-        drop(held);
-        self.replies.clear();
-        self.held_back.clear();
-        self.slot.set(None);
         let router = self.state.router.load();
         let refused = Route {
             dirties: retry.plan.route.dirties,
