@@ -6,30 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
-BIN=target/release/pgsplit
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-DIR=$(mktemp -d)
-P1=$(free_port); P2=$(free_port); P3=$(free_port)
+. benches/lib.sh
 config() { # listen mode
-  cat <<YAML
-listen: 127.0.0.1:$1
-auth: { method: md5, users: [ { name: app, password: app } ] }
-nodes:
-  - { name: pg1, host: 127.0.0.1, port: $P1, role: primary }
-  - { name: pg2, host: 127.0.0.1, port: $P2, role: replica }
-  - { name: pg3, host: 127.0.0.1, port: $P3, role: replica }
-routing: { read_your_writes: $2 }
-YAML
+  echo "listen: 127.0.0.1:$1"
+  echo "auth: { method: md5, users: [ { name: app, password: app } ] }"
+  demo_nodes
+  echo "routing: { read_your_writes: $2 }"
 }
 DEMO_PORT=$(free_port)
 config "$DEMO_PORT" off > "$DIR/demo.yaml"
-$BIN demo -c "$DIR/demo.yaml" > "$DIR/demo.log" 2>&1 &
-DEMO=$!
-PIDS=()
-cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; kill -TERM $DEMO 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DIR"; }
-trap cleanup EXIT
-for _ in $(seq 1 120); do grep -q "Press Ctrl-C" "$DIR/demo.log" && break; sleep 0.5; done
+start_demo "$DIR/demo.yaml"
 declare -A PORT
 for mode in session global; do
   PORT[$mode]=$(free_port)

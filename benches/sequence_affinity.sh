@@ -15,26 +15,13 @@ POOL=${POOL:-4}
 LOOPS=${LOOPS:-500}
 cargo build --release --quiet
 cargo bench --quiet --bench sequence_affinity --no-run 2>/dev/null
-BIN=target/release/pgsplit
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-DIR=$(mktemp -d)
-P1=$(free_port); P2=$(free_port); P3=$(free_port); DEMO_PORT=$(free_port); BASE=$(free_port)
-cat > "$DIR/demo.yaml" <<YAML
-listen: 127.0.0.1:$DEMO_PORT
-auth: { method: md5, users: [ { name: app, password: app } ] }
-nodes:
-  - { name: pg1, host: 127.0.0.1, port: $P1, role: primary }
-  - { name: pg2, host: 127.0.0.1, port: $P2, role: replica }
-  - { name: pg3, host: 127.0.0.1, port: $P3, role: replica }
-pool: { mode: transaction, size: $POOL }
-YAML
-$BIN demo -c "$DIR/demo.yaml" > "$DIR/demo.log" 2>&1 &
-DEMO=$!
-PIDS=()
-cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; kill -TERM $DEMO 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DIR"; }
-trap cleanup EXIT
-for _ in $(seq 1 120); do grep -q "Press Ctrl-C" "$DIR/demo.log" && break; sleep 0.5; done
+. benches/lib.sh
+DEMO_PORT=$(free_port); BASE=$(free_port)
+{ echo "listen: 127.0.0.1:$DEMO_PORT"
+  echo "auth: { method: md5, users: [ { name: app, password: app } ] }"
+  demo_nodes
+  echo "pool: { mode: transaction, size: $POOL }"; } > "$DIR/demo.yaml"
+start_demo "$DIR/demo.yaml"
 TARGETS="pgsplit"
 if [ -n "${BASELINE:-}" ]; then
   sed -e "s/^listen: .*/listen: 127.0.0.1:$BASE/" "$DIR/demo.yaml" > "$DIR/base.yaml"
