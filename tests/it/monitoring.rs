@@ -248,10 +248,16 @@ fn encode(q: &str) -> String {
         .collect()
 }
 
-async fn query(prom: &RunningPrometheus, expr: &str) -> Value {
+/// The answer to `expr`; `Err` while Prometheus does not listen yet.
+async fn try_query(prom: &RunningPrometheus, expr: &str) -> anyhow::Result<Value> {
     let path = format!("/api/v1/query?query={}", encode(expr));
-    let answer = request(&prom.url, "GET", &path, None, None).await.unwrap();
-    serde_json::from_str(&answer.body).unwrap_or_else(|e| panic!("{expr}: {e}: {}", answer.body))
+    let answer = request(&prom.url, "GET", &path, None, None).await?;
+    Ok(serde_json::from_str(&answer.body)
+        .unwrap_or_else(|e| panic!("{expr}: {e}: {}", answer.body)))
+}
+
+async fn query(prom: &RunningPrometheus, expr: &str) -> Value {
+    try_query(prom, expr).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,9 +289,12 @@ async fn every_dashboard_query_evaluates_against_real_prometheus() {
         .unwrap();
     // a little load: reads, writes, a transaction
     let client = app(&proxy).await;
-    let deadline = Instant::now() + Duration::from_secs(8);
+    // Load for at least 8 s, and until Prometheus (which may still be
+    // starting on a loaded machine) has scraped the proxy, for at most 60 s.
+    let load_until = Instant::now() + Duration::from_secs(8);
+    let give_up = Instant::now() + Duration::from_secs(60);
     let mut up = false;
-    while Instant::now() < deadline {
+    while Instant::now() < load_until || (!up && Instant::now() < give_up) {
         for _ in 0..20 {
             client
                 .simple_query("SELECT inet_server_port()")
@@ -301,10 +310,12 @@ async fn every_dashboard_query_evaluates_against_real_prometheus() {
             .await
             .unwrap();
         if !up {
-            let v = query(&prom, "up{job=\"pgsplit\"}").await;
-            up = v["data"]["result"]
-                .as_array()
-                .is_some_and(|r| !r.is_empty() && r[0]["value"][1] == "1");
+            // (refused while Prometheus is not listening yet)
+            if let Ok(v) = try_query(&prom, "up{job=\"pgsplit\"}").await {
+                up = v["data"]["result"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty() && r[0]["value"][1] == "1");
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
