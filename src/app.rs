@@ -89,6 +89,9 @@ impl Proxy {
         let node_tls = crate::tls::NodeTls::load(ca.as_deref())?;
         let state = Arc::new(State::new(config, shutdown.clone(), node_tls));
         state.tls.store(Arc::new(tls));
+        if let Some(path) = &path {
+            let _ = state.config_path.set(path.clone());
+        }
         let (phase_tx, phase) = watch::channel(Phase::Starting);
         let tasks = TaskTracker::new();
         tasks.spawn(monitor::run(

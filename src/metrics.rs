@@ -293,6 +293,16 @@ impl Metrics {
         self.decisions[target_index(target) * Reason::ALL.len() + r].inc();
     }
 
+    /// Every routing decision counter: (target, reason, count).
+    pub fn decision_counts(&self) -> Vec<(Target, Reason, u64)> {
+        TARGETS
+            .iter()
+            .flat_map(|t| Reason::ALL.iter().map(move |r| (*t, *r)))
+            .zip(&self.decisions)
+            .map(|((t, r), c)| (t, r, c.get()))
+            .collect()
+    }
+
     /// Records one batch's duration.
     pub fn duration(&self, target: Target, seconds: f64) {
         self.durations[target_index(target)].observe(seconds);

@@ -107,6 +107,11 @@ impl PinCounts {
     pub fn unpin(&self) {
         self.total.fetch_sub(1, Ordering::AcqRel);
     }
+
+    /// Pins held now.
+    pub fn count(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
 }
 
 #[cfg(test)]

@@ -67,6 +67,10 @@ pub struct State {
     pub catalog_tried: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
     /// Sessions pinned to a server connection.
     pub pins: crate::pins::PinCounts,
+    /// Client sessions, and the console's PAUSE.
+    pub clients: Arc<crate::clients::Clients>,
+    /// The file RELOAD re-reads, when the proxy was started from one.
+    pub config_path: std::sync::OnceLock<std::path::PathBuf>,
     next_session: AtomicI32,
 }
 
@@ -108,6 +112,8 @@ impl State {
             databases: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             catalog_tried: Arc::default(),
             pins: crate::pins::PinCounts::default(),
+            clients: Arc::default(),
+            config_path: std::sync::OnceLock::new(),
             writes_held: watch::channel(false).0,
             topology_poll: Arc::new(Notify::new()),
             rule_sessions: std::sync::Mutex::new(std::collections::HashMap::new()),

@@ -93,7 +93,9 @@ impl Status {
                     lag_seconds: stats.lag_seconds,
                     lag_bytes: stats.lag_bytes,
                     weight: n.weight,
-                    effective_weight: if n.health.is_up() {
+                    // Only a replica that is up takes reads by weight: the
+                    // primary and retired nodes show 0, as the README says.
+                    effective_weight: if n.health.is_up() && topology.role_of(n) == "replica" {
                         stats.effective_weight
                     } else {
                         0.0

@@ -157,6 +157,47 @@ pub struct AdminConfig {
     /// Bearer token that POST endpoints require when set.
     #[serde(default)]
     pub token: Option<String>,
+    /// The SQL console's virtual database on the proxy's own port.
+    #[serde(default = "default_admin_database")]
+    pub database: String,
+    /// Users that may run every console command.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Users that may only run the console's SHOW (and EXPLAIN) commands.
+    #[serde(default)]
+    pub stats_users: Vec<String>,
+}
+
+fn default_admin_database() -> String {
+    "pgsplit".to_owned()
+}
+
+/// What a console user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleRight {
+    /// Every command (`admin.users`).
+    Admin,
+    /// SHOW and EXPLAIN only (`admin.stats_users`).
+    Stats,
+}
+
+impl AdminConfig {
+    /// Whether a session of `user` on `database` is a console session,
+    /// and with what right: `Some(None)` for a console database the user
+    /// may not use, `None` when `database` is not the console's (or no
+    /// console user is configured).
+    pub fn console_right(&self, user: &str, database: &str) -> Option<Option<ConsoleRight>> {
+        if database != self.database || (self.users.is_empty() && self.stats_users.is_empty()) {
+            return None;
+        }
+        Some(if self.users.iter().any(|u| u == user) {
+            Some(ConsoleRight::Admin)
+        } else if self.stats_users.iter().any(|u| u == user) {
+            Some(ConsoleRight::Stats)
+        } else {
+            None
+        })
+    }
 }
 
 fn default_admin_listen() -> Spanned<String> {
@@ -451,6 +492,42 @@ pub enum BackendTls {
     VerifyFull,
 }
 
+/// The line and column (1-based) of `key` (`a.b[2].c`) in a YAML text:
+/// the deepest of its parts found in order, each below the one before;
+/// line 1 when not even the first is there (a key left at its default).
+pub fn locate(text: &str, key: &str) -> (u64, u64) {
+    let parts: Vec<&str> = key
+        .split('.')
+        .map(|p| p.split('[').next().unwrap_or(p))
+        .filter(|p| !p.is_empty())
+        .collect();
+    let mut found = (1, 1);
+    let mut from = 0;
+    let lines: Vec<&str> = text.lines().collect();
+    for part in parts {
+        let hit = lines.iter().enumerate().skip(from).find_map(|(i, l)| {
+            let trimmed = l
+                .trim_start()
+                .trim_start_matches("- ")
+                .trim_start_matches('{')
+                .trim_start();
+            let at = l.find(part)?;
+            (trimmed.starts_with(part) && l[at + part.len()..].trim_start().starts_with(':')
+                || l.contains(&format!(" {part}:"))
+                || l.contains(&format!("{{{part}:")))
+            .then_some((i, at))
+        });
+        match hit {
+            Some((i, at)) => {
+                found = (i as u64 + 1, at as u64 + 1);
+                from = i + 1;
+            }
+            None => break,
+        }
+    }
+    found
+}
+
 impl Config {
     /// `limits.max_pinned_sessions`, or its default (`pool.size - 1`, at
     /// least 1).
@@ -495,7 +572,27 @@ impl Config {
                     .to_string()
                     .replace("<input>", &path.display().to_string()),
             })?;
-        config.validate(path)?;
+        config.validate(path).map_err(|e| match e {
+            // A check that has no position of its own (a whole section,
+            // a value that came from a default) points at the key's line.
+            ConfigError::Invalid {
+                path,
+                line: 0,
+                key,
+                message,
+                ..
+            } => {
+                let (line, column) = locate(&expanded, &key);
+                ConfigError::Invalid {
+                    path,
+                    line,
+                    column,
+                    key,
+                    message,
+                }
+            }
+            other => other,
+        })?;
         Ok(config)
     }
 

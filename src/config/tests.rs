@@ -166,3 +166,49 @@ fn workers_sizes_the_runtime_and_zero_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn durations_take_only_the_documented_forms() {
+    use super::values::Duration;
+    let secs = |s| Some(Duration(std::time::Duration::from_secs(s)));
+    assert_eq!(Duration::parse("10s"), secs(10));
+    assert_eq!(Duration::parse("5m"), secs(300));
+    assert_eq!(Duration::parse("1h"), secs(3600));
+    assert_eq!(Duration::parse("1m30s"), secs(90));
+    assert_eq!(
+        Duration::parse("250ms"),
+        Some(Duration(std::time::Duration::from_millis(250)))
+    );
+    for bad in ["5 seconds", "1d", "10", "", "s", "1.5s", "-1s", "10sec"] {
+        assert_eq!(Duration::parse(bad), None, "{bad:?}");
+    }
+    let text = "listen: 127.0.0.1:6432\nnodes:\n  - { name: a, host: h, role: primary }\n\
+                lag:\n  max_lag: 5 seconds\n";
+    let e = Config::from_text(Path::new("p.yaml"), text, |_| None)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("250ms, 10s, 5m") && e.contains("5 seconds"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_validation_error_names_a_line() {
+    let text = "listen: 127.0.0.1:6432\nnodes:\n  - { name: a, host: h, role: primary }\n\
+                pool:\n  size: 0\nrouting:\n  cross_zone_share: 0.5\nlag:\n  down_after: 0\n";
+    let e = Config::from_text(Path::new("p.yaml"), text, |_| None)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.starts_with("p.yaml:8:1: lag"), "{e}");
+    let text = text.replace("down_after: 0", "down_after: 1");
+    let e = Config::from_text(Path::new("p.yaml"), &text, |_| None)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.starts_with("p.yaml:5:3: pool.size"), "{e}");
+    assert_eq!(super::locate("a:\n  b:\n    c: 1\n", "a.b.c"), (3, 5));
+    assert_eq!(super::locate("x: 1\n", "lag.max_lag"), (1, 1));
+}

@@ -10,16 +10,56 @@ use serde::{Deserialize, Deserializer, de};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Duration(pub std::time::Duration);
 
+impl Duration {
+    /// The accepted forms, for error messages.
+    pub const FORMS: &'static str =
+        "a whole number with ms, s, m or h, or several in a row: 250ms, 10s, 5m, 1h, 1m30s";
+
+    /// Parses `250ms`, `10s`, `5m`, `1h` or a run of them (`1m30s`).
+    /// Nothing else: not `5 seconds`, not `1d`, not a bare number, so a
+    /// typo is an error and not a surprise.
+    pub fn parse(text: &str) -> Option<Duration> {
+        let mut rest = text.trim();
+        if rest.is_empty() {
+            return None;
+        }
+        let mut total = std::time::Duration::ZERO;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            if digits == 0 {
+                return None;
+            }
+            let n: u64 = rest[..digits].parse().ok()?;
+            rest = &rest[digits..];
+            let (unit, len) = if rest.starts_with("ms") {
+                (std::time::Duration::from_millis(1), 2)
+            } else if rest.starts_with('s') {
+                (std::time::Duration::from_secs(1), 1)
+            } else if rest.starts_with('m') {
+                (std::time::Duration::from_secs(60), 1)
+            } else if rest.starts_with('h') {
+                (std::time::Duration::from_secs(3600), 1)
+            } else {
+                return None;
+            };
+            rest = &rest[len..];
+            total = total.checked_add(unit.checked_mul(u32::try_from(n).ok()?)?)?;
+        }
+        Some(Duration(total))
+    }
+}
+
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim())
-            .map(Duration)
-            .map_err(|e| {
-                de::Error::custom(format!(
-                    "invalid duration {text:?} ({e}); write e.g. 250ms, 10s, 5m"
-                ))
-            })
+        Duration::parse(&text).ok_or_else(|| {
+            de::Error::custom(format!(
+                "invalid duration {text:?}: write {}",
+                Duration::FORMS
+            ))
+        })
     }
 }
 

@@ -110,6 +110,8 @@ pub struct BackendConn {
     /// Protocol and session state (boxed: connections move between the
     /// pool and sessions several times per transaction).
     pub proto: Box<ConnState>,
+    /// Its row in SHOW SERVERS (pooled connections only).
+    pub listed: Option<super::servers::Listed>,
     broken: bool,
 }
 
@@ -146,6 +148,7 @@ impl BackendConn {
             address: spec.address.clone(),
             login: LoginInfo::default(),
             proto: Box::new(ConnState::new(id)),
+            listed: None,
             broken: false,
         };
         let login = tokio::time::timeout(

@@ -16,11 +16,12 @@
 
 mod conn;
 pub mod prepared;
+mod servers;
 mod stream;
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ use bb8::{ErrorSink, ManageConnection, Pool, PooledConnection, QueueStrategy, Ru
 use tokio::sync::watch;
 
 pub use conn::{BackendConn, ConnState, ConnectSpec};
+pub use servers::{Listed, PoolStats, ServerInfo, ServerList, StatsSnapshot};
 
 use crate::auth::AuthError;
 use crate::config::Endpoint;
@@ -68,6 +70,18 @@ impl PoolError {
 pub struct Manager {
     spec: ConnectSpec,
     ids: Arc<AtomicU64>,
+    servers: ServerList,
+    /// Connections being opened now (SHOW POOLS' sv_login).
+    logging_in: Arc<AtomicU32>,
+}
+
+/// Counts a login in progress for as long as it lasts.
+struct LoggingIn<'a>(&'a AtomicU32);
+
+impl Drop for LoggingIn<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ManageConnection for Manager {
@@ -75,7 +89,25 @@ impl ManageConnection for Manager {
     type Error = PoolError;
 
     async fn connect(&self) -> Result<BackendConn, PoolError> {
-        BackendConn::connect(&self.spec, self.ids.fetch_add(1, Ordering::Relaxed)).await
+        self.logging_in.fetch_add(1, Ordering::Relaxed);
+        let _login = LoggingIn(&self.logging_in);
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let mut conn = BackendConn::connect(&self.spec, id).await?;
+        conn.listed = Some(Listed::new(
+            &self.servers,
+            ServerInfo {
+                id,
+                node: self.spec.node.clone(),
+                address: self.spec.address.clone(),
+                user: self.spec.user.clone(),
+                database: self.spec.database.clone(),
+                connected_at: std::time::SystemTime::now(),
+                pid: conn.login.pid,
+                tls: self.spec.tls.is_some(),
+                active: std::sync::atomic::AtomicBool::new(false),
+            },
+        ));
+        Ok(conn)
     }
 
     async fn is_valid(&self, conn: &mut BackendConn) -> Result<(), PoolError> {
@@ -164,6 +196,21 @@ pub struct NodePool {
     stack: Mutex<Vec<(BbConn, Instant)>>,
     /// Checkouts waiting inside bb8.
     waiting: AtomicUsize,
+    /// When each checkout now waiting inside bb8 began (SHOW POOLS'
+    /// maxwait).
+    waits: Mutex<Vec<Instant>>,
+    /// Its user and database.
+    key: PoolKey,
+    /// Traffic through it.
+    pub stats: PoolStats,
+    /// Connections being opened.
+    logging_in: Arc<AtomicU32>,
+    /// RECONNECT: connections with a smaller id are closed when they come
+    /// free.
+    retire_below: AtomicU64,
+    /// Sessions pinned to one of its connections, by
+    /// [`crate::pins::PinReason::ALL`].
+    pub pinned: [AtomicU32; crate::pins::PinReason::ALL.len()],
 }
 
 /// A checked-out server connection. It goes back to the pool only through
@@ -190,6 +237,11 @@ impl DerefMut for Pooled {
 }
 
 impl Pooled {
+    /// The pool it came from.
+    pub fn pool(&self) -> &Arc<NodePool> {
+        &self.home
+    }
+
     /// Gives it back for the next client if it is clean; closes it if not.
     /// (In place: what is left is an empty handle.)
     pub fn release(&mut self) {
@@ -230,6 +282,9 @@ impl NodePool {
         }
         let mut failures = self.sink.failures.subscribe();
         failures.mark_unchanged();
+        let started = Instant::now();
+        self.waits.lock().expect("poisoned").push(started);
+        let _waited = Waited(self, started);
         tokio::select! {
             got = self.pool.get_owned() => got.map(|c| self.wrap(c)).map_err(|e| match e {
                 RunError::User(e) => e,
@@ -246,6 +301,9 @@ impl NodePool {
 
     fn wrap(self: &Arc<Self>, mut conn: BbConn) -> Pooled {
         conn.proto.uses += 1;
+        if let Some(listed) = &conn.listed {
+            listed.info.active.store(true, Ordering::Relaxed);
+        }
         Pooled {
             conn: Some(conn),
             home: self.clone(),
@@ -263,7 +321,7 @@ impl NodePool {
                 .position(|(c, _)| c.proto.id == id && c.proto.uses == uses)?;
             stack.remove(at).0
         };
-        if conn.idle_and_open() {
+        if conn.idle_and_open() && conn.proto.id >= self.retire_below.load(Ordering::Relaxed) {
             Some(self.wrap(conn))
         } else {
             let mut conn = conn;
@@ -277,14 +335,20 @@ impl NodePool {
     fn pop_open(&self) -> Option<BbConn> {
         loop {
             let (mut conn, _) = self.stack.lock().expect("poisoned").pop()?;
-            if conn.idle_and_open() {
+            if conn.idle_and_open() && conn.proto.id >= self.retire_below.load(Ordering::Relaxed) {
                 return Some(conn);
             }
             conn.mark_broken();
         }
     }
 
-    fn give_back(&self, conn: BbConn) {
+    fn give_back(&self, mut conn: BbConn) {
+        if let Some(listed) = &conn.listed {
+            listed.info.active.store(false, Ordering::Relaxed);
+        }
+        if conn.proto.id < self.retire_below.load(Ordering::Relaxed) {
+            conn.mark_broken(); // RECONNECT
+        }
         if conn.is_broken() || self.waiting.load(Ordering::SeqCst) > 0 {
             return; // dropping it hands it to bb8 (which discards broken ones)
         }
@@ -352,6 +416,21 @@ impl NodePool {
     }
 }
 
+/// Accounts a checkout's wait in bb8 when it ends (however it ends).
+struct Waited<'a>(&'a NodePool, Instant);
+
+impl Drop for Waited<'_> {
+    fn drop(&mut self) {
+        let mut waits = self.0.waits.lock().expect("poisoned");
+        if let Some(at) = waits.iter().position(|w| *w == self.1) {
+            waits.swap_remove(at);
+        }
+        drop(waits);
+        let micros = u64::try_from(self.1.elapsed().as_micros()).unwrap_or(u64::MAX);
+        PoolStats::add(&self.0.stats.wait_time, micros);
+    }
+}
+
 /// Counts a checkout waiting in bb8 for as long as it waits.
 struct Waiting<'a>(&'a AtomicUsize);
 
@@ -359,6 +438,31 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// One pool as SHOW POOLS shows it.
+#[derive(Debug, Clone)]
+pub struct PoolView {
+    /// Node name.
+    pub node: Arc<str>,
+    /// Role.
+    pub user: String,
+    /// Database.
+    pub database: String,
+    /// Connections checked out.
+    pub active: u32,
+    /// Connections free.
+    pub idle: u32,
+    /// Checkouts waiting for a connection.
+    pub waiting: u32,
+    /// Connections being opened.
+    pub logging_in: u32,
+    /// How long the oldest waiting checkout has waited.
+    pub max_wait: Duration,
+    /// Sessions pinned to its connections, by reason (non-zero only).
+    pub pinned: Vec<(crate::pins::PinReason, u32)>,
+    /// Traffic.
+    pub stats: StatsSnapshot,
 }
 
 /// Key of one pool.
@@ -382,6 +486,8 @@ pub struct PoolCounts {
 /// All pools.
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<NodePool>>>,
+    /// Every open pooled server connection.
+    pub servers: ServerList,
     size: u32,
     timeout: Duration,
     ids: Arc<AtomicU64>,
@@ -394,6 +500,7 @@ impl Pools {
     pub fn new(size: u32, timeout: Duration, node_tls: crate::tls::NodeTls) -> Pools {
         Pools {
             pools: Mutex::new(HashMap::new()),
+            servers: Arc::default(),
             size,
             timeout,
             ids: Arc::new(AtomicU64::new(1)),
@@ -424,7 +531,10 @@ impl Pools {
                     last: Arc::new(Mutex::new(None)),
                     failures: watch::channel(0).0,
                 };
+                let logging_in = Arc::new(AtomicU32::new(0));
                 let manager = Manager {
+                    servers: self.servers.clone(),
+                    logging_in: logging_in.clone(),
                     spec: ConnectSpec {
                         node: key.node.clone(),
                         address: key.address.as_str().into(),
@@ -455,6 +565,12 @@ impl Pools {
                     timeout: self.timeout,
                     stack: Mutex::new(Vec::new()),
                     waiting: AtomicUsize::new(0),
+                    waits: Mutex::new(Vec::new()),
+                    key: key.clone(),
+                    stats: PoolStats::default(),
+                    logging_in,
+                    retire_below: AtomicU64::new(0),
+                    pinned: Default::default(),
                 })
             })
             .clone()
@@ -495,6 +611,83 @@ impl Pools {
         for pool in pools {
             pool.close_idle().await;
         }
+    }
+
+    /// Every pool, for the console.
+    pub fn views(&self) -> Vec<PoolView> {
+        let mut out: Vec<PoolView> = self
+            .all()
+            .iter()
+            .map(|np| {
+                let counts = np.counts();
+                let max_wait = np
+                    .waits
+                    .lock()
+                    .expect("poisoned")
+                    .iter()
+                    .map(Instant::elapsed)
+                    .max()
+                    .unwrap_or_default();
+                PoolView {
+                    node: np.node.clone(),
+                    user: np.key.user.clone(),
+                    database: np.key.database.clone(),
+                    active: counts.active,
+                    idle: counts.idle,
+                    waiting: u32::try_from(np.waiting.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
+                    logging_in: np.logging_in.load(Ordering::Relaxed),
+                    max_wait,
+                    pinned: crate::pins::PinReason::ALL
+                        .iter()
+                        .zip(&np.pinned)
+                        .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+                        .filter(|(_, n)| *n > 0)
+                        .collect(),
+                    stats: np.stats.snapshot(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.database, &a.user, &a.node).cmp(&(&b.database, &b.user, &b.node)));
+        out
+    }
+
+    fn matching(&self, database: Option<&str>) -> Vec<Arc<NodePool>> {
+        self.all()
+            .into_iter()
+            .filter(|np| database.is_none_or(|db| np.key.database == db))
+            .collect()
+    }
+
+    /// RECONNECT: every server connection of `database` (of every
+    /// database when `None`) open now is closed: the idle ones at once,
+    /// the busy ones when their session gives them back. Returns how many
+    /// are to be closed.
+    pub async fn reconnect(&self, database: Option<&str>) -> usize {
+        let below = self.ids.load(Ordering::Relaxed);
+        for np in self.matching(database) {
+            np.retire_below.store(below, Ordering::Relaxed);
+            np.close_idle().await;
+        }
+        self.retiring(database)
+    }
+
+    /// Connections RECONNECT asked to close that are still open
+    /// (WAIT_CLOSE waits for none).
+    pub fn retiring(&self, database: Option<&str>) -> usize {
+        let pools = self.matching(database);
+        self.servers
+            .lock()
+            .expect("poisoned")
+            .values()
+            .filter(|s| {
+                pools.iter().any(|np| {
+                    np.node == s.node
+                        && np.key.user == s.user
+                        && np.key.database == s.database
+                        && s.id < np.retire_below.load(Ordering::Relaxed)
+                })
+            })
+            .count()
     }
 
     /// Active and idle connection counts per node name.

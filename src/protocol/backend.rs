@@ -300,6 +300,59 @@ pub fn data_row_text(body: &[u8]) -> Vec<Option<String>> {
     out
 }
 
+/// RowDescription of text-format columns, each with its type OID.
+pub fn row_description(buf: &mut BytesMut, columns: &[(&str, u32)]) {
+    with_frame(buf, b'T', |b| {
+        b.put_i16(i16::try_from(columns.len()).unwrap_or(i16::MAX));
+        for (name, oid) in columns {
+            put_cstr(b, name);
+            b.put_i32(0); // table
+            b.put_i16(0); // column
+            b.put_u32(*oid);
+            b.put_i16(-1); // size
+            b.put_i32(-1); // modifier
+            b.put_i16(0); // text
+        }
+    });
+}
+
+/// DataRow of text values (`None`: NULL).
+pub fn data_row(buf: &mut BytesMut, values: &[Option<String>]) {
+    with_frame(buf, b'D', |b| {
+        b.put_i16(i16::try_from(values.len()).unwrap_or(i16::MAX));
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
+                    b.put_slice(v.as_bytes());
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+}
+
+/// NoticeResponse at severity NOTICE.
+pub fn notice_response(buf: &mut BytesMut, message: &str) {
+    with_frame(buf, b'N', |b| {
+        for (field, value) in [
+            (b'S', "NOTICE"),
+            (b'V', "NOTICE"),
+            (b'C', "00000"),
+            (b'M', message),
+        ] {
+            b.put_u8(field);
+            put_cstr(b, value);
+        }
+        b.put_u8(0);
+    });
+}
+
+/// EmptyQueryResponse.
+pub fn empty_query_response(buf: &mut BytesMut) {
+    with_frame(buf, b'I', |_| {});
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ mod replies;
 mod state;
 mod stream;
 
+pub use handshake::{Startup, greeting};
 pub use stream::ClientStream;
 
 use std::net::SocketAddr;
@@ -110,7 +111,7 @@ pub async fn serve(state: Arc<State>, socket: TcpStream, peer: SocketAddr) {
     state.metrics.client_connections.inc();
     let _ = socket.set_nodelay(true);
     let mut socket = ClientStream::Plain(socket);
-    let result = run(&state, &mut socket, session_id, &span).await;
+    let result = run(&state, &mut socket, session_id, peer, &span).await;
     if let Err(e) = &result
         && let Some(code) = e.sqlstate()
     {
@@ -132,6 +133,7 @@ async fn run(
     state: &Arc<State>,
     socket: &mut ClientStream,
     session_id: i32,
+    peer: SocketAddr,
     span: &tracing::Span,
 ) -> Result<(), SessionError> {
     let mut rbuf = BytesMut::with_capacity(8192);
@@ -156,6 +158,45 @@ async fn run(
     };
     span.record("user", startup.user.as_str());
     span.record("db", startup.database.as_str());
+    let console = state
+        .config
+        .load()
+        .admin
+        .as_ref()
+        .and_then(|admin| admin.console_right(&startup.user, &startup.database));
+    if let Some(right) = console {
+        let Some(right) = right else {
+            return Err(SessionError::Refused {
+                code: sqlstate::INVALID_AUTHORIZATION,
+                message: format!(
+                    "user \"{}\" may not use the console database \"{}\" \
+                     (it is in neither admin.users nor admin.stats_users)",
+                    startup.user, startup.database
+                ),
+            });
+        };
+        return crate::console::serve(state, socket, rbuf, &startup, session_id, right)
+            .instrument(span.clone())
+            .await;
+    }
+    let registration = state.clients.register(crate::clients::ClientEntry {
+        pid: session_id,
+        user: startup.user.clone(),
+        database: startup.database.clone(),
+        application_name: startup
+            .params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        peer,
+        tls: socket.is_tls(),
+        connected_at: std::time::SystemTime::now(),
+        busy: std::sync::atomic::AtomicBool::new(false),
+        paused: std::sync::atomic::AtomicBool::new(false),
+        stop: state.shutdown.child_token(),
+        killed: std::sync::atomic::AtomicBool::new(false),
+    });
     let relay = async {
         relay::Session::start(
             state.clone(),
@@ -163,6 +204,7 @@ async fn run(
             rbuf,
             startup,
             session_id,
+            registration,
             span.clone(),
         )
         .await?

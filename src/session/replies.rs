@@ -224,7 +224,9 @@ impl Replies {
         })
     }
 
-    fn head_forwards(&self) -> bool {
+    /// Whether the next server message is the client's (not the proxy's
+    /// own work, swallowed).
+    pub fn head_forwards(&self) -> bool {
         self.queue.front().is_none_or(|e| e.forward)
     }
 

@@ -2,6 +2,7 @@
 //! replicas (see `harness`).
 
 mod cli;
+mod console;
 mod demo;
 mod drivers;
 mod extended;

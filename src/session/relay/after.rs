@@ -156,7 +156,7 @@ impl Session<'_> {
                 reason = reason.as_str(),
                 "session pinned by what it left on its connection"
             );
-            held.pin = PinGuard::take(&self.state, reason, usize::MAX);
+            held.pin = PinGuard::take(&self.state, reason, usize::MAX, held.conn.pool());
             held.conn.proto.dirty = true;
             return;
         }

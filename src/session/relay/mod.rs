@@ -118,23 +118,33 @@ enum Hold {
     Nothing,
 }
 
-/// A pin counted in `/status` and `/metrics` for as long as it lives.
+/// A pin counted in `/status`, `/metrics` and the console's SHOW POOLS
+/// (on the pool of the pinned connection) for as long as it lives.
 struct PinGuard {
     reason: PinReason,
     state: Arc<State>,
+    pool: Arc<NodePool>,
 }
 
 impl PinGuard {
-    /// Takes a pin for `reason` unless `cap` sessions hold one.
-    fn take(state: &Arc<State>, reason: PinReason, cap: usize) -> Option<PinGuard> {
+    /// Takes a pin for `reason` on a connection of `pool` unless `cap`
+    /// sessions hold one.
+    fn take(
+        state: &Arc<State>,
+        reason: PinReason,
+        cap: usize,
+        pool: &Arc<NodePool>,
+    ) -> Option<PinGuard> {
         if !state.pins.try_pin(cap) {
             state.metrics.pinned_refused.inc();
             return None;
         }
         state.metrics.pinned[reason.index()].inc();
+        pool.pinned[reason.index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(PinGuard {
             reason,
             state: state.clone(),
+            pool: pool.clone(),
         })
     }
 }
@@ -143,6 +153,7 @@ impl Drop for PinGuard {
     fn drop(&mut self) {
         self.state.pins.unpin();
         self.state.metrics.pinned[self.reason.index()].dec();
+        self.pool.pinned[self.reason.index()].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -193,6 +204,10 @@ struct Held {
     dirtied: bool,
     /// When the oldest unanswered batch was sent.
     timing: Option<std::time::Instant>,
+    /// When the transaction in progress on it began (SHOW STATS).
+    xact_started: Option<std::time::Instant>,
+    /// Bytes sent to the client since the last ReadyForQuery (SHOW STATS).
+    sent: u64,
 }
 
 impl Held {
@@ -210,7 +225,26 @@ impl Held {
             sequences_unclear: false,
             dirtied: false,
             timing: None,
+            xact_started: None,
+            sent: 0,
         })
+    }
+
+    /// Counts one answered batch (and, when it left the connection idle,
+    /// one transaction) in its pool's SHOW STATS.
+    fn account(&mut self, status: TxnStatus, elapsed: Duration) {
+        use crate::pool::PoolStats;
+        let stats = &self.conn.pool().stats;
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        PoolStats::add(&stats.query_count, 1);
+        PoolStats::add(&stats.query_time, micros(elapsed));
+        PoolStats::add(&stats.sent, std::mem::take(&mut self.sent));
+        if status == TxnStatus::Idle
+            && let Some(started) = self.xact_started.take()
+        {
+            PoolStats::add(&stats.xact_count, 1);
+            PoolStats::add(&stats.xact_time, micros(started.elapsed()));
+        }
     }
 
     /// Where a cancel request for what runs on it goes.
@@ -286,9 +320,15 @@ pub struct Session<'s> {
     /// Transaction pooling: the primary connection this session last wrote
     /// on (where its `currval`/`lastval` live), as (node, id, uses).
     sequences: Option<(Arc<Node>, u64, u64)>,
-    /// Resolves when the proxy shuts down; kept across loop turns so its
-    /// waiter is registered once, not once per statement.
+    /// Resolves when the proxy shuts down or the console kills the
+    /// session; kept across loop turns so its waiter is registered once,
+    /// not once per statement.
     shutdown: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    /// The proxy is shutting down: the session ends once between
+    /// transactions.
+    stopping: bool,
+    /// The session's entry in the console's client list.
+    listed: crate::clients::Registration,
 }
 
 impl Drop for Session<'_> {
@@ -321,6 +361,7 @@ impl<'s> Session<'s> {
         crbuf: BytesMut,
         startup: Startup,
         pid: i32,
+        listed: crate::clients::Registration,
         span: tracing::Span,
     ) -> Result<Session<'s>, SessionError> {
         let config = state.config.load_full();
@@ -330,7 +371,7 @@ impl<'s> Session<'s> {
         state.cancels.register(pid, secret, slot.clone());
         let settings = Settings::from_startup(&startup.params);
         state.note_database(&startup.database);
-        let shutdown = state.shutdown.clone().cancelled_owned();
+        let shutdown = listed.entry.stop.clone().cancelled_owned();
         let app = startup
             .params
             .iter()
@@ -374,11 +415,16 @@ impl<'s> Session<'s> {
             app,
             sequences: None,
             shutdown: Box::pin(shutdown),
+            stopping: false,
+            listed,
         };
         if let Some(rule) = &session.rule {
             session.state.count_rule_session(rule, 1);
             tracing::debug!(rule = %rule, "session matches a route rule");
         }
+        // A PAUSE holds logins too: the first connection is server work.
+        session.listed.entry.start_work();
+        session.state.clients.gate(&session.listed.entry).await;
         let mut first = session.first_connection().await?;
         let params = session.apply_startup_settings(&mut first).await?;
         // The database exists (the node let us in): route its first
@@ -549,6 +595,10 @@ impl<'s> Session<'s> {
             }
             self.flush().await?;
             let idle = self.between_transactions();
+            self.listed.entry.set_busy(!idle);
+            if self.stopping && idle {
+                return Err(SessionError::Shutdown);
+            }
             let holding = matches!(self.phase, Phase::Held(_));
             let reading_client = self.reading_client();
             // limits.idle_timeout: only a client with nothing in progress.
@@ -563,7 +613,14 @@ impl<'s> Session<'s> {
                 }
             };
             tokio::select! {
-                _ = self.shutdown.as_mut(), if idle => return Err(SessionError::Shutdown),
+                _ = self.shutdown.as_mut(), if !self.stopping => {
+                    // KILL ends the session at once; a shutdown lets an
+                    // open transaction finish.
+                    if idle || self.listed.entry.was_killed() {
+                        return Err(SessionError::Shutdown);
+                    }
+                    self.stopping = true;
+                }
                 _ = idle_sleep, if quiet => return Err(SessionError::IdleTimeout),
                 read = wire::fill(&mut *self.client, &mut self.crbuf), if reading_client => match read {
                     Ok(()) => {}
@@ -660,8 +717,11 @@ impl<'s> Session<'s> {
             settings: &mut self.settings,
             out: &mut self.cwbuf,
         };
+        let before = cx.out.len();
+        let clients = self.replies.head_forwards();
         let ready = self.replies.on_frame(frame, &mut cx);
-        if ready.is_some()
+        held.sent += (self.cwbuf.len() - before) as u64;
+        if let Some(status) = ready
             && let Some(started) = held.timing.take()
         {
             let elapsed = started.elapsed();
@@ -672,6 +732,9 @@ impl<'s> Session<'s> {
                 elapsed_ms = elapsed.as_secs_f64() * 1000.0,
                 "statement done"
             );
+            if clients {
+                held.account(status, elapsed);
+            }
             if self.replies.ready_owed() > 0 {
                 held.timing = Some(std::time::Instant::now());
             }

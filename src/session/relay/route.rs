@@ -143,6 +143,15 @@ impl Session<'_> {
         plan: Plan,
         tried: Vec<Arc<str>>,
     ) -> Result<(), SessionError> {
+        if self.between_transactions() {
+            // A new unit of work: counted busy, then past the console's
+            // PAUSE.
+            self.listed.entry.start_work();
+            self.state.clients.gate(&self.listed.entry).await;
+            if self.listed.entry.stop.is_cancelled() && self.listed.entry.was_killed() {
+                return Err(SessionError::Shutdown);
+            }
+        }
         match self.placement(&plan) {
             Placement::Held => {
                 if let Phase::Held(held) = &self.phase {
@@ -469,7 +478,7 @@ impl Session<'_> {
         if route.pins && held.pin.is_none() && held.target == Target::Primary {
             let reason = plan.pin.unwrap_or(crate::pins::PinReason::Other);
             let cap = self.state.config.load().max_pinned_sessions();
-            let Some(guard) = PinGuard::take(&self.state, reason, cap) else {
+            let Some(guard) = PinGuard::take(&self.state, reason, cap, held.conn.pool()) else {
                 let message = format!(
                     "too many pinned sessions ({cap}, limits.max_pinned_sessions): this statement \
                      would keep a server connection for this session ({})",
@@ -533,7 +542,10 @@ impl Session<'_> {
             }
         }
         held.dirtied |= route.dirties;
-        held.timing.get_or_insert_with(std::time::Instant::now);
+        let now = *held.timing.get_or_insert_with(std::time::Instant::now);
+        held.xact_started.get_or_insert(now);
+        let received: usize = frames.iter().map(|f| f.bytes.len()).sum();
+        crate::pool::PoolStats::add(&held.conn.pool().stats.received, received as u64);
         self.retry = None;
         held.open_batch = plan.syncs == 0;
         let mut out = Translation {
