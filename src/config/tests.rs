@@ -185,8 +185,7 @@ fn durations_take_only_the_documented_forms() {
     let text = "listen: 127.0.0.1:6432\nnodes:\n  - { name: a, host: h, role: primary }\n\
                 lag:\n  max_lag: 5 seconds\n";
     let e = Config::from_text(Path::new("p.yaml"), text, |_| None)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(
         e.contains("250ms, 10s, 5m") && e.contains("5 seconds"),
@@ -199,14 +198,12 @@ fn every_validation_error_names_a_line() {
     let text = "listen: 127.0.0.1:6432\nnodes:\n  - { name: a, host: h, role: primary }\n\
                 pool:\n  size: 0\nrouting:\n  cross_zone_share: 0.5\nlag:\n  down_after: 0\n";
     let e = Config::from_text(Path::new("p.yaml"), text, |_| None)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(e.starts_with("p.yaml:8:1: lag"), "{e}");
     let text = text.replace("down_after: 0", "down_after: 1");
     let e = Config::from_text(Path::new("p.yaml"), &text, |_| None)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(e.starts_with("p.yaml:5:3: pool.size"), "{e}");
     assert_eq!(super::locate("a:\n  b:\n    c: 1\n", "a.b.c"), (3, 5));
