@@ -154,26 +154,49 @@ async fn explain_command(cmd: Cmd, config_path: &std::path::Path) -> anyhow::Res
 /// The admin URL and token for the CLI: flags, then the config file, then
 /// the defaults; the token from `PGSPLIT_ADMIN_TOKEN` or the file.
 fn admin_target(config: &std::path::Path, flag: Option<String>) -> (String, Option<String>) {
-    let file = pgsplit::config::Config::load(config).ok();
-    let admin = file.as_ref().and_then(|c| c.admin.clone());
-    let url = flag.unwrap_or_else(|| {
-        admin.as_ref().map_or_else(
-            || "http://127.0.0.1:9930".to_owned(),
-            |a| format!("http://{}", a.listen.value),
-        )
-    });
+    let (url, token, _) = admin_target_why(config, flag);
+    (url, token)
+}
+
+/// The admin API to ask, its token, and where the address came from (for
+/// the error when it cannot be reached).
+fn admin_target_why(
+    config: &std::path::Path,
+    flag: Option<String>,
+) -> (String, Option<String>, String) {
+    let file = pgsplit::config::Config::load(config);
+    let why_default = match &file {
+        Ok(_) => format!("{} has no admin section", config.display()),
+        Err(e) => format!("{e}"),
+    };
+    let admin = file.as_ref().ok().and_then(|c| c.admin.clone());
+    let (url, why) = match (flag, &admin) {
+        (Some(url), _) => (url, "given with --admin".to_owned()),
+        (None, Some(a)) => (
+            format!("http://{}", a.listen.value),
+            format!("admin.listen of {}", config.display()),
+        ),
+        (None, None) => (
+            "http://127.0.0.1:9930".to_owned(),
+            format!(
+                "the default, because {why_default}; pass --admin http://HOST:PORT or -c FILE"
+            ),
+        ),
+    };
     let token = std::env::var("PGSPLIT_ADMIN_TOKEN")
         .ok()
         .or_else(|| admin.and_then(|a| a.token));
-    (url, token)
+    (url, token, why)
 }
 
 async fn admin_command(cmd: Cmd, config: &std::path::Path) -> anyhow::Result<ExitCode> {
     use pgsplit::admin::client::request;
     match cmd {
         Cmd::Status { admin, json } => {
-            let (url, token) = admin_target(config, admin);
-            let answer = request(&url, "GET", "/status", token.as_deref(), None).await?;
+            let (url, token, why) = admin_target_why(config, admin);
+            let answer = request(&url, "GET", "/status", token.as_deref(), None)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:#} (that address is {why})"))?;
             if answer.status != 200 {
                 anyhow::bail!("{url}/status answered {}: {}", answer.status, answer.body);
             }
@@ -237,8 +260,11 @@ async fn admin_command(cmd: Cmd, config: &std::path::Path) -> anyhow::Result<Exi
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a terminal: a log file or journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

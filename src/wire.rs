@@ -23,6 +23,11 @@ pub enum WireError {
     /// The bytes were not the protocol.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// The node answered the proxy's own query with an error (a standby
+    /// shutting down or restarting after a crash, say): the connection
+    /// is fine as a stream, useless for the answer.
+    #[error("the node answered {code}: {message}")]
+    Refused { code: String, message: String },
 }
 
 /// Reads until one whole frame is buffered, then returns it.

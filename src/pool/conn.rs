@@ -112,6 +112,8 @@ pub struct BackendConn {
     pub proto: Box<ConnState>,
     /// Its row in SHOW SERVERS (pooled connections only).
     pub listed: Option<super::servers::Listed>,
+    /// The error the last of the proxy's own queries got, if any.
+    last_error: Option<(String, String)>,
     broken: bool,
 }
 
@@ -149,6 +151,7 @@ impl BackendConn {
             login: LoginInfo::default(),
             proto: Box::new(ConnState::new(id)),
             listed: None,
+            last_error: None,
             broken: false,
         };
         let login = tokio::time::timeout(
@@ -255,10 +258,14 @@ impl BackendConn {
         // A simple query replaces the unnamed statement.
         self.proto.unnamed = None;
         let mut failed = false;
+        self.last_error = None;
         loop {
             let frame = self.read_frame().await?;
             match frame.tag {
-                be::ERROR_RESPONSE_TAG => failed = true,
+                be::ERROR_RESPONSE_TAG => {
+                    failed = true;
+                    self.last_error = be::error_code_and_message(frame.body());
+                }
                 be::DATA_ROW_TAG => on_row(frame.body()),
                 be::NOTIFICATION_TAG => client.extend_from_slice(&frame.bytes),
                 be::READY_FOR_QUERY_TAG => {
@@ -311,9 +318,18 @@ impl BackendConn {
             },
         )
         .await?;
+        self.refused()?;
         value.ok_or(WireError::Protocol(codec::ProtocolError::Malformed {
             what: "LSN reply",
         }))
+    }
+
+    /// The error the last own query got, as a [`WireError::Refused`].
+    fn refused(&mut self) -> Result<(), WireError> {
+        match self.last_error.take() {
+            Some((code, message)) => Err(WireError::Refused { code, message }),
+            None => Ok(()),
+        }
     }
 
     /// `pg_last_wal_replay_lsn()` of a standby, as a number (0 when it
@@ -335,6 +351,7 @@ impl BackendConn {
             value = be::data_row_text(row).into_iter().next().flatten();
         })
         .await?;
+        self.refused()?;
         value
             .and_then(|v| v.parse().ok())
             .ok_or(WireError::Protocol(codec::ProtocolError::Malformed {

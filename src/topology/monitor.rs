@@ -169,7 +169,17 @@ pub async fn run(
                     // A standby that restarts may show less than it did.
                     node.probed.store(0, std::sync::atomic::Ordering::Relaxed);
                     if node.health.observe_failure(cfg.lag.down_after) {
-                        tracing::warn!(node = %node.name, %error, state = "down", "node stopped answering");
+                        if poller.name == primary_name {
+                            tracing::warn!(
+                                node = %node.name,
+                                %error,
+                                state = "down",
+                                hint = "if it is gone for good: pgsplit failover --to NODE --force",
+                                "primary unreachable"
+                            );
+                        } else {
+                            tracing::warn!(node = %node.name, %error, state = "down", "node stopped answering");
+                        }
                     } else {
                         tracing::debug!(node = %node.name, %error, "poll failed");
                     }

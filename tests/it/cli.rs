@@ -78,3 +78,40 @@ fn check_refuses_bad_files_with_file_line_and_key() {
         "{out}"
     );
 }
+
+/// `pgsplit status` in a directory without proxy.yaml says which admin
+/// address it tried and why; no colour codes when stderr is not a terminal.
+#[test]
+fn status_without_a_config_names_the_address_it_tried_and_why() {
+    let dir = std::env::temp_dir().join(format!("pgsplit-status-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A free port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+        .arg("status")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(
+        err.contains("http://127.0.0.1:9930")
+            && err.contains("the default")
+            && err.contains("proxy.yaml")
+            && err.contains("--admin"),
+        "{err}"
+    );
+    assert!(!err.contains('\u{1b}'), "no ANSI codes: {err:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+        .args(["status", "--admin", &format!("http://127.0.0.1:{port}")])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains(&port.to_string()) && err.contains("given with --admin"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

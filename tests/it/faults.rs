@@ -218,3 +218,39 @@ async fn a_read_after_a_write_does_not_hang_on_a_stalled_replica() {
     relay.resume();
     proxy.stop().await;
 }
+
+/// A node that answers the proxy's own position query with an error (a
+/// standby asked for a primary's position here; a crashed replica
+/// restarting, in life) is reported as the node's refusal, with its
+/// SQLSTATE, not as a malformed message.
+#[tokio::test]
+async fn a_refused_position_query_is_named_as_the_nodes_refusal() {
+    let spec = pgsplit::pool::ConnectSpec {
+        node: "pg2".into(),
+        address: format!("127.0.0.1:{}", replica_ports()[0]).into(),
+        host: "127.0.0.1".into(),
+        user: "app".into(),
+        database: "app".into(),
+        password: Some("app".into()),
+        timeout: std::time::Duration::from_secs(10),
+        tls_mode: pgsplit::config::BackendTls::Disable,
+        tls: None,
+    };
+    let mut conn = pgsplit::pool::BackendConn::connect(&spec, 1)
+        .await
+        .expect("connect to a replica");
+    let e = conn
+        .wal_insert_lsn(&mut bytes::BytesMut::new())
+        .await
+        .expect_err("a standby has no insert position");
+    match e {
+        pgsplit::wire::WireError::Refused { code, .. } => assert_eq!(code, "55000"),
+        other => panic!("not named as a refusal: {other}"),
+    }
+    // The connection is still usable for what a standby can answer.
+    let lsn = conn
+        .replay_lsn(&mut bytes::BytesMut::new())
+        .await
+        .expect("replay position");
+    assert!(lsn > 0);
+}

@@ -544,7 +544,20 @@ impl<'s> Session<'s> {
                 node.health.mark_down()
             }
         {
-            tracing::warn!(parent: &self.span, node = %node.name, error = %e, state = "down", "node unreachable");
+            if Arc::ptr_eq(node, self.state.topology.load().primary()) {
+                // Once (the node was up), and outside this client's span:
+                // it is the operator's news, not this session's.
+                tracing::warn!(
+                    parent: None,
+                    node = %node.name,
+                    error = %e,
+                    state = "down",
+                    hint = "if it is gone for good: pgsplit failover --to NODE --force",
+                    "primary unreachable"
+                );
+            } else {
+                tracing::warn!(parent: &self.span, node = %node.name, error = %e, state = "down", "node unreachable");
+            }
         }
         result
     }
