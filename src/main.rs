@@ -178,9 +178,7 @@ fn admin_target_why(
         ),
         (None, None) => (
             "http://127.0.0.1:9930".to_owned(),
-            format!(
-                "the default, because {why_default}; pass --admin http://HOST:PORT or -c FILE"
-            ),
+            format!("the default, because {why_default}; pass --admin http://HOST:PORT or -c FILE"),
         ),
     };
     let token = std::env::var("PGSPLIT_ADMIN_TOKEN")

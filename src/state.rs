@@ -39,6 +39,8 @@ pub struct State {
     pub node_tls: crate::tls::NodeTls,
     /// SCRAM secrets of configured users.
     pub secrets: crate::auth::scram::Secrets,
+    /// `auth.query` lookups of users proxy.yaml does not list.
+    pub lookup: crate::auth::lookup::Lookup,
     /// Fires when the proxy starts shutting down.
     pub shutdown: CancellationToken,
     /// The highest WAL position of any write this proxy acknowledged
@@ -102,6 +104,7 @@ impl State {
             pools,
             cancels: CancelRegistry::default(),
             secrets: crate::auth::scram::Secrets::default(),
+            lookup: crate::auth::lookup::Lookup::default(),
             node_tls: node_tls.clone(),
             tls: ArcSwap::from_pointee(None),
             shutdown,

@@ -184,11 +184,36 @@ pub async fn connect_node(
     application_name: &str,
 ) -> Result<tokio_postgres::Client, String> {
     let (user, password, monitor_db) = config.monitor_login();
+    let login = (user.as_str(), password.as_deref());
+    connect_node_as(
+        config,
+        node_tls,
+        node,
+        login,
+        database.unwrap_or(&monitor_db),
+        application_name,
+    )
+    .await
+}
+
+/// As [`connect_node`], as `login` (user, password) on `database`.
+///
+/// # Errors
+/// The node's refusal or the connection's failure, as text.
+pub async fn connect_node_as(
+    config: &crate::config::Config,
+    node_tls: &NodeTls,
+    node: &crate::config::Endpoint,
+    login: (&str, Option<&str>),
+    database: &str,
+    application_name: &str,
+) -> Result<tokio_postgres::Client, String> {
+    let (user, password) = login;
     let mut pg = tokio_postgres::Config::new();
     pg.host(&node.host)
         .port(node.port)
-        .user(&user)
-        .dbname(database.unwrap_or(&monitor_db))
+        .user(user)
+        .dbname(database)
         .application_name(application_name)
         .connect_timeout(
             config
@@ -197,7 +222,7 @@ pub async fn connect_node(
                 .0
                 .max(std::time::Duration::from_secs(1)),
         );
-    if let Some(pw) = &password {
+    if let Some(pw) = password {
         pg.password(pw);
     }
     let describe = |e: tokio_postgres::Error| match e.as_db_error() {

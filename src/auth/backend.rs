@@ -36,17 +36,27 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     rbuf: &mut BytesMut,
     user: &str,
     database: &str,
-    password: Option<&str>,
+    credential: Option<&super::Credential>,
     extra: &[(&str, &str)],
 ) -> Result<LoginInfo, AuthError> {
+    use super::Credential;
     let mut out = BytesMut::new();
     let mut params = vec![("user", user), ("database", database)];
     params.extend_from_slice(extra);
     fe::startup_message(params.iter().copied(), &mut out)
         .map_err(|e| unsupported(e.to_string()))?;
     send(stream, &mut out).await?;
-    let mut scram: Option<ScramSha256> = None;
-    let need_password = || password.ok_or_else(|| AuthError::NoPassword { user: user.into() });
+    let mut scram: Option<Sasl> = None;
+    let need = || credential.ok_or_else(|| AuthError::NoPassword { user: user.into() });
+    let mismatch = |method: &'static str, c: &Credential| AuthError::Mismatch {
+        user: user.into(),
+        method,
+        kind: match c {
+            Credential::Password(_) => "password",
+            Credential::ScramKey { .. } => "SCRAM verifier",
+            Credential::Md5Hash(_) => "MD5 hash",
+        },
+    };
     loop {
         let frame = wire::read_frame(stream, rbuf, MAX_MESSAGE_LEN).await?;
         let mut body = frame.body();
@@ -58,7 +68,10 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                 match body.get_i32() {
                     0 => return finish_startup(stream, rbuf).await,
                     3 => {
-                        fe::password_message(need_password()?.as_bytes(), &mut out)
+                        let Credential::Password(password) = need()? else {
+                            return Err(mismatch("a cleartext password", need()?));
+                        };
+                        fe::password_message(password.as_bytes(), &mut out)
                             .map_err(|e| unsupported(e.to_string()))?;
                     }
                     5 => {
@@ -66,11 +79,20 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                             return Err(unsupported("short md5 salt"));
                         }
                         let salt = [body[0], body[1], body[2], body[3]];
-                        let hash = postgres_protocol::authentication::md5_hash(
-                            user.as_bytes(),
-                            need_password()?.as_bytes(),
-                            salt,
-                        );
+                        let hash = match need()? {
+                            Credential::Password(password) => {
+                                postgres_protocol::authentication::md5_hash(
+                                    user.as_bytes(),
+                                    password.as_bytes(),
+                                    salt,
+                                )
+                            }
+                            Credential::Md5Hash(stored) => super::md5_answer(
+                                stored.strip_prefix("md5").unwrap_or(stored).as_bytes(),
+                                salt,
+                            ),
+                            c @ Credential::ScramKey { .. } => return Err(mismatch("MD5", c)),
+                        };
                         fe::password_message(hash.as_bytes(), &mut out)
                             .map_err(|e| unsupported(e.to_string()))?;
                     }
@@ -81,29 +103,63 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                                 "node offers no SASL mechanism pgsplit speaks",
                             ));
                         }
-                        let s = ScramSha256::new(
-                            need_password()?.as_bytes(),
-                            ChannelBinding::unsupported(),
-                        );
-                        fe::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)
-                            .map_err(|e| unsupported(e.to_string()))?;
-                        scram = Some(s);
+                        let sasl = match need()? {
+                            Credential::Password(password) => {
+                                let s = ScramSha256::new(
+                                    password.as_bytes(),
+                                    ChannelBinding::unsupported(),
+                                );
+                                fe::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)
+                                    .map_err(|e| unsupported(e.to_string()))?;
+                                Sasl::Password(s)
+                            }
+                            Credential::ScramKey {
+                                client_key,
+                                server_key,
+                            } => {
+                                let (k, first) =
+                                    super::scram::KeyClient::start(*client_key, *server_key);
+                                fe::sasl_initial_response(
+                                    "SCRAM-SHA-256",
+                                    first.as_bytes(),
+                                    &mut out,
+                                )
+                                .map_err(|e| unsupported(e.to_string()))?;
+                                Sasl::Key(k)
+                            }
+                            c @ Credential::Md5Hash(_) => return Err(mismatch("SCRAM", c)),
+                        };
+                        scram = Some(sasl);
                     }
                     11 => {
-                        let s = scram
-                            .as_mut()
-                            .ok_or_else(|| unsupported("SASLContinue out of order"))?;
-                        s.update(body)
-                            .map_err(|e| unsupported(format!("SCRAM: {e}")))?;
-                        fe::sasl_response(s.message(), &mut out)
+                        let message = match scram.as_mut() {
+                            Some(Sasl::Password(s)) => {
+                                s.update(body)
+                                    .map_err(|e| unsupported(format!("SCRAM: {e}")))?;
+                                s.message().to_vec()
+                            }
+                            Some(Sasl::Key(k)) => {
+                                let server_first = std::str::from_utf8(body)
+                                    .map_err(|_| unsupported("SCRAM: server-first not UTF-8"))?;
+                                k.respond(server_first)
+                                    .map_err(|e| unsupported(format!("SCRAM: {e}")))?
+                                    .into_bytes()
+                            }
+                            None => return Err(unsupported("SASLContinue out of order")),
+                        };
+                        fe::sasl_response(&message, &mut out)
                             .map_err(|e| unsupported(e.to_string()))?;
                     }
                     12 => {
-                        let mut s = scram
-                            .take()
-                            .ok_or_else(|| unsupported("SASLFinal out of order"))?;
-                        s.finish(body)
-                            .map_err(|e| unsupported(format!("SCRAM: {e}")))?;
+                        match scram.take() {
+                            Some(Sasl::Password(mut s)) => s
+                                .finish(body)
+                                .map_err(|e| unsupported(format!("SCRAM: {e}")))?,
+                            Some(Sasl::Key(k)) => k
+                                .finish(&String::from_utf8_lossy(body))
+                                .map_err(|e| unsupported(format!("SCRAM: {e}")))?,
+                            None => return Err(unsupported("SASLFinal out of order")),
+                        }
                         continue;
                     }
                     other => {
@@ -124,6 +180,13 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// A SCRAM exchange with a node in progress: with the password, or with
+/// a client's key (pass-through).
+enum Sasl {
+    Password(ScramSha256),
+    Key(super::scram::KeyClient),
 }
 
 async fn finish_startup<S: AsyncRead + AsyncWrite + Unpin>(

@@ -7,14 +7,18 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::AuthError;
+use super::lookup::Verifier;
 use super::scram::{Binding, Exchange, Secrets};
+use super::{AuthError, Credential};
 use crate::config::{AuthMethod, Config};
 use crate::protocol::{backend, frontend};
 use crate::wire;
 
 /// Runs the client side of authentication up to (not including)
-/// AuthenticationOk.
+/// AuthenticationOk. `looked_up` is `auth.query`'s answer for a user that
+/// proxy.yaml does not list (`None` when it was not asked). Returns what
+/// the session logs in to the nodes with when that is not a configured
+/// password: the client's SCRAM key or the stored MD5 hash (pass-through).
 ///
 /// # Errors
 /// [`AuthError::BadPassword`] for a wrong password or unknown user.
@@ -25,25 +29,63 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     user: &str,
     secrets: &Secrets,
     binding: &Binding,
-) -> Result<(), AuthError> {
-    match config.auth.method.value {
-        AuthMethod::Trust => {
-            if config.auth.users.is_empty() || config.user(user).is_some() {
-                Ok(())
+    looked_up: Option<Option<Verifier>>,
+) -> Result<Option<Credential>, AuthError> {
+    let configured = config.user(user).is_some();
+    let found = looked_up.flatten();
+    match (config.auth.method.value, found) {
+        (AuthMethod::Trust, found) => {
+            if config.auth.users.is_empty() || configured || found.is_some() {
+                Ok(None)
             } else {
-                Err(AuthError::BadPassword { user: user.into() })
+                Err(bad(user))
             }
         }
-        AuthMethod::Md5 => md5(stream, rbuf, config, user).await,
-        AuthMethod::ScramSha256 => scram(stream, rbuf, config, user, secrets, binding).await,
+        // As PostgreSQL does: a SCRAM verifier is checked by SCRAM even
+        // where md5 is asked for.
+        (_, Some(Verifier::Scram(secret))) if !configured => {
+            let server_key = secret.server_key();
+            let client_key = scram(stream, rbuf, user, secret, true, binding).await?;
+            Ok(Some(Credential::ScramKey {
+                client_key,
+                server_key,
+            }))
+        }
+        (AuthMethod::Md5, Some(Verifier::Md5(hash))) if !configured => {
+            let inner = hash.strip_prefix("md5").unwrap_or(&hash).to_owned();
+            md5(stream, rbuf, user, |salt| {
+                Some(super::md5_answer(inner.as_bytes(), salt))
+            })
+            .await?;
+            Ok(Some(Credential::Md5Hash(hash)))
+        }
+        (AuthMethod::Md5, _) => {
+            let password = config.user(user).and_then(|u| u.password.clone());
+            md5(stream, rbuf, user, |salt| {
+                password.as_ref().map(|p| {
+                    postgres_protocol::authentication::md5_hash(user.as_bytes(), p.as_bytes(), salt)
+                })
+            })
+            .await?;
+            Ok(None)
+        }
+        (AuthMethod::ScramSha256, _) => {
+            // Unknown users run the same exchange against a mock secret.
+            let password = config.user(user).and_then(|u| u.password.as_deref());
+            let secret = secrets.get(user, password);
+            scram(stream, rbuf, user, secret, password.is_some(), binding).await?;
+            Ok(None)
+        }
     }
 }
 
+/// An MD5 challenge; `expected(salt)` is the right answer (`None` for an
+/// unknown user, who still gets the challenge and then the refusal).
 async fn md5<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     rbuf: &mut BytesMut,
-    config: &Config,
     user: &str,
+    expected: impl FnOnce([u8; 4]) -> Option<String>,
 ) -> Result<(), AuthError> {
     let salt: [u8; 4] = rand::random();
     let mut out = BytesMut::new();
@@ -53,21 +95,18 @@ async fn md5<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(wire::WireError::Io)?;
     let frame = wire::read_frame(stream, rbuf, 4096).await?;
     if frame.tag != frontend::PASSWORD_TAG {
-        return Err(AuthError::BadPassword { user: user.into() });
+        return Err(bad(user));
     }
     let answer = frontend::password(frame.body()).map_err(wire::WireError::Protocol)?;
-    // An unknown user still gets a hash computed, against a random password.
-    let password = config
-        .user(user)
-        .and_then(|u| u.password.clone())
-        .unwrap_or_else(|| format!("{:x}", rand::random::<u128>()));
-    let expected =
-        postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt);
-    let known = config.user(user).is_some();
-    if constant_time_eq(expected.as_bytes(), answer.as_bytes()) && known {
+    // An unknown user still gets a hash compared, against a random one.
+    let known = expected(salt);
+    let expected = known
+        .clone()
+        .unwrap_or_else(|| format!("md5{:032x}", rand::random::<u128>()));
+    if constant_time_eq(expected.as_bytes(), answer.as_bytes()) && known.is_some() {
         Ok(())
     } else {
-        Err(AuthError::BadPassword { user: user.into() })
+        Err(bad(user))
     }
 }
 
@@ -88,14 +127,17 @@ async fn read_password_message<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(frame.bytes.slice(5..))
 }
 
+/// A SCRAM exchange against `secret`; returns the ClientKey the proof
+/// revealed. `known`: false for a mock secret (an unknown user), refused
+/// after the same exchange.
 async fn scram<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     rbuf: &mut BytesMut,
-    config: &Config,
     user: &str,
-    secrets: &Secrets,
+    secret: super::scram::Secret,
+    known: bool,
     binding: &Binding,
-) -> Result<(), AuthError> {
+) -> Result<[u8; 32], AuthError> {
     let mut out = BytesMut::new();
     let mut mechanisms: Vec<&str> = vec!["SCRAM-SHA-256"];
     if matches!(binding, Binding::EndPoint(_)) {
@@ -115,9 +157,6 @@ async fn scram<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(bad(user));
     }
     let data = std::str::from_utf8(&rest[4..]).map_err(|_| bad(user))?;
-    // Unknown users run the same exchange against a mock secret.
-    let password = config.user(user).and_then(|u| u.password.as_deref());
-    let secret = secrets.get(user, password);
     let (exchange, server_first) =
         Exchange::start(&mechanism, data, secret, binding).map_err(|_| bad(user))?;
     backend::authentication_sasl_continue(&mut out, server_first.as_bytes());
@@ -126,15 +165,17 @@ async fn scram<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(wire::WireError::Io)?;
     let body = read_password_message(stream, rbuf, user).await?;
     let client_final = std::str::from_utf8(&body).map_err(|_| bad(user))?;
-    let server_final = exchange.finish(client_final).map_err(|_| bad(user))?;
-    if password.is_none() {
+    let (server_final, key) = exchange
+        .finish_with_key(client_final)
+        .map_err(|_| bad(user))?;
+    if !known {
         return Err(bad(user));
     }
     backend::authentication_sasl_final(&mut out, server_final.as_bytes());
     wire::flush(stream, &mut out)
         .await
         .map_err(wire::WireError::Io)?;
-    Ok(())
+    Ok(key)
 }
 
 /// Compares without an early exit.

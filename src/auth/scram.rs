@@ -56,6 +56,28 @@ impl Secret {
         }
     }
 
+    /// Reads a PostgreSQL SCRAM verifier (`pg_authid.rolpassword`):
+    /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+    pub fn from_verifier(verifier: &str) -> Option<Secret> {
+        let rest = verifier.strip_prefix("SCRAM-SHA-256$")?;
+        let (params, keys) = rest.split_once('$')?;
+        let (iterations, salt) = params.split_once(':')?;
+        let (stored, server) = keys.split_once(':')?;
+        let key = |k: &str| -> Option<[u8; 32]> { B64.decode(k).ok()?.try_into().ok() };
+        Some(Secret {
+            salt: B64.decode(salt).ok()?,
+            iterations: iterations.parse().ok()?,
+            stored_key: key(stored)?,
+            server_key: key(server)?,
+        })
+    }
+
+    /// The server key (a proxy logging in with a client's key checks the
+    /// node's signature with it).
+    pub fn server_key(&self) -> [u8; 32] {
+        self.server_key
+    }
+
     /// A secret nobody knows the password of (unknown users go through the
     /// same exchange and fail at the proof).
     pub fn impossible() -> Secret {
@@ -223,6 +245,17 @@ impl Exchange {
     /// # Errors
     /// A malformed message, a wrong nonce or binding, or a wrong proof.
     pub fn finish(self, client_final: &str) -> Result<String, ScramError> {
+        self.finish_with_key(client_final)
+            .map(|(server_final, _)| server_final)
+    }
+
+    /// As [`Exchange::finish`], also returning the ClientKey the client's
+    /// proof revealed: with it (and the same verifier on the node) the
+    /// proxy can log in to the node as this user without the password.
+    ///
+    /// # Errors
+    /// As [`Exchange::finish`].
+    pub fn finish_with_key(self, client_final: &str) -> Result<(String, [u8; 32]), ScramError> {
         let (without_proof, proof) = client_final
             .rsplit_once(",p=")
             .ok_or(ScramError::Malformed)?;
@@ -267,7 +300,83 @@ impl Exchange {
             return Err(ScramError::BadProof);
         }
         let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
-        Ok(format!("v={}", B64.encode(server_signature)))
+        let client_key: [u8; 32] = client_key.try_into().map_err(|_| ScramError::Malformed)?;
+        Ok((format!("v={}", B64.encode(server_signature)), client_key))
+    }
+}
+
+/// The client side of SCRAM-SHA-256 with a ClientKey instead of a
+/// password (SCRAM pass-through): the proof is the key XOR the client
+/// signature, so the key is all it takes; the server's signature is
+/// checked with the verifier's ServerKey. Sans I/O. No channel binding
+/// (`n,,`): the key was recovered from another exchange.
+pub struct KeyClient {
+    client_key: [u8; 32],
+    server_key: [u8; 32],
+    client_first_bare: String,
+    nonce: String,
+    auth_message: Option<String>,
+}
+
+impl KeyClient {
+    /// Starts: returns the client and client-first-message.
+    pub fn start(client_key: [u8; 32], server_key: [u8; 32]) -> (KeyClient, String) {
+        let nonce = B64.encode(rand::random::<[u8; 18]>());
+        let client_first_bare = format!("n=,r={nonce}");
+        let first = format!("n,,{client_first_bare}");
+        (
+            KeyClient {
+                client_key,
+                server_key,
+                client_first_bare,
+                nonce,
+                auth_message: None,
+            },
+            first,
+        )
+    }
+
+    /// Answers server-first with client-final (carrying the proof).
+    ///
+    /// # Errors
+    /// A malformed server-first or a nonce that does not extend ours.
+    pub fn respond(&mut self, server_first: &str) -> Result<String, ScramError> {
+        let nonce = server_first
+            .split(',')
+            .find_map(|p| attr(p, 'r'))
+            .ok_or(ScramError::Malformed)?;
+        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
+            return Err(ScramError::Malformed);
+        }
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
+        let stored_key: [u8; 32] = Sha256::digest(self.client_key).into();
+        let signature = hmac(&stored_key, auth_message.as_bytes());
+        let proof: Vec<u8> = self
+            .client_key
+            .iter()
+            .zip(signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
+        self.auth_message = Some(auth_message);
+        Ok(format!("{without_proof},p={}", B64.encode(proof)))
+    }
+
+    /// Checks server-final's signature.
+    ///
+    /// # Errors
+    /// The node did not prove it knows the verifier.
+    pub fn finish(&self, server_final: &str) -> Result<(), ScramError> {
+        let auth_message = self.auth_message.as_ref().ok_or(ScramError::Malformed)?;
+        let verifier =
+            attr(server_final.trim_end_matches('\0'), 'v').ok_or(ScramError::Malformed)?;
+        let expected = hmac(&self.server_key, auth_message.as_bytes());
+        let given = B64.decode(verifier).map_err(|_| ScramError::Malformed)?;
+        if super::client::constant_time_eq(&given, &expected) {
+            Ok(())
+        } else {
+            Err(ScramError::BadProof)
+        }
     }
 }
 
@@ -290,6 +399,54 @@ mod tests {
             .finish(server_final.as_bytes())
             .expect("server signature verifies");
         Ok(())
+    }
+
+    #[test]
+    fn a_clients_key_logs_in_where_its_verifier_is_kept() {
+        // The verifier as PostgreSQL stores it, for "pencil".
+        let secret = Secret::new("pencil");
+        let verifier = format!(
+            "SCRAM-SHA-256${}:{}${}:{}",
+            secret.iterations,
+            B64.encode(&secret.salt),
+            B64.encode(secret.stored_key),
+            B64.encode(secret.server_key)
+        );
+        let read = Secret::from_verifier(&verifier).expect("parses");
+        // A client logs in to the proxy with the password ...
+        let mut client = ScramSha256::new(b"pencil", ChannelBinding::unsupported());
+        let first = String::from_utf8(client.message().to_vec()).unwrap();
+        let (exchange, server_first) =
+            Exchange::start("SCRAM-SHA-256", &first, read.clone(), &Binding::None).unwrap();
+        client.update(server_first.as_bytes()).unwrap();
+        let client_final = String::from_utf8(client.message().to_vec()).unwrap();
+        let (server_final, key) = exchange.finish_with_key(&client_final).unwrap();
+        client.finish(server_final.as_bytes()).unwrap();
+        // ... and the proxy, with only the key, logs in to a server that
+        // keeps the same verifier.
+        let (mut proxy, first) = KeyClient::start(key, read.server_key());
+        let first = first.strip_prefix("n,,").unwrap().to_owned();
+        let (node, node_first) = Exchange::start(
+            "SCRAM-SHA-256",
+            &format!("n,,{first}"),
+            read.clone(),
+            &Binding::None,
+        )
+        .unwrap();
+        let proxy_final = proxy.respond(&node_first).unwrap();
+        let node_final = node
+            .finish(&proxy_final)
+            .expect("the node accepts the key's proof");
+        proxy
+            .finish(&node_final)
+            .expect("the node's signature checks");
+        // A wrong key does not get in.
+        let (mut wrong, first) = KeyClient::start([7; 32], read.server_key());
+        let (node, node_first) =
+            Exchange::start("SCRAM-SHA-256", &first, read, &Binding::None).unwrap();
+        let wrong_final = wrong.respond(&node_first).unwrap();
+        assert_eq!(node.finish(&wrong_final), Err(ScramError::BadProof));
+        assert!(Secret::from_verifier("md5abc").is_none());
     }
 
     #[test]

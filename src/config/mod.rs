@@ -226,6 +226,30 @@ pub struct AuthConfig {
     /// Known users; their passwords also log in to the nodes.
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    /// Looks up users not listed in `users` with `query` on the primary,
+    /// logged in as this user (listed in `users`, with its password).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The lookup: `$1` is the user name; the second column is the
+    /// stored verifier (NULL refuses the login).
+    #[serde(default = "default_auth_query")]
+    pub query: String,
+    /// How long a lookup's answer may stand in while the primary cannot
+    /// be asked.
+    #[serde(default = "default_auth_cache_ttl")]
+    pub cache_ttl: Duration,
+}
+
+/// PgBouncer's default `auth_query`, which also refuses expired roles.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL \
+     ELSE rolpassword END FROM pg_authid WHERE rolname = $1 AND rolcanlogin";
+
+fn default_auth_query() -> String {
+    DEFAULT_AUTH_QUERY.to_owned()
+}
+
+fn default_auth_cache_ttl() -> Duration {
+    Duration(std::time::Duration::from_secs(60))
 }
 
 impl Default for AuthConfig {
@@ -233,6 +257,9 @@ impl Default for AuthConfig {
         AuthConfig {
             method: default_auth_method(),
             users: Vec::new(),
+            user: None,
+            query: default_auth_query(),
+            cache_ttl: default_auth_cache_ttl(),
         }
     }
 }
@@ -649,6 +676,17 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if let Some(auth_user) = &self.auth.user
+            && self.user(auth_user).is_none()
+        {
+            return Err(invalid(
+                &serde_saphyr::Location::UNKNOWN,
+                "auth.user",
+                format!(
+                    "{auth_user:?} must be listed in auth.users (with the password it logs in to the primary with)"
+                ),
+            ));
         }
         self.validate_nodes(path)?;
         if let Err((key, message)) = rules::validate(&self.routing.rules) {

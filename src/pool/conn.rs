@@ -32,8 +32,8 @@ pub struct ConnectSpec {
     pub user: String,
     /// Database.
     pub database: String,
-    /// Password, when the node asks for one.
-    pub password: Option<String>,
+    /// What answers the node's password request, if it makes one.
+    pub credential: Option<crate::auth::Credential>,
     /// Connect and login timeout.
     pub timeout: Duration,
     /// TLS mode towards the node.
@@ -161,7 +161,7 @@ impl BackendConn {
                 &mut conn.rbuf,
                 &spec.user,
                 &spec.database,
-                spec.password.as_deref(),
+                spec.credential.as_ref(),
                 &[],
             ),
         )

@@ -211,6 +211,8 @@ pub struct NodePool {
     /// Sessions pinned to one of its connections, by
     /// [`crate::pins::PinReason::ALL`].
     pub pinned: [AtomicU32; crate::pins::PinReason::ALL.len()],
+    /// What its connections log in with.
+    credential: Option<crate::auth::Credential>,
 }
 
 /// A checked-out server connection. It goes back to the pool only through
@@ -515,7 +517,7 @@ impl Pools {
         node: &Endpoint,
         user: &str,
         database: &str,
-        password: Option<&str>,
+        credential: Option<&crate::auth::Credential>,
     ) -> Arc<NodePool> {
         let key = PoolKey {
             address: node.address(),
@@ -524,6 +526,15 @@ impl Pools {
             database: database.to_owned(),
         };
         let mut pools = self.pools.lock().expect("poisoned");
+        // A pool logs in with one credential: a new one (a changed
+        // password, a pass-through user's new key) gets a new pool, and the
+        // old one's connections close as their sessions end.
+        if pools
+            .get(&key)
+            .is_some_and(|np| np.credential.as_ref() != credential)
+        {
+            pools.remove(&key);
+        }
         pools
             .entry(key)
             .or_insert_with_key(|key| {
@@ -541,7 +552,7 @@ impl Pools {
                         host: node.host.clone(),
                         user: key.user.clone(),
                         database: key.database.clone(),
-                        password: password.map(str::to_owned),
+                        credential: credential.cloned(),
                         timeout: self.timeout,
                         tls_mode: node.tls,
                         tls: self.node_tls.for_mode(node.tls),
@@ -571,6 +582,7 @@ impl Pools {
                     logging_in,
                     retire_below: AtomicU64::new(0),
                     pinned: Default::default(),
+                    credential: credential.cloned(),
                 })
             })
             .clone()

@@ -23,6 +23,9 @@ pub struct Startup {
     pub database: String,
     /// All startup parameters as sent.
     pub params: Vec<(String, String)>,
+    /// What the session logs in to nodes with, when it is not a password
+    /// from proxy.yaml (an `auth.query` user's key or hash).
+    pub credential: Option<crate::auth::Credential>,
 }
 
 /// What the first packet turned out to be.
@@ -152,10 +155,13 @@ async fn negotiate(
         user,
         database,
         params,
+        credential: None,
     })
 }
 
-/// Authenticates the client against `auth`.
+/// Authenticates the client against `auth` (and, for users proxy.yaml
+/// does not list, `auth.query`); returns the pass-through credential of
+/// such a user.
 ///
 /// # Errors
 /// 28P01 for a wrong password or unknown user.
@@ -165,7 +171,28 @@ pub async fn login(
     stream: &mut ClientStream,
     rbuf: &mut BytesMut,
     startup: &Startup,
-) -> Result<(), SessionError> {
+) -> Result<Option<crate::auth::Credential>, SessionError> {
+    let looked_up = if config.auth.user.is_some()
+        && config.user(&startup.user).is_none()
+        && config.auth.method.value != crate::config::AuthMethod::Trust
+    {
+        let primary = state.topology.load().primary().endpoint();
+        let (_, _, database) = config.monitor_login();
+        match state
+            .lookup
+            .verifier(config, &state.node_tls, &primary, &database, &startup.user)
+            .await
+        {
+            Ok(found) => Some(found),
+            Err(e) => {
+                // The client gets the same refusal as for a wrong password.
+                tracing::warn!(user = %startup.user, error = %e, "auth.query could not be run");
+                Some(None)
+            }
+        }
+    } else {
+        None
+    };
     let tls = state.tls.load();
     let binding = match (stream.is_tls(), tls.as_ref()) {
         (true, Some(t)) => crate::auth::scram::Binding::EndPoint(t.end_point.clone()),
@@ -178,6 +205,7 @@ pub async fn login(
         &startup.user,
         &state.secrets,
         &binding,
+        looked_up,
     )
     .await
     .map_err(|e| match e {

@@ -140,11 +140,11 @@ async fn run(
     let handshake_deadline = state.config.load().limits.startup_timeout.0;
     let startup = tokio::time::timeout(handshake_deadline, async {
         let opening = handshake::read_startup(state, socket, &mut rbuf).await?;
-        let handshake::Opening::Session(startup) = opening else {
+        let handshake::Opening::Session(mut startup) = opening else {
             return Ok(None);
         };
         let config = state.config.load();
-        handshake::login(state, &config, socket, &mut rbuf, &startup).await?;
+        startup.credential = handshake::login(state, &config, socket, &mut rbuf, &startup).await?;
         Ok::<_, SessionError>(Some(startup))
     })
     .instrument(span.clone())

@@ -112,6 +112,9 @@ fn status_without_a_config_names_the_address_it_tried_and_why() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(err.contains(&port.to_string()) && err.contains("given with --admin"), "{err}");
+    assert!(
+        err.contains(&port.to_string()) && err.contains("given with --admin"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -231,7 +231,7 @@ async fn a_refused_position_query_is_named_as_the_nodes_refusal() {
         host: "127.0.0.1".into(),
         user: "app".into(),
         database: "app".into(),
-        password: Some("app".into()),
+        credential: Some(pgsplit::auth::Credential::Password("app".into())),
         timeout: std::time::Duration::from_secs(10),
         tls_mode: pgsplit::config::BackendTls::Disable,
         tls: None,

@@ -1,6 +1,7 @@
 //! Integration tests against a real PostgreSQL primary and two streaming
 //! replicas (see `harness`).
 
+mod auth_query;
 mod cli;
 mod console;
 mod demo;

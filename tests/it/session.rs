@@ -668,10 +668,11 @@ async fn a_connection_never_given_back_clean_is_not_reused() {
     let proxy = start_proxy(&one_connection("transaction")).await;
     let topology = proxy.state.topology.load_full();
     let node = topology.primary().clone();
+    let password = pgsplit::auth::Credential::Password("app".into());
     let pool = proxy
         .state
         .pools
-        .pool_for(&node.endpoint(), "app", "app", Some("app"));
+        .pool_for(&node.endpoint(), "app", "app", Some(&password));
     let mut conn = pool.checkout().await.unwrap();
     let first = conn.id();
     conn.simple_command("BEGIN").await.unwrap();

@@ -280,7 +280,8 @@ pub struct Session<'s> {
     crbuf: BytesMut,
     cwbuf: BytesMut,
     startup: Startup,
-    password: Option<String>,
+    /// What its server connections log in with.
+    credential: Option<crate::auth::Credential>,
     mode: PoolMode,
     phase: Phase,
     /// Session pooling: connections kept between transactions, by node.
@@ -365,7 +366,11 @@ impl<'s> Session<'s> {
         span: tracing::Span,
     ) -> Result<Session<'s>, SessionError> {
         let config = state.config.load_full();
-        let password = config.user(&startup.user).and_then(|u| u.password.clone());
+        let credential = config
+            .user(&startup.user)
+            .and_then(|u| u.password.clone())
+            .map(crate::auth::Credential::Password)
+            .or_else(|| startup.credential.clone());
         let secret: i32 = rand::random();
         let slot = Arc::new(CancelSlot::default());
         state.cancels.register(pid, secret, slot.clone());
@@ -392,7 +397,7 @@ impl<'s> Session<'s> {
             crbuf,
             cwbuf: BytesMut::new(),
             startup,
-            password,
+            credential,
             mode: config.pool.mode,
             phase: Phase::Idle,
             spare: Vec::new(),
@@ -896,7 +901,7 @@ impl<'s> Session<'s> {
             &node.endpoint(),
             &self.startup.user,
             &self.startup.database,
-            self.password.as_deref(),
+            self.credential.as_ref(),
         );
         if self.pools.len() >= MAX_KNOWN_POOLS {
             self.pools.clear(); // nodes come and go with reloads
