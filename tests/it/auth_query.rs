@@ -88,6 +88,51 @@ async fn a_user_only_in_the_database_logs_in_with_scram_pass_through() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), user);
 
+    // psycopg (named server-side statements) and pgjdbc log in too.
+    let python = tokio::task::spawn_blocking(crate::drivers::python_deps)
+        .await
+        .unwrap()
+        .to_owned();
+    let jar = tokio::task::spawn_blocking(crate::drivers::jdbc_jar)
+        .await
+        .unwrap()
+        .to_owned();
+    let port = proxy.addr.port().to_string();
+    let script = format!(
+        "import psycopg\n\
+         c = psycopg.connect(host='127.0.0.1', port={port}, user='{user}', \
+         password='first-secret', dbname='app', prepare_threshold=0)\n\
+         print(c.execute('SELECT current_user, %s::int', (1,), prepare=True).fetchone()[0])\n"
+    );
+    let (u, p) = (user.clone(), port.clone());
+    let (py, java) = tokio::task::spawn_blocking(move || {
+        let py = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .env("PYTHONPATH", &python)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .output()
+            .unwrap();
+        let java = std::process::Command::new("java")
+            .arg("-cp")
+            .arg(&jar)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drivers/LoginCheck.java"))
+            .args([&p, &u, "first-secret"])
+            .output()
+            .unwrap();
+        (py, java)
+    })
+    .await
+    .unwrap();
+    for (name, out) in [("psycopg", py), ("pgjdbc", java)] {
+        assert!(
+            out.status.success(),
+            "{name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), user, "{name}");
+    }
+
     // A wrong password and an unknown user are refused alike.
     let wrong = login(&proxy, &user, "nope")
         .await

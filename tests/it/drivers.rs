@@ -92,7 +92,7 @@ fn node_deps() -> &'static Path {
 }
 
 /// pgjdbc from Debian's libpostgresql-jdbc-java.
-fn jdbc_jar() -> &'static Path {
+pub fn jdbc_jar() -> &'static Path {
     static JAR: OnceLock<PathBuf> = OnceLock::new();
     JAR.get_or_init(|| {
         let jar = PathBuf::from("/usr/share/java/postgresql.jar");
