@@ -485,3 +485,167 @@ async fn reload_adds_a_replica_without_dropping_clients_and_refuses_a_broken_fil
     drop(c);
     let _ = std::fs::remove_file(file);
 }
+
+/// The operator's day through the SQL console, under a load of writers and
+/// readers: PAUSE, a restart of the primary, RECONNECT, RESUME; then a
+/// SWITCHOVER. No client sees an error and no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_pause_across_a_primary_restart_and_switchover_under_load() {
+    use tokio_postgres::SimpleQueryMessage;
+    let _serial = SERIAL.lock().await;
+    let c = new_cluster().await;
+    let ports = node_ports(&c);
+    let extra = "auth:\n  method: md5\n  users:\n    - { name: app, password: app }\n    \
+                 - { name: ops, password: ops }\nadmin:\n  listen: 127.0.0.1:0\n  users: [ops]\n";
+    let proxy = start_proxy(&config_text(&ports, extra)).await;
+    let (ops, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=ops password=ops dbname=pgsplit",
+            proxy.addr.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("console");
+    tokio::spawn(connection);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked_so_far = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for w in 0..6 {
+        let client = connect_to(&proxy).await;
+        let (stop, count) = (stop.clone(), acked_so_far.clone());
+        writers.push(tokio::spawn(async move {
+            let (mut acked, mut errors) = (Vec::new(), Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(120);
+            for n in 0..1_000_000 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                match client
+                    .simple_query(&format!("INSERT INTO acked VALUES ({w}, {n})"))
+                    .await
+                {
+                    Ok(_) => {
+                        acked.push(n);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (w, acked, errors)
+        }));
+    }
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let client = connect_to(&proxy).await;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Err(e) = client.simple_query("SELECT count(*) FROM acked").await {
+                    errors.push(e.to_string());
+                }
+            }
+            errors
+        }));
+    }
+    let progressed = |by: usize| {
+        let count = acked_so_far.clone();
+        let from = count.load(Ordering::Relaxed);
+        async move {
+            assert!(
+                wait_for(Duration::from_secs(30), || count.load(Ordering::Relaxed)
+                    >= from + by)
+                .await,
+                "the load made no progress"
+            )
+        }
+    };
+    progressed(50).await;
+
+    // PAUSE, restart the primary, RECONNECT, wait for the monitor, RESUME.
+    ops.simple_query("PAUSE").await.expect("PAUSE");
+    let paused_at = acked_so_far.load(Ordering::Relaxed);
+    tokio::task::block_in_place(|| c.pg_ctl(0, "restart")).expect("restart the primary");
+    ops.simple_query("RECONNECT").await.expect("RECONNECT");
+    assert_eq!(
+        acked_so_far.load(Ordering::Relaxed),
+        paused_at,
+        "no write was acknowledged while paused"
+    );
+    let up = wait_for(Duration::from_secs(30), || {
+        proxy.state.topology.load().primary().health.is_up()
+    })
+    .await;
+    assert!(up, "the restarted primary is seen up");
+    ops.simple_query("RESUME").await.expect("RESUME");
+    progressed(50).await;
+
+    // The replicas reconnect to the restarted primary (walreceiver retries
+    // every few seconds): a switchover needs its candidate streaming.
+    let primary = direct(ports[0]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let streaming: i64 = primary
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if streaming == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replicas did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // SWITCHOVER through the console, its steps as rows.
+    let answer = ops
+        .simple_query("SWITCHOVER TO 'pg2'")
+        .await
+        .expect("SWITCHOVER");
+    let steps: Vec<(String, String)> = answer
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((
+                r.get("step").unwrap_or_default().to_owned(),
+                r.get("ok").unwrap_or_default().to_owned(),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !steps.is_empty() && steps.iter().all(|(_, ok)| ok == "true"),
+        "{steps:?}"
+    );
+    assert_eq!(proxy.state.topology.load().primary().name.as_ref(), "pg2");
+    progressed(50).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let new_primary = direct(ports[1]).await;
+    for w in writers {
+        let (client, acked, errors) = w.await.unwrap();
+        assert!(errors.is_empty(), "writer {client} saw errors: {errors:?}");
+        let stored: BTreeSet<i32> = new_primary
+            .query("SELECT n FROM acked WHERE client = $1", &[&client])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for n in &acked {
+            assert!(
+                stored.contains(n),
+                "acknowledged ({client}, {n}) is missing"
+            );
+        }
+    }
+    for r in readers {
+        let errors = r.await.unwrap();
+        assert!(errors.is_empty(), "a reader saw errors: {errors:?}");
+    }
+    proxy.stop().await;
+}

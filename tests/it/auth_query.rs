@@ -115,7 +115,10 @@ async fn a_user_only_in_the_database_logs_in_with_scram_pass_through() {
         let java = std::process::Command::new("java")
             .arg("-cp")
             .arg(&jar)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drivers/LoginCheck.java"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/drivers/LoginCheck.java"
+            ))
             .args([&p, &u, "first-secret"])
             .output()
             .unwrap();
