@@ -198,3 +198,34 @@ async fn a_user_only_in_the_database_logs_in_with_scram_pass_through() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An MD5-stored user that proxy.yaml does not list (`app_md5`, whose
+/// nodes ask for md5): its hash answers both the client's check and the
+/// nodes' challenges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_md5_user_only_in_the_database_logs_in_with_its_hash() {
+    let auth = "auth:\n  method: md5\n  user: app\n  users:\n    - { name: app, password: app }\n";
+    let proxy = start_proxy(&config_text(&ports(), auth)).await;
+    let client = login(&proxy, "app_md5", "md5pw")
+        .await
+        .expect("the md5 user logs in");
+    let port = served_by(&client, "SELECT inet_server_port()").await;
+    assert!(replica_ports().contains(&port), "read on a replica: {port}");
+    let written = rows(
+        &client,
+        "INSERT INTO items (v) VALUES ('md5 pass-through') RETURNING current_user, inet_server_port()",
+    )
+    .await
+    .unwrap();
+    assert_eq!(written[0][0].as_deref(), Some("app_md5"));
+    assert_eq!(
+        written[0][1].as_deref(),
+        Some(primary_port().to_string().as_str())
+    );
+    let e = login(&proxy, "app_md5", "wrong")
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(code(&e).as_deref(), Some("28P01"), "{e}");
+    proxy.stop().await;
+}

@@ -32,7 +32,7 @@ async fn table(client: &Client, sql: &str) -> (Vec<String>, Vec<HashMap<String, 
     let messages = client
         .simple_query(sql)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
     let mut names = Vec::new();
     let mut rows = Vec::new();
     for m in messages {
@@ -500,4 +500,143 @@ async fn reconnect_replaces_server_connections_and_kill_ends_sessions() {
     let again = app(&proxy).await;
     let one: i32 = scalar(&again, "SELECT 1").await;
     assert_eq!(one, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_through_pause_and_resume_sees_no_failure() {
+    let proxy = start_proxy(&console_config("")).await;
+    let setup = app(&proxy).await;
+    setup
+        .batch_execute("CREATE TABLE IF NOT EXISTS console_bench (client int)")
+        .await
+        .unwrap();
+    let ops = console(&proxy, "ops").await.expect("ops");
+    let script = std::env::temp_dir().join(format!("pgsplit-bench-{}.sql", std::process::id()));
+    std::fs::write(
+        &script,
+        "INSERT INTO console_bench VALUES (:client_id);\nSELECT count(*) FROM console_bench;\n",
+    )
+    .unwrap();
+    let port = proxy.addr.port().to_string();
+    let file = script.clone();
+    let bench = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(cluster().bin_dir().join("pgbench"))
+            .args([
+                "-n",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "app",
+                "-c",
+                "4",
+                "-t",
+                "300",
+                "-f",
+            ])
+            .arg(&file)
+            .arg("app")
+            .env("PGPASSWORD", "app")
+            .output()
+            .unwrap()
+    });
+    // Pause once pgbench is running; hold it until its clients wait.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.state.clients.list().len() < 5 {
+        assert!(Instant::now() < deadline, "pgbench never connected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    ops.simple_query("PAUSE").await.expect("PAUSE");
+    loop {
+        let (_, clients) = table(&ops, "SHOW CLIENTS").await;
+        let waiting = clients
+            .iter()
+            .filter(|r| r["state"].as_deref() == Some("waiting"))
+            .count();
+        if waiting >= 4 || bench.is_finished() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pgbench's clients never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!bench.is_finished(), "pgbench was held by PAUSE");
+    ops.simple_query("RESUME").await.expect("RESUME");
+    let out = bench.await.unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(&script);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("number of failed transactions: 0"), "{text}");
+    assert!(text.contains("actually processed: 1200/1200"), "{text}");
+    let rows: i64 = scalar(&setup, "SELECT count(*) FROM console_bench").await;
+    assert_eq!(rows, 1200);
+    setup
+        .batch_execute("DROP TABLE console_bench")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_and_the_switchover_drill_through_the_console() {
+    let file = std::env::temp_dir().join(format!("pgsplit-console-{}.yaml", std::process::id()));
+    std::fs::write(&file, console_config("")).unwrap();
+    let loaded = pgsplit::config::Config::load(&file).unwrap();
+    let mut proxy = pgsplit::app::Proxy::start_from(loaded, Some(file.clone()))
+        .await
+        .unwrap();
+    proxy.reached(pgsplit::app::Phase::Ready).await;
+    let ops = console(&proxy, "ops").await.expect("ops");
+    let value = |config: &[HashMap<String, Option<String>>], key: &str| {
+        config
+            .iter()
+            .find(|r| r["key"].as_deref() == Some(key))
+            .and_then(|r| r["value"].clone())
+    };
+    let (_, config) = table(&ops, "SHOW CONFIG").await;
+    assert_eq!(
+        value(&config, "routing.cross_zone_share").as_deref(),
+        Some("0")
+    );
+    std::fs::write(
+        &file,
+        console_config("routing:\n  cross_zone_share: 0.25\n"),
+    )
+    .unwrap();
+    table(&ops, "RELOAD").await;
+    let (_, config) = table(&ops, "SHOW CONFIG").await;
+    assert_eq!(
+        value(&config, "routing.cross_zone_share").as_deref(),
+        Some("0.25")
+    );
+    // A broken file is refused with its line; the running one stays.
+    std::fs::write(&file, console_config("routing:\n  cross_zone_share: 2\n")).unwrap();
+    let Err(e) = ops.simple_query("RELOAD").await else {
+        panic!("a broken file reloaded")
+    };
+    assert!(message(&e).contains("cross_zone_share"), "{e}");
+    assert!(message(&e).contains(&file.display().to_string()), "{e}");
+    let (_, config) = table(&ops, "SHOW CONFIG").await;
+    assert_eq!(
+        value(&config, "routing.cross_zone_share").as_deref(),
+        Some("0.25")
+    );
+
+    // The drill: steps as rows, nothing changed.
+    let (names, steps) = table(&ops, "SWITCHOVER TO 'pg2' CHECK").await;
+    assert_eq!(names, ["step", "ok", "ms", "detail"]);
+    assert!(
+        !steps.is_empty() && steps.iter().all(|r| r["ok"].as_deref() == Some("true")),
+        "{steps:?}"
+    );
+    assert_eq!(proxy.state.topology.load().primary().name.as_ref(), "pg1");
+    let Err(e) = ops.simple_query("SWITCHOVER TO 'nosuch' CHECK").await else {
+        panic!("an unknown node drilled")
+    };
+    assert!(message(&e).contains("nosuch"), "{e}");
+    let _ = std::fs::remove_file(&file);
+    proxy.stop().await;
 }
