@@ -49,7 +49,11 @@ count() { # binary label
     # the first poll of a task future in src/session/mod.rs.
     local ann; ann=$(callgrind_annotate --inclusive=yes "$DIR/$2.$mode.out" 2>/dev/null || true)
     local total; total=$(echo "$ann" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' || true)
+    # (or, where the compiler inlined that poll, session::serve's future)
     local sessions; sessions=$(echo "$ann" | awk '/src\/session\/mod.rs:<tokio_util::task::task_tracker::TrackedFuture/ {gsub(",", "", $1); print $1; exit}' || true)
+    if [ -z "$sessions" ]; then
+      sessions=$(echo "$ann" | awk 'index($0, "src/session/mod.rs:pgsplit::session::serve::{{closure}}") {gsub(",", "", $1); print $1; exit}' || true)
+    fi
     local tx=$((TRANSACTIONS + 400))
     echo "$2 -M $mode: $tx transactions; program $total instructions; sessions ${sessions:-?} ($(( ${sessions:-0} / tx )) per transaction)"
     if [ -n "${KEEP:-}" ]; then cp "$DIR/$2.$mode.out" "$KEEP.$2.$mode.out"; fi

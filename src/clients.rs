@@ -201,6 +201,12 @@ impl Clients {
             .count()
     }
 
+    /// Whether anything is paused (the gate's fast check, inline in the
+    /// session loop: the gate itself is awaited only when this is true).
+    pub fn any_paused(&self) -> bool {
+        self.any_paused.load(Ordering::SeqCst)
+    }
+
     /// The pause gate, passed by a session about to start a unit of work
     /// (after [`ClientEntry::start_work`]): returns at once unless its
     /// database is paused, else waits for RESUME (or for `stop`).

@@ -69,6 +69,11 @@ pub struct ConnState {
     /// The session whose `nextval` state (`currval`, `lastval`) it holds:
     /// discarded before another session's first statement on it.
     pub sequence_owner: Option<i32>,
+    /// Its row in SHOW SERVERS (pooled connections only). Here, in the
+    /// box, so the connection itself stays small to move.
+    pub listed: Option<super::servers::Listed>,
+    /// The error the last of the proxy's own queries got, if any.
+    pub last_error: Option<(String, String)>,
 }
 
 impl ConnState {
@@ -83,6 +88,8 @@ impl ConnState {
             unnamed: None,
             uses: 0,
             sequence_owner: None,
+            listed: None,
+            last_error: None,
         }
     }
 
@@ -110,10 +117,6 @@ pub struct BackendConn {
     /// Protocol and session state (boxed: connections move between the
     /// pool and sessions several times per transaction).
     pub proto: Box<ConnState>,
-    /// Its row in SHOW SERVERS (pooled connections only).
-    pub listed: Option<super::servers::Listed>,
-    /// The error the last of the proxy's own queries got, if any.
-    last_error: Option<(String, String)>,
     broken: bool,
 }
 
@@ -150,8 +153,6 @@ impl BackendConn {
             address: spec.address.clone(),
             login: LoginInfo::default(),
             proto: Box::new(ConnState::new(id)),
-            listed: None,
-            last_error: None,
             broken: false,
         };
         let login = tokio::time::timeout(
@@ -258,13 +259,13 @@ impl BackendConn {
         // A simple query replaces the unnamed statement.
         self.proto.unnamed = None;
         let mut failed = false;
-        self.last_error = None;
+        self.proto.last_error = None;
         loop {
             let frame = self.read_frame().await?;
             match frame.tag {
                 be::ERROR_RESPONSE_TAG => {
                     failed = true;
-                    self.last_error = be::error_code_and_message(frame.body());
+                    self.proto.last_error = be::error_code_and_message(frame.body());
                 }
                 be::DATA_ROW_TAG => on_row(frame.body()),
                 be::NOTIFICATION_TAG => client.extend_from_slice(&frame.bytes),
@@ -326,7 +327,7 @@ impl BackendConn {
 
     /// The error the last own query got, as a [`WireError::Refused`].
     fn refused(&mut self) -> Result<(), WireError> {
-        match self.last_error.take() {
+        match self.proto.last_error.take() {
             Some((code, message)) => Err(WireError::Refused { code, message }),
             None => Ok(()),
         }

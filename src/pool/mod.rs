@@ -93,7 +93,7 @@ impl ManageConnection for Manager {
         let _login = LoggingIn(&self.logging_in);
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let mut conn = BackendConn::connect(&self.spec, id).await?;
-        conn.listed = Some(Listed::new(
+        conn.proto.listed = Some(Listed::new(
             &self.servers,
             ServerInfo {
                 id,
@@ -303,7 +303,7 @@ impl NodePool {
 
     fn wrap(self: &Arc<Self>, mut conn: BbConn) -> Pooled {
         conn.proto.uses += 1;
-        if let Some(listed) = &conn.listed {
+        if let Some(listed) = &conn.proto.listed {
             listed.info.active.store(true, Ordering::Relaxed);
         }
         Pooled {
@@ -345,7 +345,7 @@ impl NodePool {
     }
 
     fn give_back(&self, mut conn: BbConn) {
-        if let Some(listed) = &conn.listed {
+        if let Some(listed) = &conn.proto.listed {
             listed.info.active.store(false, Ordering::Relaxed);
         }
         if conn.proto.id < self.retire_below.load(Ordering::Relaxed) {

@@ -232,7 +232,8 @@ impl Held {
 
     /// Counts one answered batch (and, when it left the connection idle,
     /// one transaction) in its pool's SHOW STATS.
-    fn account(&mut self, status: TxnStatus, elapsed: Duration) {
+    /// (`started` + `elapsed` is now: no second clock read.)
+    fn account(&mut self, status: TxnStatus, started: std::time::Instant, elapsed: Duration) {
         use crate::pool::PoolStats;
         let stats = &self.conn.pool().stats;
         let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
@@ -240,10 +241,11 @@ impl Held {
         PoolStats::add(&stats.query_time, micros(elapsed));
         PoolStats::add(&stats.sent, std::mem::take(&mut self.sent));
         if status == TxnStatus::Idle
-            && let Some(started) = self.xact_started.take()
+            && let Some(began) = self.xact_started.take()
         {
             PoolStats::add(&stats.xact_count, 1);
-            PoolStats::add(&stats.xact_time, micros(started.elapsed()));
+            let xact = started.saturating_duration_since(began) + elapsed;
+            PoolStats::add(&stats.xact_time, micros(xact));
         }
     }
 
@@ -429,7 +431,9 @@ impl<'s> Session<'s> {
         }
         // A PAUSE holds logins too: the first connection is server work.
         session.listed.entry.start_work();
-        session.state.clients.gate(&session.listed.entry).await;
+        if session.state.clients.any_paused() {
+            Box::pin(session.state.clients.gate(&session.listed.entry)).await;
+        }
         let mut first = session.first_connection().await?;
         let params = session.apply_startup_settings(&mut first).await?;
         // The database exists (the node let us in): route its first
@@ -751,7 +755,7 @@ impl<'s> Session<'s> {
                 "statement done"
             );
             if clients {
-                held.account(status, elapsed);
+                held.account(status, started, elapsed);
             }
             if self.replies.ready_owed() > 0 {
                 held.timing = Some(std::time::Instant::now());

@@ -147,9 +147,13 @@ impl Session<'_> {
             // A new unit of work: counted busy, then past the console's
             // PAUSE.
             self.listed.entry.start_work();
-            self.state.clients.gate(&self.listed.entry).await;
-            if self.listed.entry.stop.is_cancelled() && self.listed.entry.was_killed() {
-                return Err(SessionError::Shutdown);
+            if self.state.clients.any_paused() {
+                // Boxed: the gate's future would otherwise enlarge this
+                // one, which is moved on every batch.
+                Box::pin(self.state.clients.gate(&self.listed.entry)).await;
+                if self.listed.entry.stop.is_cancelled() && self.listed.entry.was_killed() {
+                    return Err(SessionError::Shutdown);
+                }
             }
         }
         match self.placement(&plan) {
