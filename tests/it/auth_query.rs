@@ -73,8 +73,7 @@ async fn a_user_only_in_the_database_logs_in_with_scram_pass_through() {
     );
 
     // psql logs in the same way.
-    let cluster = cluster();
-    let out = std::process::Command::new(cluster.bin_dir().join("psql"))
+    let out = crate::tools::tool("psql")
         .args(["-X", "-At", "-h", "127.0.0.1", "-p"])
         .arg(proxy.addr.port().to_string())
         .args(["-U", &user, "-d", "app", "-c", "SELECT current_user"])

@@ -396,16 +396,8 @@ async fn pause_holds_new_transactions_without_errors_until_resume() {
         }));
     }
     // Wait until every loader is held at the gate.
-    loop {
-        let (_, clients) = table(&ops, "SHOW CLIENTS").await;
-        let waiting = clients
-            .iter()
-            .filter(|r| r["state"].as_deref() == Some("waiting"))
-            .count();
-        if waiting >= 4 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "clients never held: {clients:?}");
+    while waiting(&ops).await < 4 {
+        assert!(Instant::now() < deadline, "clients never held");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(
@@ -424,6 +416,15 @@ async fn pause_holds_new_transactions_without_errors_until_resume() {
         .batch_execute("DROP TABLE console_pause")
         .await
         .unwrap();
+}
+
+/// Sessions SHOW CLIENTS shows held by PAUSE.
+async fn waiting(ops: &Client) -> usize {
+    let (_, clients) = table(ops, "SHOW CLIENTS").await;
+    clients
+        .iter()
+        .filter(|r| r["state"].as_deref() == Some("waiting"))
+        .count()
 }
 
 async fn count(primary: &Client) -> i64 {
@@ -520,7 +521,7 @@ async fn pgbench_through_pause_and_resume_sees_no_failure() {
     let port = proxy.addr.port().to_string();
     let file = script.clone();
     let bench = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(cluster().bin_dir().join("pgbench"))
+        crate::tools::tool("pgbench")
             .args([
                 "-n",
                 "-h",
@@ -537,7 +538,6 @@ async fn pgbench_through_pause_and_resume_sees_no_failure() {
             ])
             .arg(&file)
             .arg("app")
-            .env("PGPASSWORD", "app")
             .output()
             .unwrap()
     });
@@ -548,15 +548,7 @@ async fn pgbench_through_pause_and_resume_sees_no_failure() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     ops.simple_query("PAUSE").await.expect("PAUSE");
-    loop {
-        let (_, clients) = table(&ops, "SHOW CLIENTS").await;
-        let waiting = clients
-            .iter()
-            .filter(|r| r["state"].as_deref() == Some("waiting"))
-            .count();
-        if waiting >= 4 || bench.is_finished() {
-            break;
-        }
+    while waiting(&ops).await < 4 && !bench.is_finished() {
         assert!(Instant::now() < deadline, "pgbench's clients never waited");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -4,7 +4,9 @@ use std::process::Command;
 
 use crate::harness::*;
 
-fn tool(name: &str) -> Command {
+/// A PostgreSQL client program of the cluster's, with `app`'s password and
+/// a connect timeout (override `PGPASSWORD` for another user).
+pub fn tool(name: &str) -> Command {
     let mut cmd = Command::new(cluster().bin_dir().join(name));
     cmd.env("PGPASSWORD", "app").env("PGCONNECT_TIMEOUT", "10");
     cmd

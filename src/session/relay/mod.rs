@@ -430,10 +430,7 @@ impl<'s> Session<'s> {
             tracing::debug!(rule = %rule, "session matches a route rule");
         }
         // A PAUSE holds logins too: the first connection is server work.
-        session.listed.entry.start_work();
-        if session.state.clients.any_paused() {
-            Box::pin(session.state.clients.gate(&session.listed.entry)).await;
-        }
+        session.start_work().await;
         let mut first = session.first_connection().await?;
         let params = session.apply_startup_settings(&mut first).await?;
         // The database exists (the node let us in): route its first
@@ -569,6 +566,20 @@ impl<'s> Session<'s> {
             }
         }
         result
+    }
+
+    /// A unit of work starts (a login, or a batch between transactions):
+    /// the session counts itself busy, then passes the console's PAUSE,
+    /// waiting only while something is paused (the gate's future is boxed:
+    /// inline it would enlarge every batch's future). False when a KILL
+    /// ended the session meanwhile.
+    async fn start_work(&self) -> bool {
+        self.listed.entry.start_work();
+        if !self.state.clients.any_paused() {
+            return true;
+        }
+        Box::pin(self.state.clients.gate(&self.listed.entry)).await;
+        !(self.listed.entry.stop.is_cancelled() && self.listed.entry.was_killed())
     }
 
     /// Serves the client until it leaves.

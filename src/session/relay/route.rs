@@ -143,18 +143,9 @@ impl Session<'_> {
         plan: Plan,
         tried: Vec<Arc<str>>,
     ) -> Result<(), SessionError> {
-        if self.between_transactions() {
-            // A new unit of work: counted busy, then past the console's
-            // PAUSE.
-            self.listed.entry.start_work();
-            if self.state.clients.any_paused() {
-                // Boxed: the gate's future would otherwise enlarge this
-                // one, which is moved on every batch.
-                Box::pin(self.state.clients.gate(&self.listed.entry)).await;
-                if self.listed.entry.stop.is_cancelled() && self.listed.entry.was_killed() {
-                    return Err(SessionError::Shutdown);
-                }
-            }
+        // A new unit of work: counted busy, then past the console's PAUSE.
+        if self.between_transactions() && !self.start_work().await {
+            return Err(SessionError::Shutdown);
         }
         match self.placement(&plan) {
             Placement::Held => {
