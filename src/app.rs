@@ -101,6 +101,9 @@ impl Proxy {
             shutdown.clone(),
             state.topology_poll.clone(),
         ));
+        if state.config.load().follows_patroni() {
+            tasks.spawn(crate::topology::patroni::run(state.clone()));
+        }
         let on_change = {
             let state = state.clone();
             move |facts| {

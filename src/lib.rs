@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod demo;
 pub mod failover;
+pub mod http;
 pub mod metrics;
 pub mod pins;
 pub mod pool;

@@ -19,6 +19,16 @@ use crate::topology::Topology;
 /// Bytes of statement text the routing cache may hold.
 pub const ROUTER_CACHE_BYTES: u64 = 32 << 20;
 
+/// Why new writes are held (bits of [`State::writes_held`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HoldReason {
+    /// A switchover or failover this proxy runs (or asked Patroni for).
+    Switchover = 1,
+    /// Patroni is changing the leader.
+    Patroni = 2,
+}
+
 /// Everything sessions and background tasks share.
 pub struct State {
     /// Every metric.
@@ -53,8 +63,10 @@ pub struct State {
     pub facts: ArcSwap<Facts>,
     /// Counts catalog reads (changes after each attempt).
     pub catalog_loads: watch::Sender<u64>,
-    /// True while a switchover holds new writes.
-    pub writes_held: watch::Sender<bool>,
+    /// Why new writes are held, as [`HoldReason`] bits (0: not held).
+    pub writes_held: watch::Sender<u8>,
+    /// What the Patroni follower last saw (`topology.source: patroni`).
+    pub patroni: arc_swap::ArcSwapOption<crate::topology::patroni::Observed>,
     /// Asks the monitor to poll the nodes now (a write found the primary
     /// fenced).
     pub topology_poll: Arc<Notify>,
@@ -117,7 +129,8 @@ impl State {
             pins: crate::pins::PinCounts::default(),
             clients: Arc::default(),
             config_path: std::sync::OnceLock::new(),
-            writes_held: watch::channel(false).0,
+            writes_held: watch::channel(0).0,
+            patroni: arc_swap::ArcSwapOption::empty(),
             topology_poll: Arc::new(Notify::new()),
             rule_sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
             failover_lock: tokio::sync::Mutex::new(()),
@@ -149,16 +162,34 @@ impl State {
 
     /// Holds (or releases) new write transactions during a switchover.
     pub fn hold_writes(&self, held: bool) {
-        self.writes_held.send_replace(held);
+        self.hold(HoldReason::Switchover, held);
+    }
+
+    /// Holds (or releases) new writes for `reason`; they flow when no
+    /// reason holds them.
+    pub fn hold(&self, reason: HoldReason, held: bool) {
+        let bit = reason as u8;
+        self.writes_held.send_modify(|bits| {
+            if held {
+                *bits |= bit;
+            } else {
+                *bits &= !bit;
+            }
+        });
+    }
+
+    /// Whether `reason` holds writes now.
+    pub fn held_for(&self, reason: HoldReason) -> bool {
+        *self.writes_held.borrow() & reason as u8 != 0
     }
 
     /// Waits while writes are held, at most `limit`; false if still held.
     pub async fn writes_released(&self, limit: std::time::Duration) -> bool {
         let mut rx = self.writes_held.subscribe();
-        if !*rx.borrow_and_update() {
+        if *rx.borrow_and_update() == 0 {
             return true;
         }
-        tokio::time::timeout(limit, rx.wait_for(|held| !held))
+        tokio::time::timeout(limit, rx.wait_for(|held| *held == 0))
             .await
             .is_ok()
     }
@@ -168,11 +199,33 @@ impl State {
     /// waits, at most `limit`, for another node to become the primary.
     /// Returns whether one did.
     pub async fn await_new_primary(&self, old: &str, limit: std::time::Duration) -> bool {
+        self.await_topology(limit, |t| *t.primary().name != *old)
+            .await
+    }
+
+    /// The primary `old` went away under a write (its connection ended,
+    /// or it refuses connections): asks the monitor to poll now and waits,
+    /// at most `limit`, until another node is the primary or `old` answers
+    /// again. Returns whether either happened.
+    pub async fn await_writable_primary(&self, old: &str, limit: std::time::Duration) -> bool {
+        self.await_topology(limit, |t| {
+            *t.primary().name != *old || t.primary().health.is_up()
+        })
+        .await
+    }
+
+    /// Asks the monitor to poll now and again, and waits, at most `limit`,
+    /// until the topology satisfies `done`.
+    async fn await_topology(
+        &self,
+        limit: std::time::Duration,
+        done: impl Fn(&Topology) -> bool,
+    ) -> bool {
         const LOOK: std::time::Duration = std::time::Duration::from_millis(10);
         const ASK_EVERY: u32 = 5;
         let deadline = tokio::time::Instant::now() + limit;
         for round in 0.. {
-            if *self.topology.load().primary().name != *old {
+            if done(&self.topology.load()) {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {

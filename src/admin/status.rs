@@ -17,6 +17,15 @@ pub struct Status {
     /// Sessions pinned to a server connection, by why.
     #[serde(default)]
     pub pinned: std::collections::BTreeMap<String, i64>,
+    /// `static` or `patroni`.
+    #[serde(default)]
+    pub topology_source: String,
+    /// New writes are held now (a switchover under way).
+    #[serde(default)]
+    pub writes_held: bool,
+    /// What the Patroni follower last saw (leader, members, holding).
+    #[serde(default)]
+    pub patroni: Option<serde_json::Value>,
 }
 
 /// One route rule in `/status`.
@@ -128,11 +137,23 @@ impl Status {
             .zip(&state.metrics.pinned)
             .map(|(reason, gauge)| (reason.as_str().to_owned(), gauge.get()))
             .collect();
+        let config = state.config.load();
         Status {
             nodes,
             clients: state.metrics.client_connections.get(),
             rules,
             pinned,
+            topology_source: if config.follows_patroni() {
+                "patroni"
+            } else {
+                "static"
+            }
+            .into(),
+            writes_held: *state.writes_held.borrow() != 0,
+            patroni: state
+                .patroni
+                .load_full()
+                .and_then(|o| serde_json::to_value(&*o).ok()),
         }
     }
 
@@ -169,6 +190,19 @@ impl Status {
             ));
         }
         out.push_str(&format!("clients: {}\n", self.clients));
+        if let Some(p) = &self.patroni {
+            let leader = p["view"]["leader"].as_str().unwrap_or("none");
+            let via = p["view"]["source"].as_str().unwrap_or("-");
+            out.push_str(&format!(
+                "topology: patroni, leader {leader} (read from {via})\n"
+            ));
+            if let Some(e) = p["error"].as_str() {
+                out.push_str(&format!("patroni: {e}\n"));
+            }
+        }
+        if self.writes_held {
+            out.push_str("writes: held (a switchover is under way)\n");
+        }
         let pinned: Vec<String> = self
             .pinned
             .iter()

@@ -93,6 +93,82 @@ pub struct Config {
     /// on shared cores it handles more events per wakeup. Read at start only.
     #[serde(default)]
     pub sched_batch: bool,
+    /// Who decides which node is the primary.
+    #[serde(default)]
+    pub topology: TopologyConfig,
+}
+
+/// `topology:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyConfig {
+    /// `static` (the nodes list, roles discovered from the nodes) or
+    /// `patroni` (Patroni names the leader).
+    #[serde(default)]
+    pub source: TopologySource,
+    /// Where Patroni is, for `source: patroni`.
+    #[serde(default)]
+    pub patroni: Option<PatroniConfig>,
+}
+
+/// `topology.source`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopologySource {
+    /// The nodes list; the writable node on the highest timeline leads.
+    #[default]
+    Static,
+    /// Patroni's leader and members.
+    Patroni,
+}
+
+/// `topology.patroni`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatroniConfig {
+    /// Members' REST APIs (`http://host:8008`), any subset.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Patroni's etcd (v3), watched for immediate reaction.
+    #[serde(default)]
+    pub etcd: Option<EtcdConfig>,
+    /// How often the REST API is asked when etcd is not watched (or as a
+    /// fallback while the watch is down).
+    #[serde(default = "default_patroni_poll")]
+    pub poll_interval: Duration,
+}
+
+fn default_patroni_poll() -> Duration {
+    Duration(std::time::Duration::from_millis(500))
+}
+
+/// `topology.patroni.etcd`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs (`http://host:2379`).
+    pub endpoints: Vec<String>,
+    /// Patroni's `scope` (the cluster name).
+    pub scope: String,
+    /// Patroni's `namespace`.
+    #[serde(default = "default_etcd_namespace")]
+    pub namespace: String,
+}
+
+fn default_etcd_namespace() -> String {
+    "/service/".into()
+}
+
+impl EtcdConfig {
+    /// The key prefix of the cluster: `<namespace>/<scope>/`.
+    pub fn prefix(&self) -> String {
+        format!(
+            "/{}/{}/",
+            self.namespace.trim_matches('/'),
+            self.scope.trim_matches('/')
+        )
+        .replace("//", "/")
+    }
 }
 
 /// How to reach one node: what connections to it (pooled, monitor,
@@ -556,6 +632,62 @@ pub fn locate(text: &str, key: &str) -> (u64, u64) {
 }
 
 impl Config {
+    fn validate_topology(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: 0,
+            column: 0,
+            key: key.to_owned(),
+            message,
+        };
+        let Some(patroni) = &self.topology.patroni else {
+            if self.topology.source == TopologySource::Patroni {
+                return Err(invalid(
+                    "topology.source",
+                    "source: patroni needs topology.patroni.urls (members' REST APIs) and/or topology.patroni.etcd".into(),
+                ));
+            }
+            return Ok(());
+        };
+        if patroni.urls.is_empty() && patroni.etcd.is_none() {
+            return Err(invalid(
+                "topology.patroni",
+                "needs urls (members' REST APIs) and/or etcd".into(),
+            ));
+        }
+        let endpoints = patroni.etcd.iter().flat_map(|e| &e.endpoints);
+        for (i, url) in patroni.urls.iter().enumerate() {
+            if !url.starts_with("http://") {
+                return Err(invalid(
+                    &format!("topology.patroni.urls[{i}]"),
+                    format!("{url:?}: only http://host:port is supported"),
+                ));
+            }
+        }
+        for url in endpoints {
+            if !url.starts_with("http://") {
+                return Err(invalid(
+                    "topology.patroni.etcd.endpoints",
+                    format!("{url:?}: only http://host:port is supported"),
+                ));
+            }
+        }
+        if let Some(etcd) = &patroni.etcd
+            && (etcd.endpoints.is_empty() || etcd.scope.trim_matches('/').is_empty())
+        {
+            return Err(invalid(
+                "topology.patroni.etcd",
+                "needs endpoints and the cluster's scope".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether Patroni decides the primary.
+    pub fn follows_patroni(&self) -> bool {
+        self.topology.source == TopologySource::Patroni
+    }
+
     /// `limits.max_pinned_sessions`, or its default (`pool.size - 1`, at
     /// least 1).
     pub fn max_pinned_sessions(&self) -> usize {
@@ -689,6 +821,7 @@ impl Config {
             ));
         }
         self.validate_nodes(path)?;
+        self.validate_topology(path)?;
         if let Err((key, message)) = rules::validate(&self.routing.rules) {
             return Err(invalid(&serde_saphyr::Location::UNKNOWN, &key, message));
         }

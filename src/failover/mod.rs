@@ -95,7 +95,10 @@ pub async fn run(state: &Arc<State>, to: &Option<String>, force: bool, check: bo
         state.metrics.failover("refused");
         return Report::refused(action, "another failover is in progress");
     };
-    let report = if force {
+    let report = if state.config.load().follows_patroni() {
+        // Patroni manages the nodes: it is asked, never bypassed.
+        crate::topology::patroni::delegate(state, to.as_deref(), force, check).await
+    } else if force {
         failover(state, to.as_deref(), check).await
     } else {
         switchover(state, to.as_deref(), check).await

@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod lag;
 pub mod monitor;
+pub mod patroni;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};

@@ -186,7 +186,13 @@ pub async fn run(
                 }
             }
         }
-        let topo = match discover(&topo, &pollers, &results) {
+        // With Patroni deciding, the follower alone changes the primary.
+        let found = if cfg.follows_patroni() {
+            None
+        } else {
+            discover(&topo, &pollers, &results)
+        };
+        let topo = match found {
             Some(changed) => {
                 // Only over the snapshot this round started from: a reload or
                 // failover published meanwhile wins, and the next round sees it.

@@ -688,6 +688,17 @@ impl<'s> Session<'s> {
                 }
                 Err(e) => return self.backend_failed(route::Failure::Wire(e)).await,
             };
+            if frame.tag == be::ERROR_RESPONSE_TAG && self.replies.is_empty() {
+                // An error nothing was asked for: the server ends this
+                // connection on its own (a shutdown, pg_terminate_backend,
+                // an idle timeout) after the client had all its answers.
+                // Relayed, it would break the client's protocol; the
+                // connection is dropped instead (an open transaction on it
+                // fails at the client's next statement).
+                held.conn.mark_broken();
+                tracing::debug!(parent: &self.span, "the server ended an idle connection");
+                continue;
+            }
             if let Some(retry) = &self.retry {
                 if retry.write {
                     if let Some(refusal) = fenced_refusal(&frame)
@@ -697,6 +708,14 @@ impl<'s> Session<'s> {
                         // nothing: a switchover fenced it (maybe through
                         // another proxy). Held until the new primary is known.
                         return self.refused_by_fenced_primary(refusal).await;
+                    }
+                    if frame.tag == be::ERROR_RESPONSE_TAG
+                        && let Some(code) = shutdown_code(&frame)
+                        && !self.settings.read_only()
+                    {
+                        // The primary ended this connection before any of
+                        // the write's replies: nothing of it committed.
+                        return self.primary_went_away(code).await;
                     }
                 } else if let Some(code) = shutdown_code(&frame) {
                     // The node is going away (shut down, crashed, restarting)

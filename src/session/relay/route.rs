@@ -73,6 +73,24 @@ impl Failure {
     }
 }
 
+/// A checkout failure that says the primary itself is gone or going
+/// (unreachable, closed, or refusing logins while it shuts down or starts),
+/// not that it is busy or refuses this user.
+fn primary_gone(e: &PoolError) -> bool {
+    match e {
+        PoolError::Connect { .. } | PoolError::Closed { .. } => true,
+        PoolError::Login {
+            source: crate::auth::AuthError::Rejected { code, .. },
+            ..
+        } => matches!(code.as_str(), "57P01" | "57P02" | "57P03"),
+        PoolError::Login {
+            source: crate::auth::AuthError::Wire(_),
+            ..
+        } => true,
+        _ => false,
+    }
+}
+
 /// Where a batch goes.
 enum Placement {
     /// On the held connection.
@@ -313,6 +331,30 @@ impl Session<'_> {
                     {
                         tried.push(node.name.clone());
                         continue;
+                    }
+                    // The primary is going away or gone (a switchover by
+                    // Patroni or another proxy, a restart) and this write
+                    // has not run anywhere: it waits for a primary that
+                    // takes connections, then goes there.
+                    if is_primary
+                        && begin.is_none()
+                        && !route.pins
+                        && tried.len() < MAX_WRITE_TRIES
+                        && primary_gone(&e)
+                        && !self.settings.read_only()
+                    {
+                        tracing::info!(parent: &self.span, node = %node.name, error = %e, "the primary cannot be reached; holding the write for a primary that can");
+                        if node.health.mark_down() {
+                            tracing::warn!(parent: &self.span, node = %node.name, error = %e, state = "down", "node connection lost");
+                        }
+                        if self
+                            .state
+                            .await_writable_primary(&node.name, WRITE_HOLD_LIMIT)
+                            .await
+                        {
+                            tried.push(node.name.clone());
+                            continue;
+                        }
                     }
                     let code = match &e {
                         PoolError::Timeout { .. } => sqlstate::TOO_MANY_CONNECTIONS.to_owned(),
@@ -745,6 +787,42 @@ impl Session<'_> {
             return Ok(());
         }
         retry.tried.push(node);
+        self.send_again(retry, None).await
+    }
+
+    /// The primary ended the connection of the write in flight (57P01,
+    /// 57P02, 57P03: shutting down, crashed, restarting) before any of its
+    /// replies reached the client, so nothing of it was committed: it is
+    /// held until a primary takes connections again (a new one, or the
+    /// same one back), then sent there; if none does within the write
+    /// hold limit, the client gets the error.
+    pub(super) async fn primary_went_away(&mut self, code: String) -> Result<(), SessionError> {
+        let node = match &self.phase {
+            Phase::Held(held) => held.node.clone(),
+            _ => return Ok(()),
+        };
+        let Some((mut retry, name)) = self.abandon_for_retry() else {
+            return Ok(());
+        };
+        tracing::info!(parent: &self.span, node = %name, code, "the primary went away before answering a write; holding it for a primary");
+        if node.health.mark_down() {
+            tracing::warn!(parent: &self.span, node = %name, state = "down", "node connection lost");
+        }
+        if !self
+            .state
+            .await_writable_primary(&name, WRITE_HOLD_LIMIT)
+            .await
+        {
+            for added in &retry.added {
+                self.statements.remove(added);
+            }
+            self.phase = Phase::before(retry.begin);
+            let message =
+                format!("connection to node {name} lost: the node is shutting down ({code})");
+            self.fail_batch(sqlstate::CONNECTION_FAILURE, &message, retry.plan.syncs);
+            return Ok(());
+        }
+        retry.tried.push(name);
         self.send_again(retry, None).await
     }
 
