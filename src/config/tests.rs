@@ -209,3 +209,43 @@ fn every_validation_error_names_a_line() {
     assert_eq!(super::locate("a:\n  b:\n    c: 1\n", "a.b.c"), (3, 5));
     assert_eq!(super::locate("x: 1\n", "lag.max_lag"), (1, 1));
 }
+
+#[test]
+fn topology_patroni() {
+    let config = load(GOOD).unwrap();
+    assert!(!config.follows_patroni(), "static by default");
+    let text = format!(
+        "{GOOD}topology:\n  source: patroni\n  patroni:\n    urls: [http://10.0.0.1:8008]\n    etcd: {{ endpoints: [http://10.0.0.9:2379], scope: main }}\n"
+    );
+    let config = load(&text).unwrap();
+    assert!(config.follows_patroni());
+    let patroni = config.topology.patroni.as_ref().unwrap();
+    assert_eq!(patroni.etcd.as_ref().unwrap().prefix(), "/service/main/");
+    assert_eq!(
+        patroni.poll_interval.0,
+        std::time::Duration::from_millis(500)
+    );
+    let refused = |extra: &str, key: &str| {
+        let text = format!("{GOOD}{extra}");
+        match load(&text) {
+            Err(ConfigError::Invalid { key: k, line, .. }) => {
+                assert_eq!(k, key, "{extra}");
+                assert!(line > 1, "points at its line: {extra}");
+            }
+            other => panic!("{extra}: {other:?}"),
+        }
+    };
+    refused("topology:\n  source: patroni\n", "topology.source");
+    refused(
+        "topology:\n  source: patroni\n  patroni:\n    urls: [https://x:8008]\n",
+        "topology.patroni.urls[0]",
+    );
+    refused(
+        "topology:\n  source: patroni\n  patroni:\n    etcd: { endpoints: [], scope: main }\n",
+        "topology.patroni.etcd",
+    );
+    assert!(matches!(
+        load(&format!("{GOOD}topology:\n  source: consul\n")),
+        Err(ConfigError::Schema { .. })
+    ));
+}

@@ -11,12 +11,11 @@ mod cluster;
 mod harness;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster::PatroniCluster;
-use harness::{app, config_text, rows, start_proxy};
+use harness::load::{Load, Written, assert_no_error_and_nothing_lost};
+use harness::{config_text, start_proxy};
 use pgsplit::admin::client::request;
 use pgsplit::app::Proxy;
 use pgsplit::failover::Report;
@@ -25,8 +24,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Writers per proxy instance.
 const WRITERS: usize = 3;
-/// How long a load may run at most.
-const LOAD_LIMIT: Duration = Duration::from_secs(90);
 
 async fn new_cluster() -> PatroniCluster {
     tokio::task::spawn_blocking(|| {
@@ -65,160 +62,22 @@ fn proxy_config(c: &PatroniCluster, etcd: bool) -> String {
     )
 }
 
-/// What one writer saw.
-#[derive(Default)]
-struct Written {
-    /// Acknowledged `n`s.
-    acked: Vec<i32>,
-    /// Each acknowledged write's time and the port of the node it ran on.
-    at: Vec<(Instant, u16)>,
-    errors: Vec<String>,
-}
-
-/// Autocommit writers and readers through each proxy until `stop`.
-struct Load {
-    stop: Arc<AtomicBool>,
-    writers: Vec<tokio::task::JoinHandle<(i32, Written)>>,
-    readers: Vec<tokio::task::JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    async fn start(proxies: &[&Proxy]) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut writers = Vec::new();
-        let mut readers = Vec::new();
-        for (p, proxy) in proxies.iter().enumerate() {
-            for w in 0..WRITERS {
-                let id = (p * 100 + w) as i32;
-                let client = app(proxy).await;
-                let stop = stop.clone();
-                writers.push(tokio::spawn(async move {
-                    let mut out = Written::default();
-                    let deadline = Instant::now() + LOAD_LIMIT;
-                    for n in 0..1_000_000 {
-                        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-                            break;
-                        }
-                        let sql = format!(
-                            "INSERT INTO acked VALUES ({id}, {n}) RETURNING inet_server_port()"
-                        );
-                        match rows(&client, &sql).await {
-                            Ok(r) => {
-                                out.acked.push(n);
-                                let port = r[0][0].as_deref().unwrap_or("0").parse().unwrap_or(0);
-                                out.at.push((Instant::now(), port));
-                            }
-                            Err(e) => {
-                                out.errors.push(e.to_string());
-                                if client.is_closed() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    (id, out)
-                }));
-            }
-            let client = app(proxy).await;
-            let stop = stop.clone();
-            readers.push(tokio::spawn(async move {
-                let mut errors = Vec::new();
-                let deadline = Instant::now() + LOAD_LIMIT;
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    if let Err(e) = rows(&client, "SELECT count(*) FROM acked").await {
-                        errors.push(e.to_string());
-                        if client.is_closed() {
-                            break;
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                errors
-            }));
-        }
-        // Every writer has written before anything happens.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        Load {
-            stop,
-            writers,
-            readers,
-        }
-    }
-
-    async fn finish(self) -> (Vec<(i32, Written)>, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut written = Vec::new();
-        for w in self.writers {
-            written.push(w.await.unwrap());
-        }
-        let mut read_errors = Vec::new();
-        for r in self.readers {
-            read_errors.extend(r.await.unwrap());
-        }
-        (written, read_errors)
-    }
-}
-
-/// The longest time between two acknowledged writes of one writer.
-fn longest_stall(w: &Written) -> Duration {
-    w.at.windows(2)
-        .map(|p| p[1].0 - p[0].0)
-        .max()
-        .unwrap_or_default()
-}
-
-/// Every acknowledged write is on `leader`; no writer or reader saw an
-/// error; no writer stalled 5 s. Returns the longest stall.
+/// Every acknowledged write is on `leader`, with no client error and no
+/// writer stalled 5 s.
 async fn assert_clean(
     c: &PatroniCluster,
     leader: &str,
     written: &[(i32, Written)],
     read_errors: &[String],
 ) -> Duration {
-    let errors: Vec<&String> = written.iter().flat_map(|(_, w)| &w.errors).collect();
-    assert!(
-        errors.is_empty(),
-        "client errors: {} {:?}",
-        errors.len(),
-        &errors[..errors.len().min(5)]
-    );
-    assert!(read_errors.is_empty(), "read errors: {read_errors:?}");
-    let leader_port = c.member(leader).pg_port;
-    let leader = leader.to_owned();
-    let stored = {
-        let c_rows =
-            tokio::task::block_in_place(|| c.psql(&leader, "app", "SELECT client, n FROM acked"));
-        c_rows
-            .lines()
-            .filter_map(|l| l.split_once('|'))
-            .map(|(a, b)| (a.parse::<i32>().unwrap(), b.parse::<i32>().unwrap()))
-            .collect::<BTreeSet<_>>()
-    };
-    let mut acked = 0;
-    for (id, w) in written {
-        for n in &w.acked {
-            assert!(
-                stored.contains(&(*id, *n)),
-                "acknowledged write ({id}, {n}) is lost"
-            );
-            acked += 1;
-        }
-        let last = w.at.last().map(|(_, p)| *p);
-        assert_eq!(
-            last,
-            Some(leader_port),
-            "writer {id}'s last write ran on the leader"
-        );
-    }
-    assert!(acked > 0);
-    let stall = written
-        .iter()
-        .map(|(_, w)| longest_stall(w))
-        .max()
-        .unwrap_or_default();
-    assert!(stall < Duration::from_secs(5), "a writer stalled {stall:?}");
-    eprintln!("{acked} acknowledged writes, 0 errors, longest write stall {stall:?}");
-    stall
+    let port = c.member(leader).pg_port;
+    let text = tokio::task::block_in_place(|| c.psql(leader, "app", "SELECT client, n FROM acked"));
+    let stored = text
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .map(|(a, b)| (a.parse::<i32>().unwrap(), b.parse::<i32>().unwrap()))
+        .collect::<BTreeSet<_>>();
+    assert_no_error_and_nothing_lost(written, read_errors, &stored, port)
 }
 
 async fn status(proxy: &Proxy) -> serde_json::Value {
@@ -262,7 +121,7 @@ async fn patronictl_switchover_under_load_is_a_pause_on_two_instances() {
     assert_eq!(s["patroni"]["view"]["leader"], "pg1");
     assert_eq!(s["patroni"]["view"]["source"], "etcd");
     assert_eq!(status(&b).await["patroni"]["view"]["source"], "rest");
-    let load = Load::start(&[&a, &b]).await;
+    let load = Load::start(&[&a, &b], WRITERS).await;
     let said = tokio::task::block_in_place(|| c.patronictl_switchover("pg1", "pg2"));
     // patronictl's exit code does not say whether Patroni did it: the
     // leader does.
@@ -273,8 +132,7 @@ async fn patronictl_switchover_under_load_is_a_pause_on_two_instances() {
     }
     follows(&a, "pg2").await;
     follows(&b, "pg2").await;
-    // Writes go on at the new leader for a while.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.wait_all_wrote_to(c.member("pg2").pg_port).await;
     let (written, read_errors) = load.finish().await;
     assert_clean(&c, "pg2", &written, &read_errors).await;
 }
@@ -333,7 +191,7 @@ async fn pgsplit_failover_is_delegated_to_patroni_under_load() {
         Some("pg1")
     );
 
-    let load = Load::start(&[&a, &b]).await;
+    let load = Load::start(&[&a, &b], WRITERS).await;
     let answer = request(&url, "POST", "/failover", None, Some(r#"{"to": "pg3"}"#))
         .await
         .unwrap();
@@ -345,7 +203,7 @@ async fn pgsplit_failover_is_delegated_to_patroni_under_load() {
         Some("pg3")
     );
     follows(&b, "pg3").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.wait_all_wrote_to(c.member("pg3").pg_port).await;
     let (written, read_errors) = load.finish().await;
     assert_clean(&c, "pg3", &written, &read_errors).await;
     eprintln!(
@@ -363,7 +221,7 @@ async fn a_killed_leader_is_replaced_and_writes_reach_the_new_one_within_3s() {
     let c = new_cluster().await;
     let a = start_proxy(&proxy_config(&c, true)).await;
     follows(&a, "pg1").await;
-    let load = Load::start(&[&a]).await;
+    let load = Load::start(&[&a], WRITERS).await;
     tokio::task::block_in_place(|| c.kill_postmaster("pg1"));
     // Patroni's election, as seen from its REST API.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -379,7 +237,7 @@ async fn a_killed_leader_is_replaced_and_writes_reach_the_new_one_within_3s() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     follows(&a, &new_leader).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.wait_all_wrote_to(c.member(&new_leader).pg_port).await;
     let (written, _) = load.finish().await;
     let port = c.member(&new_leader).pg_port;
     let first = written

@@ -712,9 +712,20 @@ impl<'s> Session<'s> {
                     if frame.tag == be::ERROR_RESPONSE_TAG
                         && let Some(code) = shutdown_code(&frame)
                         && !self.settings.read_only()
+                        && !self
+                            .held_back
+                            .iter()
+                            .any(|f| f.tag == be::NOTICE_RESPONSE_TAG)
                     {
                         // The primary ended this connection before any of
-                        // the write's replies: nothing of it committed.
+                        // the write's replies: an autocommit statement
+                        // commits before its CommandComplete, and the
+                        // backend takes the termination only at its next
+                        // interrupt check, so nothing of it committed. (A
+                        // warning first, such as "the transaction has
+                        // already committed locally" from a cancelled
+                        // synchronous-replication wait, may mean it did:
+                        // then the client gets the error.)
                         return self.primary_went_away(code).await;
                     }
                 } else if let Some(code) = shutdown_code(&frame) {

@@ -2,6 +2,8 @@
 //! test binary, a proxy per test, tokio-postgres clients, and a TCP relay
 //! that can cut a node off.
 
+#[allow(dead_code, reason = "used by the failover and patroni test binaries")]
+pub mod load;
 pub mod raw;
 pub mod relay;
 
