@@ -41,7 +41,14 @@ pub struct Metrics {
     pub pinned_refused: IntCounter,
     /// `pgsplit_ryw_probes_total{result}`.
     ryw_probes: IntCounterVec,
+    /// `pgsplit_writes_held`: 1 while new writes are held (a switchover).
+    pub writes_held: IntGauge,
+    /// `pgsplit_held_writes_total{cause,result}`.
+    held_writes: IntCounterVec,
 }
+
+/// Label values of `cause` for writes held for a primary.
+pub const HOLD_CAUSES: [&str; 3] = ["fenced", "gone", "unreachable"];
 
 /// One node's handles, resolved once.
 #[derive(Clone, Debug)]
@@ -216,7 +223,35 @@ impl Metrics {
         for result in ["caught_up", "behind", "failed"] {
             ryw_probes.with_label_values(&[result]);
         }
+        let writes_held = registered(
+            &r,
+            IntGauge::new(
+                "pgsplit_writes_held",
+                "1 while new writes are held for a switchover (this proxy's, or Patroni's)",
+            )
+            .expect("valid metric"),
+        );
+        let held_writes = registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "pgsplit_held_writes_total",
+                    "Autocommit writes held for a new primary, by cause (fenced: refused as \
+                     read-only; gone: the connection ended before an answer; unreachable: no \
+                     connection could be made) and result (rerun or failed)",
+                ),
+                &["cause", "result"],
+            )
+            .expect("valid metric"),
+        );
+        for cause in HOLD_CAUSES {
+            for result in ["rerun", "failed"] {
+                held_writes.with_label_values(&[cause, result]);
+            }
+        }
         Metrics {
+            writes_held,
+            held_writes,
             client_connections,
             queries,
             pinned,
@@ -280,6 +315,12 @@ impl Metrics {
             effective_weight: self.effective_weight.with_label_values(&[name]),
             pool,
         }
+    }
+
+    /// Counts a write held for a new primary (`cause` of [`HOLD_CAUSES`]).
+    pub fn held_write(&self, cause: &str, rerun: bool) {
+        let result = if rerun { "rerun" } else { "failed" };
+        self.held_writes.with_label_values(&[cause, result]).inc();
     }
 
     /// Counts a read-your-writes probe.

@@ -175,6 +175,7 @@ impl State {
             } else {
                 *bits &= !bit;
             }
+            self.metrics.writes_held.set(i64::from(*bits != 0));
         });
     }
 

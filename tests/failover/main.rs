@@ -685,6 +685,28 @@ async fn three_instances_through_a_switchover_see_no_errors_and_lose_nothing() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let stall = assert_no_error_and_nothing_lost(&written, &read_errors, &stored, ports[1]);
+    // The other instances held writes and ran them again; none failed.
+    let count = |metrics: &str, cause: &str, result: &str| -> u64 {
+        let series = format!("pgsplit_held_writes_total{{cause=\"{cause}\",result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+    };
+    let mut rerun = 0;
+    for proxy in [&b, &third] {
+        let metrics = proxy.state.metrics.encode();
+        for cause in pgsplit::metrics::HOLD_CAUSES {
+            assert_eq!(count(&metrics, cause, "failed"), 0, "{metrics}");
+            rerun += count(&metrics, cause, "rerun");
+        }
+        assert!(metrics.contains("pgsplit_writes_held 0"), "{metrics}");
+    }
+    assert!(
+        rerun > 0,
+        "the other instances held no write: the test did not test them"
+    );
     eprintln!(
         "three instances: writes held {:?} ms at the first, drain {drain:.0} ms, longest stall {stall:?}",
         report.writes_held_ms

@@ -347,11 +347,12 @@ impl Session<'_> {
                         if node.health.mark_down() {
                             tracing::warn!(parent: &self.span, node = %node.name, error = %e, state = "down", "node connection lost");
                         }
-                        if self
+                        let found = self
                             .state
                             .await_writable_primary(&node.name, WRITE_HOLD_LIMIT)
-                            .await
-                        {
+                            .await;
+                        self.state.metrics.held_write("unreachable", found);
+                        if found {
                             tried.push(node.name.clone());
                             continue;
                         }
@@ -778,7 +779,9 @@ impl Session<'_> {
             return Ok(());
         };
         tracing::info!(parent: &self.span, node = %node, "the primary refused a write as read-only; holding it for the new primary");
-        if !self.state.await_new_primary(&node, WRITE_HOLD_LIMIT).await {
+        let found = self.state.await_new_primary(&node, WRITE_HOLD_LIMIT).await;
+        self.state.metrics.held_write("fenced", found);
+        if !found {
             for name in &retry.added {
                 self.statements.remove(name);
             }
@@ -808,11 +811,12 @@ impl Session<'_> {
         if node.health.mark_down() {
             tracing::warn!(parent: &self.span, node = %name, state = "down", "node connection lost");
         }
-        if !self
+        let found = self
             .state
             .await_writable_primary(&name, WRITE_HOLD_LIMIT)
-            .await
-        {
+            .await;
+        self.state.metrics.held_write("gone", found);
+        if !found {
             for added in &retry.added {
                 self.statements.remove(added);
             }
