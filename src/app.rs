@@ -59,6 +59,11 @@ impl Proxy {
     /// # Errors
     /// The listen or admin address cannot be bound.
     pub async fn start_from(config: Config, path: Option<PathBuf>) -> anyhow::Result<Proxy> {
+        let config = if config.follows_patroni() {
+            crate::topology::patroni::starting_config(config).await?
+        } else {
+            config
+        };
         let listen = config.listen_addr();
         let admin_listener = match &config.admin {
             Some(admin) => {

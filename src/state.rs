@@ -320,6 +320,24 @@ impl State {
                 return Err(e);
             }
         };
+        // Patroni's members complete the nodes, as at startup.
+        let view = state.patroni.load_full();
+        let (config, _) = crate::topology::patroni::members::merge(
+            &config,
+            view.as_ref().and_then(|o| o.view.as_ref()),
+        );
+        if config.nodes.value.is_empty() {
+            let e = crate::config::ConfigError::Invalid {
+                path: path.to_owned(),
+                line: 1,
+                column: 1,
+                key: "nodes".into(),
+                message: "no node with a host, and Patroni has not been read".into(),
+            };
+            tracing::error!(error = %e, result = "error", "reload refused; keeping the running configuration");
+            state.metrics.reload("error");
+            return Err(e);
+        }
         let previous = state.topology.load_full();
         state.topology.store(Arc::new(Topology::from_config(
             &config,

@@ -374,12 +374,16 @@ pub struct UserConfig {
 pub struct NodeConfig {
     /// Unique node name, used in metrics and the admin API.
     pub name: Spanned<String>,
-    /// Host name or address.
+    /// Host name or address (with Patroni deciding, may be left out: then
+    /// host and port are the member's of that name).
+    #[serde(default)]
     pub host: String,
     /// TCP port.
     #[serde(default = "default_pg_port")]
     pub port: u16,
-    /// Configured role.
+    /// Configured role (with Patroni deciding, only a first guess; may be
+    /// left out).
+    #[serde(default = "unstated_role")]
     pub role: Spanned<Role>,
     /// Share of reads among replicas.
     #[serde(default = "default_weight")]
@@ -402,8 +406,43 @@ fn default_pg_port() -> u16 {
     5432
 }
 
-fn default_weight() -> u32 {
+/// The default read weight.
+pub fn default_weight() -> u32 {
     100
+}
+
+/// A role not written in the file (allowed only with Patroni deciding).
+fn unstated_role() -> Spanned<Role> {
+    Spanned::new(
+        Role::Replica,
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
+}
+
+impl NodeConfig {
+    /// A node the file does not list: a Patroni member.
+    pub fn discovered(name: &str, host: &str, port: u16, role: Role) -> NodeConfig {
+        NodeConfig {
+            name: Spanned::new(
+                name.to_owned(),
+                serde_saphyr::Location::UNKNOWN,
+                serde_saphyr::Location::UNKNOWN,
+            ),
+            host: host.to_owned(),
+            port,
+            role: Spanned::new(
+                role,
+                serde_saphyr::Location::UNKNOWN,
+                serde_saphyr::Location::UNKNOWN,
+            ),
+            weight: default_weight(),
+            tags: Vec::new(),
+            serve_default: false,
+            zone: None,
+            tls: None,
+        }
+    }
 }
 
 /// A node's configured role.
@@ -935,9 +974,30 @@ impl Config {
             if node.role.value == Role::Primary {
                 primaries.push((i, node));
             }
+            if !self.follows_patroni() {
+                if node.host.is_empty() {
+                    return Err(invalid(
+                        &node.name.referenced,
+                        format!("nodes[{i}].host"),
+                        format!(
+                            "node {:?} needs a host (only Patroni can supply one)",
+                            node.name.value
+                        ),
+                    ));
+                }
+                if node.role.referenced == serde_saphyr::Location::UNKNOWN {
+                    return Err(invalid(
+                        &node.name.referenced,
+                        format!("nodes[{i}].role"),
+                        format!("node {:?} needs role: primary or replica", node.name.value),
+                    ));
+                }
+            }
         }
         match primaries.as_slice() {
             [_] => Ok(()),
+            // Patroni names the leader (and may supply every node).
+            [] if self.follows_patroni() => Ok(()),
             [] => Err(invalid(
                 &self.nodes.referenced,
                 "nodes".into(),
@@ -954,13 +1014,19 @@ impl Config {
         }
     }
 
-    /// The primary's configuration.
+    /// The primary's configuration: the node with `role: primary` (with
+    /// Patroni deciding, there may be none: then the first node, a first
+    /// guess until Patroni has been read).
+    ///
+    /// # Panics
+    /// With no node at all (Patroni mode before its members were added).
     pub fn primary(&self) -> &NodeConfig {
         self.nodes
             .value
             .iter()
             .find(|n| n.role.value == Role::Primary)
-            .expect("validated: exactly one primary")
+            .or_else(|| self.nodes.value.first())
+            .expect("at least one node")
     }
 
     /// The configured user of that name.

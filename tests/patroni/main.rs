@@ -126,6 +126,13 @@ async fn patronictl_switchover_under_load_is_a_pause_on_two_instances() {
     let s = status(&b).await;
     assert_eq!(s["patroni"]["view"]["source"], "rest", "{s}");
     assert_eq!(s["patroni"]["view"]["leader"], "pg1", "{s}");
+    // Reads go to Patroni's replicas, as the nodes themselves say.
+    let replicas = [c.member("pg2").pg_port, c.member("pg3").pg_port];
+    for proxy in [&a, &b] {
+        let client = harness::app(proxy).await;
+        let port = harness::served_by(&client, "SELECT inet_server_port()").await;
+        assert!(replicas.contains(&port), "a read ran on {port}");
+    }
     let load = Load::start(&[&a, &b], WRITERS).await;
     let said = tokio::task::block_in_place(|| c.patronictl_switchover("pg1", "pg2"));
     // patronictl's exit code does not say whether Patroni did it: the
@@ -224,8 +231,42 @@ async fn pgsplit_failover_is_delegated_to_patroni_under_load() {
 async fn a_killed_leader_is_replaced_and_writes_reach_the_new_one_within_3s() {
     let _serial = SERIAL.lock().await;
     let c = new_cluster().await;
-    let a = start_proxy(&proxy_config(&c, Some(c.etcd_port))).await;
+    // proxy.yaml lists one member, by name, for its weight: the nodes are
+    // Patroni's members.
+    let text = proxy_config(&c, Some(c.etcd_port));
+    let listed: String = text
+        .lines()
+        .filter(|l| l.starts_with("  - { name: pg"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let only_pg3 = text.replacen(&listed, "  - { name: pg3, weight: 50 }\n", 1);
+    assert_ne!(only_pg3, text);
+    let a = start_proxy(&only_pg3).await;
     follows(&a, "pg1").await;
+    let s = status(&a).await;
+    let nodes: Vec<(String, String, u64)> = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_owned(),
+                n["role"].as_str().unwrap().to_owned(),
+                n["weight"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut sorted = nodes.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            ("pg1".to_owned(), "primary".to_owned(), 100),
+            ("pg2".to_owned(), "replica".to_owned(), 100),
+            ("pg3".to_owned(), "replica".to_owned(), 50)
+        ],
+        "{s}"
+    );
     let load = Load::start(&[&a], WRITERS).await;
     tokio::task::block_in_place(|| c.kill_postmaster("pg1"));
     // Patroni's election, as seen from its REST API.

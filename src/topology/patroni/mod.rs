@@ -13,6 +13,7 @@
 //! still measured by the monitor.
 
 mod delegate;
+pub mod members;
 mod source;
 pub mod view;
 
@@ -31,6 +32,8 @@ const CHANGING_LOOK: Duration = Duration::from_millis(20);
 /// A switchover signal that outlives this with a writable leader is
 /// ignored (a `failover` key Patroni left behind).
 const HOLD_CAP: Duration = Duration::from_secs(20);
+/// How long the first read of Patroni may take at startup.
+const STARTUP_READ: Duration = Duration::from_secs(5);
 
 /// What the follower last saw, for `/status` and the console.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -77,6 +80,46 @@ pub async fn read(patroni: &PatroniConfig, limit: Duration) -> Result<View, Stri
         }
     }
     Err(errors.join("; "))
+}
+
+/// The configuration to start with in Patroni mode: Patroni is read once
+/// so that its members complete the nodes.
+///
+/// # Errors
+/// No node is left to serve: proxy.yaml lists none with a host and
+/// Patroni could not be read.
+pub async fn starting_config(config: Config) -> anyhow::Result<Config> {
+    let Some(patroni) = config.topology.patroni.as_ref() else {
+        return Ok(config);
+    };
+    let read = read(patroni, STARTUP_READ).await;
+    if let Err(e) = &read {
+        tracing::warn!(error = %e, "cannot read Patroni at startup; starting with the nodes proxy.yaml lists");
+    }
+    let (merged, _) = members::merge(&config, read.as_ref().ok());
+    if merged.nodes.value.is_empty() {
+        anyhow::bail!(
+            "no node to serve: proxy.yaml lists none with a host, and Patroni could not be read ({})",
+            read.err().unwrap_or_default()
+        );
+    }
+    Ok(merged)
+}
+
+/// Members proxy.yaml does not list (or lists by name only) become
+/// nodes, keeping what the running proxy knows of the others.
+fn absorb(state: &State, view: &View) {
+    let config = state.config.load_full();
+    let (merged, changed) = members::merge(&config, Some(view));
+    if changed {
+        let previous = state.topology.load_full();
+        state.topology.store(Arc::new(Topology::from_config(
+            &merged,
+            Some(&previous),
+            &state.metrics,
+        )));
+        state.config.store(Arc::new(merged));
+    }
 }
 
 /// Whether `node` accepts writes now (asked over a fresh connection).
@@ -224,6 +267,10 @@ pub async fn run(state: Arc<State>) {
                 (None, Some(e))
             }
         };
+        if let Some(view) = &view {
+            absorb(&state, view);
+        }
+        let config = state.config.load_full();
         let busy = match &view {
             Some(view) => follower.apply(&state, &config, view).await,
             None => false,
