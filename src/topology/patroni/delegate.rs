@@ -81,6 +81,27 @@ pub async fn delegate(state: &Arc<State>, to: Option<&str>, force: bool, check: 
         Err(e) => return steps.finish(report, Some(e)),
     };
     report.old_primary = view.leader.clone();
+    let members: Vec<String> = view
+        .members
+        .iter()
+        .map(|m| {
+            let lag = m
+                .lag
+                .map(|l| format!(", lag {l} bytes"))
+                .unwrap_or_default();
+            format!("{} {} {}{lag}", m.name, m.role, m.state)
+        })
+        .collect();
+    steps.record(
+        "Patroni's members",
+        Duration::ZERO,
+        true,
+        Some(format!(
+            "{} (read from {})",
+            members.join("; "),
+            view.source
+        )),
+    );
     let able = candidates(&view);
     let candidate = match to {
         Some(name) => match view.member(name) {
@@ -154,7 +175,7 @@ pub async fn delegate(state: &Arc<State>, to: Option<&str>, force: bool, check: 
         return steps.drilled(
             report,
             &[
-                "hold new writes",
+                "hold new writes at this proxy (reads go on)",
                 &ask,
                 "wait for Patroni's leader to accept writes",
                 "release writes to it",
