@@ -311,43 +311,49 @@ impl State {
     /// # Errors
     /// The new file does not validate.
     pub fn reload(&self, path: &std::path::Path) -> Result<(), crate::config::ConfigError> {
-        let state = self;
-        let config = match Config::load(path) {
+        // Patroni's members complete the nodes, as at startup.
+        let view = self.patroni.load_full();
+        let loaded = Config::load(path).and_then(|config| {
+            let (config, _) = crate::topology::patroni::members::merge(
+                &config,
+                view.as_ref().and_then(|o| o.view.as_ref()),
+            );
+            if config.nodes.value.is_empty() {
+                return Err(crate::config::ConfigError::Invalid {
+                    path: path.to_owned(),
+                    line: 1,
+                    column: 1,
+                    key: "nodes".into(),
+                    message: "no node with a host, and Patroni has not been read".into(),
+                });
+            }
+            Ok(config)
+        });
+        let config = match loaded {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, result = "error", "reload refused; keeping the running configuration");
-                state.metrics.reload("error");
+                self.metrics.reload("error");
                 return Err(e);
             }
         };
-        // Patroni's members complete the nodes, as at startup.
-        let view = state.patroni.load_full();
-        let (config, _) = crate::topology::patroni::members::merge(
-            &config,
-            view.as_ref().and_then(|o| o.view.as_ref()),
-        );
-        if config.nodes.value.is_empty() {
-            let e = crate::config::ConfigError::Invalid {
-                path: path.to_owned(),
-                line: 1,
-                column: 1,
-                key: "nodes".into(),
-                message: "no node with a host, and Patroni has not been read".into(),
-            };
-            tracing::error!(error = %e, result = "error", "reload refused; keeping the running configuration");
-            state.metrics.reload("error");
-            return Err(e);
-        }
-        let previous = state.topology.load_full();
-        state.topology.store(Arc::new(Topology::from_config(
-            &config,
-            Some(&previous),
-            &state.metrics,
-        )));
-        state.config.store(Arc::new(config));
-        state.rebuild_router();
-        state.metrics.reload("ok");
+        self.adopt(config);
+        self.rebuild_router();
+        self.metrics.reload("ok");
         tracing::info!(path = %path.display(), result = "ok", "configuration reloaded");
         Ok(())
+    }
+
+    /// Puts `config` in force with the topology it describes; nodes that
+    /// stay keep what the proxy knows of them (health, lag, a learned
+    /// primary).
+    pub fn adopt(&self, config: Config) {
+        let previous = self.topology.load_full();
+        self.topology.store(Arc::new(Topology::from_config(
+            &config,
+            Some(&previous),
+            &self.metrics,
+        )));
+        self.config.store(Arc::new(config));
     }
 }

@@ -15,6 +15,27 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+/// Runs the shell command `cleanup` once this process has exited, from a
+/// watchdog in a session of its own (so it outlives this process, however
+/// it dies).
+///
+/// # Errors
+/// The watchdog could not be started.
+pub fn on_exit(cleanup: &str) -> anyhow::Result<()> {
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {cleanup}",
+        pid = std::process::id()
+    );
+    Command::new("setsid")
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the cleanup watchdog")?;
+    Ok(())
+}
+
 /// A role the cluster creates.
 #[derive(Debug, Clone)]
 pub struct ClusterUser {
@@ -216,19 +237,7 @@ impl LocalCluster {
                 node.data.display()
             ));
         }
-        let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stops} rm -rf '{dir}'",
-            pid = std::process::id(),
-            dir = self.dir.display()
-        );
-        Command::new("setsid")
-            .args(["sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the cleanup watchdog")?;
-        Ok(())
+        on_exit(&format!("{stops} rm -rf '{}'", self.dir.display()))
     }
 
     fn conf_lines(&self, port: u16, options: &ClusterOptions) -> String {

@@ -775,18 +775,33 @@ impl Session<'_> {
         &mut self,
         (code, message): (String, String),
     ) -> Result<(), SessionError> {
-        let Some((mut retry, node)) = self.abandon_for_retry() else {
+        let Some((retry, node)) = self.abandon_for_retry() else {
             return Ok(());
         };
         tracing::info!(parent: &self.span, node = %node, "the primary refused a write as read-only; holding it for the new primary");
         let found = self.state.await_new_primary(&node, WRITE_HOLD_LIMIT).await;
         self.state.metrics.held_write("fenced", found);
+        self.after_hold(retry, node, found, &code, &message).await
+    }
+
+    /// Ends the hold of a write that reached nobody: sent again, to the
+    /// primary now in force, when one was `found`; otherwise the client
+    /// gets `code` and `message` and the write is forgotten as if never
+    /// sent.
+    async fn after_hold(
+        &mut self,
+        mut retry: Retry,
+        node: Arc<str>,
+        found: bool,
+        code: &str,
+        message: &str,
+    ) -> Result<(), SessionError> {
         if !found {
             for name in &retry.added {
                 self.statements.remove(name);
             }
             self.phase = Phase::before(retry.begin);
-            self.fail_batch(&code, &message, retry.plan.syncs);
+            self.fail_batch(code, message, retry.plan.syncs);
             return Ok(());
         }
         retry.tried.push(node);
@@ -804,7 +819,7 @@ impl Session<'_> {
             Phase::Held(held) => held.node.clone(),
             _ => return Ok(()),
         };
-        let Some((mut retry, name)) = self.abandon_for_retry() else {
+        let Some((retry, name)) = self.abandon_for_retry() else {
             return Ok(());
         };
         tracing::info!(parent: &self.span, node = %name, code, "the primary went away before answering a write; holding it for a primary");
@@ -816,18 +831,9 @@ impl Session<'_> {
             .await_writable_primary(&name, WRITE_HOLD_LIMIT)
             .await;
         self.state.metrics.held_write("gone", found);
-        if !found {
-            for added in &retry.added {
-                self.statements.remove(added);
-            }
-            self.phase = Phase::before(retry.begin);
-            let message =
-                format!("connection to node {name} lost: the node is shutting down ({code})");
-            self.fail_batch(sqlstate::CONNECTION_FAILURE, &message, retry.plan.syncs);
-            return Ok(());
-        }
-        retry.tried.push(name);
-        self.send_again(retry, None).await
+        let message = format!("connection to node {name} lost: the node is shutting down ({code})");
+        self.after_hold(retry, name, found, sqlstate::CONNECTION_FAILURE, &message)
+            .await
     }
 
     /// The replica refused the read in flight because it is a standby

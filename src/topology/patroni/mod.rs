@@ -112,13 +112,7 @@ fn absorb(state: &State, view: &View) {
     let config = state.config.load_full();
     let (merged, changed) = members::merge(&config, Some(view));
     if changed {
-        let previous = state.topology.load_full();
-        state.topology.store(Arc::new(Topology::from_config(
-            &merged,
-            Some(&previous),
-            &state.metrics,
-        )));
-        state.config.store(Arc::new(merged));
+        state.adopt(merged);
     }
 }
 
