@@ -16,7 +16,6 @@ use harness::*;
 use pgsplit::admin::client::request;
 use pgsplit::app::Proxy;
 use pgsplit::cluster::{ClusterOptions, LocalCluster};
-use pgsplit::failover::Report;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -40,14 +39,6 @@ fn node_ports(c: &LocalCluster) -> Vec<u16> {
 }
 
 const ADMIN: &str = "admin:\n  listen: 127.0.0.1:0\n";
-
-async fn failover(proxy: &Proxy, body: &str) -> Report {
-    let url = format!("http://{}", proxy.admin_addr.expect("admin API"));
-    let answer = request(&url, "POST", "/failover", None, Some(body))
-        .await
-        .unwrap();
-    serde_json::from_str(&answer.body).unwrap_or_else(|e| panic!("{e}: {}", answer.body))
-}
 
 async fn connect_to(proxy: &Proxy) -> tokio_postgres::Client {
     app(proxy).await
@@ -311,16 +302,7 @@ async fn a_second_proxy_follows_a_switchover_made_through_the_first() {
         ports[0]
     );
     // A typo of `check` is refused, naming the key, and changes nothing.
-    let url = format!("http://{}", a.admin_addr.expect("admin API"));
-    let typo = request(
-        &url,
-        "POST",
-        "/failover",
-        None,
-        Some(r#"{"to": "pg3", "chek": true}"#),
-    )
-    .await
-    .unwrap();
+    let typo = post_failover(&a, r#"{"to": "pg3", "chek": true}"#).await;
     assert_eq!(typo.status, 400, "{}", typo.body);
     assert!(typo.body.contains("chek"), "{}", typo.body);
     assert_eq!(a.state.topology.load().primary().name.as_ref(), "pg1");

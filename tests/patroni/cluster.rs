@@ -337,25 +337,13 @@ impl PatroniCluster {
         }
     }
 
-    #[allow(
-        clippy::zombie_processes,
-        reason = "the watchdog outlives this process on purpose"
-    )]
     fn spawn_watchdog(&self) {
-        let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-             pkill -TERM -f '{dir}/pg[0-9].yml'; sleep 5; pkill -KILL -f '{dir}/pg[0-9].yml'; \
+        pgsplit::cluster::on_exit(&format!(
+            "pkill -TERM -f '{dir}/pg[0-9].yml'; sleep 5; pkill -KILL -f '{dir}/pg[0-9].yml'; \
              pkill -KILL -f '{dir}/etcd'; pkill -KILL -f '{dir}/pg[0-9]'; rm -rf '{dir}'",
-            pid = std::process::id(),
             dir = self.dir.display()
-        );
-        Command::new("setsid")
-            .args(["sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        ))
+        .unwrap();
     }
 
     /// The log of a member or of etcd, for a failing test's message.

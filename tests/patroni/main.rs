@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 
 use cluster::PatroniCluster;
 use harness::load::{Load, Written, assert_no_error_and_nothing_lost};
-use harness::{config_text, start_proxy};
+use harness::{config_text, failover, post_failover, start_proxy};
 use pgsplit::admin::client::request;
 use pgsplit::app::Proxy;
-use pgsplit::failover::Report;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -157,30 +156,12 @@ async fn pgsplit_failover_is_delegated_to_patroni_under_load() {
     let b = start_proxy(&proxy_config(&c, None)).await;
     follows(&a, "pg1").await;
     follows(&b, "pg1").await;
-    let url = format!("http://{}", a.admin_addr.unwrap());
     // A typo of `check` is refused, not run.
-    let typo = request(
-        &url,
-        "POST",
-        "/failover",
-        None,
-        Some(r#"{"to": "pg3", "chek": true}"#),
-    )
-    .await
-    .unwrap();
+    let typo = post_failover(&a, r#"{"to": "pg3", "chek": true}"#).await;
     assert_eq!(typo.status, 400, "{}", typo.body);
     assert!(typo.body.contains("chek"), "{}", typo.body);
     // The drill says what Patroni would be asked, and changes nothing.
-    let drill = request(
-        &url,
-        "POST",
-        "/failover",
-        None,
-        Some(r#"{"to": "pg3", "check": true}"#),
-    )
-    .await
-    .unwrap();
-    let drill: Report = serde_json::from_str(&drill.body).unwrap();
+    let drill = failover(&a, r#"{"to": "pg3", "check": true}"#).await;
     assert!(drill.ok, "{drill:?}");
     assert!(
         drill
@@ -190,10 +171,7 @@ async fn pgsplit_failover_is_delegated_to_patroni_under_load() {
         "{drill:?}"
     );
     // A member Patroni does not have is refused with the members named.
-    let bad = request(&url, "POST", "/failover", None, Some(r#"{"to": "nope"}"#))
-        .await
-        .unwrap();
-    let bad: Report = serde_json::from_str(&bad.body).unwrap();
+    let bad = failover(&a, r#"{"to": "nope"}"#).await;
     assert!(
         !bad.ok && bad.error.as_deref().unwrap().contains("pg2"),
         "{bad:?}"
@@ -204,10 +182,7 @@ async fn pgsplit_failover_is_delegated_to_patroni_under_load() {
     );
 
     let load = Load::start(&[&a, &b], WRITERS).await;
-    let answer = request(&url, "POST", "/failover", None, Some(r#"{"to": "pg3"}"#))
-        .await
-        .unwrap();
-    let report: Report = serde_json::from_str(&answer.body).unwrap();
+    let report = failover(&a, r#"{"to": "pg3"}"#).await;
     assert!(report.ok, "{report:?}\n{}", c.log("pg1"));
     assert_eq!(report.candidate.as_deref(), Some("pg3"));
     assert_eq!(

@@ -365,3 +365,19 @@ pub async fn listener(proxy: &Proxy) -> (Client, tokio::sync::mpsc::UnboundedRec
     });
     (client, rx)
 }
+
+/// `POST /failover` with `body` to the proxy's admin API: the raw answer.
+#[allow(dead_code, reason = "used by the failover and patroni test binaries")]
+pub async fn post_failover(proxy: &Proxy, body: &str) -> pgsplit::admin::client::Answer {
+    let url = format!("http://{}", proxy.admin_addr.expect("admin API"));
+    pgsplit::admin::client::request(&url, "POST", "/failover", None, Some(body))
+        .await
+        .unwrap()
+}
+
+/// `POST /failover` with `body`: the report.
+#[allow(dead_code, reason = "used by the failover and patroni test binaries")]
+pub async fn failover(proxy: &Proxy, body: &str) -> pgsplit::failover::Report {
+    let answer = post_failover(proxy, body).await;
+    serde_json::from_str(&answer.body).unwrap_or_else(|e| panic!("{e}: {}", answer.body))
+}
