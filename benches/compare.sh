@@ -174,6 +174,40 @@ cpu_ticks() { # sum of utime+stime of a process and its children's processes by 
   done
   echo $total
 }
+# Per-process counters summed over a target's processes and threads:
+# voluntary (blocked, then woken) and involuntary (preempted) context
+# switches (/proc/PID/task/*/status).
+counters() {
+  local v=0 n=0
+  for pid in "$@"; do
+    for t in /proc/$pid/task/*/status; do
+      [ -r "$t" ] || continue
+      v=$((v + $(awk '/^voluntary_ctxt_switches/ {print $2}' "$t" 2>/dev/null || echo 0)))
+      n=$((n + $(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$t" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$v $n"
+}
+# Syscalls of those processes while pgbench runs: perf's raw_syscalls
+# tracepoint (works without hardware counters), "-" without perf.
+PERF=$(command -v perf || true)
+syscalls_start() { # file pids...
+  local f=$1; shift
+  [ -n "$PERF" ] && [ $# -gt 0 ] || return 0
+  "$PERF" stat -x, -e raw_syscalls:sys_enter -p "$(echo "$@" | tr ' ' ',')" -o "$f" 2>/dev/null &
+  PERFPID=$!
+  sleep 0.2
+}
+syscalls_stop() { # file: sets SYSCALLS to the count, or empty
+  SYSCALLS=
+  [ -n "${PERFPID:-}" ] || return 0
+  kill -INT "$PERFPID" 2>/dev/null || true; wait "$PERFPID" 2>/dev/null || true; PERFPID=
+  SYSCALLS=$(awk -F, '/raw_syscalls:sys_enter/ && $1 ~ /^[0-9]+$/ {print $1; exit}' "$1" 2>/dev/null || true)
+}
+per_tx() { # ctx-before ctx-after syscalls tx: syscalls, woken, preempted per transaction
+  awk -v b="$1" -v a="$2" -v sc="$3" -v tx="$4" 'BEGIN { split(b, x, " "); split(a, y, " ");
+    if (tx > 0) printf "%s\t%.2f\t%.2f", (sc == "" ? "-" : sprintf("%.2f", sc/tx)), (y[1]-x[1])/tx, (y[2]-x[2])/tx; else printf "-\t-\t-" }'
+}
 pids_of() {
   case $1 in
     direct) echo "" ;;
@@ -206,16 +240,21 @@ for round in $(seq 1 "$ROUNDS"); do
             [ $workload = select ] && args+=(-S)
             pids=$(pids_of $target)
             before=$(cpu_ticks $pids)
+            cbefore=$(counters $pids)
+            syscalls_start "$DIR/perf.txt" $pids
             out=$("$PGBIN/pgbench" "${args[@]}" app 2>&1) || true
+            syscalls_stop "$DIR/perf.txt"; sc=$SYSCALLS
             after=$(cpu_ticks $pids)
+            cafter=$(counters $pids)
             tps=$(echo "$out" | awk '/^tps/ {print $3; exit}')
             lat=$(echo "$out" | awk '/latency average/ {print $4; exit}')
             tx=$(echo "$out" | awk -F'[ /]+' '/actually processed/ {print $6; exit}')
             failed=$(echo "$out" | awk '/number of failed/ {print $5; exit}')
             cpu=$(awk -v a="$after" -v b="$before" -v hz="$HZ" -v tx="${tx:-0}" 'BEGIN { if (tx > 0) printf "%.3f", (a - b) / hz / tx * 10000; else print "-" }')
-            [ "$target" = direct ] && cpu="-"
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$m" "$c" "$target" "$round" "${tps:-error}" "${lat:--}" "$cpu" "${failed:--}" >> "$RESULTS"
-            echo "round $round $workload -M $m -c $c $target: tps=${tps:-error} lat=${lat:--}ms cpu/10k=$cpu failed=${failed:--}" >&2
+            prof=$(per_tx "$cbefore" "$cafter" "$sc" "${tx:-0}")
+            [ "$target" = direct ] && { cpu="-"; prof=$(printf -- '-\t-\t-'); }
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$m" "$c" "$target" "$round" "${tps:-error}" "${lat:--}" "$cpu" "${failed:--}" "$prof" >> "$RESULTS"
+            echo "round $round $workload -M $m -c $c $target: tps=${tps:-error} lat=${lat:--}ms cpu/10k=$cpu failed=${failed:--} syscalls/woken/preempted per tx: $(echo $prof)" >&2
           done
         done
       done
@@ -240,12 +279,16 @@ done
   echo "mode, load balancing on the two"
   echo "replicas (weight 0 on the primary), 140 children, no failover. All with trust authentication as \`postgres\`."
   echo "CPU is the proxy process's user+system seconds per 10,000 transactions (Pgpool-II: all its processes),"
-  echo "from /proc. TPS and latency are pgbench's (\"without initial connection time\")."
+  echo "from /proc. TPS and latency are pgbench's (\"without initial connection time\"). Per transaction, over all the"
+  echo "proxy's threads: syscalls (perf's raw_syscalls:sys_enter tracepoint while pgbench runs), woken (voluntary"
+  echo "context switches: each a sleep in epoll_wait or on a futex, then a wake-up) and preempted (involuntary"
+  echo "switches), from /proc; rounds separated by · . Instructions per transaction are \`benches/instructions.sh\`'s."
   echo
-  echo "| workload | protocol | clients | target | TPS (rounds) | mean TPS | avg latency ms | CPU s / 10k tx | failed |"
-  echo "|---|---|---|---|---|---|---|---|---|"
-  awk -F'\t' '{ k=$1"\t"$2"\t"$3"\t"$4; tps[k]=tps[k] (tps[k]?" / ":"") $6; sum[k]+=$6; n[k]++; lat[k]=lat[k] (lat[k]?" / ":"") $7; cpu[k]=cpu[k] (cpu[k]?" / ":"") $8; f[k]=f[k] (f[k]?" / ":"") $9; order[k]=NR }
-       END { for (k in order) { split(k, p, "\t"); printf "| %s | %s | %s | %s | %s | %.0f | %s | %s | %s |\n", p[1], p[2], p[3], p[4], tps[k], sum[k]/n[k], lat[k], cpu[k], f[k] } }' "$RESULTS" \
+  echo "| workload | protocol | clients | target | TPS (rounds) | mean TPS | avg latency ms | CPU s / 10k tx | syscalls per tx | woken / preempted per tx | failed |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  awk -F'\t' '{ k=$1"\t"$2"\t"$3"\t"$4; tps[k]=tps[k] (tps[k]?" / ":"") $6; sum[k]+=$6; n[k]++; lat[k]=lat[k] (lat[k]?" / ":"") $7; cpu[k]=cpu[k] (cpu[k]?" / ":"") $8; f[k]=f[k] (f[k]?" / ":"") $9;
+         sc[k]=sc[k] (sc[k]?" / ":"") $10; cs[k]=cs[k] (cs[k]?" · ":"") $11 " / " $12; order[k]=NR }
+       END { for (k in order) { split(k, p, "\t"); printf "| %s | %s | %s | %s | %s | %.0f | %s | %s | %s | %s | %s |\n", p[1], p[2], p[3], p[4], tps[k], sum[k]/n[k], lat[k], cpu[k], sc[k], cs[k], f[k] } }' "$RESULTS" \
     | sort -t'|' -k2,2 -k3,3 -k4,4n -k5,5
   echo
   echo "Commands: \`pgbench -h 127.0.0.1 -p PORT -U postgres -n -M simple|prepared -c N -j 2 -T $DURATION [-S] app\`,"

@@ -83,6 +83,7 @@ program_delta() { # label port command... (AS_PG: run it as postgres)
       "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -S -M "$bench_mode" -c 4 -j 1 -t "$((n / 4))" app > /dev/null 2>&1
       pkill -INT -f "callgrind-out-file=$out" || true; wait "$pid" 2>/dev/null || true
       totals+=("$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' || true)")
+      if [ -n "${KEEP:-}" ]; then cp "$out" "$KEEP.$label.$mode.$n.out"; fi
     done
     echo "$label -M $bench_mode: program $(( (totals[1] - totals[0]) / (TRANSACTIONS - SMALL) )) instructions per transaction (difference of $SMALL and $TRANSACTIONS transactions)"
   done
