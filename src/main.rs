@@ -294,10 +294,21 @@ fn main() -> ExitCode {
     // `workers:` and `sched_batch:` shape the runtime; a file that does not
     // load is reported by the command itself.
     let config = pgsplit::config::Config::load(&cli.config).ok();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker is a current-thread runtime: no work-stealing queues,
+    // no cross-thread wake-ups, the I/O driver polled by the thread that
+    // runs the sessions.
+    let workers = config
+        .as_ref()
+        .and_then(|c| c.workers.as_ref())
+        .map(|w| w.value);
+    let mut builder = if workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     builder.enable_all();
-    if let Some(workers) = config.as_ref().and_then(|c| c.workers.as_ref()) {
-        builder.worker_threads(workers.value);
+    if let Some(workers) = workers.filter(|&w| w > 1) {
+        builder.worker_threads(workers);
     }
     if config.as_ref().is_some_and(|c| c.sched_batch) {
         builder.on_thread_start(pgsplit::sched::batch_this_thread);

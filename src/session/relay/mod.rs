@@ -629,7 +629,9 @@ impl<'s> Session<'s> {
             self.flush().await?;
             let idle = self.between_transactions();
             self.listed.entry.set_busy(!idle);
-            if self.stopping && idle {
+            if (self.stopping && idle) || self.listed.entry.was_killed() {
+                // (KILL is also seen here: the shutdown branch below is
+                // polled last, after reads that may stay ready.)
                 return Err(SessionError::Shutdown);
             }
             let holding = matches!(self.phase, Phase::Held(_));
@@ -645,7 +647,21 @@ impl<'s> Session<'s> {
                     None => std::future::pending().await,
                 }
             };
+            // In this order, without select!'s random start: the reads
+            // first (the server's answer is what a session mostly waits
+            // for), the shutdown signal only when neither is ready.
             tokio::select! {
+                biased;
+                read = fill_held(&mut self.phase), if holding => {
+                    if let Err(e) = read {
+                        self.backend_failed(route::Failure::Wire(e)).await?;
+                    }
+                }
+                read = wire::fill(&mut *self.client, &mut self.crbuf), if reading_client => match read {
+                    Ok(()) => {}
+                    Err(WireError::Closed) => return Ok(()),
+                    Err(e) => return Err(SessionError::Client(e)),
+                },
                 _ = self.shutdown.as_mut(), if !self.stopping => {
                     // KILL ends the session at once; a shutdown lets an
                     // open transaction finish.
@@ -655,16 +671,6 @@ impl<'s> Session<'s> {
                     self.stopping = true;
                 }
                 _ = idle_sleep, if quiet => return Err(SessionError::IdleTimeout),
-                read = wire::fill(&mut *self.client, &mut self.crbuf), if reading_client => match read {
-                    Ok(()) => {}
-                    Err(WireError::Closed) => return Ok(()),
-                    Err(e) => return Err(SessionError::Client(e)),
-                },
-                read = fill_held(&mut self.phase), if holding => {
-                    if let Err(e) = read {
-                        self.backend_failed(route::Failure::Wire(e)).await?;
-                    }
-                }
             }
         }
     }
