@@ -8,6 +8,12 @@
 #
 #   DURATION=15 ROUNDS=2 CLIENTS="8 32 128" benches/compare.sh
 #
+# Targets: direct, pgsplit (reads to the replicas), pgsplit-batch,
+# pgsplit-primary (only the primary, like PgBouncer: the like-for-like
+# row), pgsplit-primary-w2 (the same with workers: 2), pgbouncer, pgpool,
+# and with BASELINE baseline and baseline-primary. Workloads: select
+# (pgbench -S), tpcb, tiny (SELECT 1: the proxy's own capacity shows).
+#
 # For a quick look at one case (the table still goes to $OUT):
 #   TARGETS="pgsplit pgbouncer" WORKLOADS=select MODES=simple CLIENTS=32 \
 #   DURATION=10 OUT=/tmp/bench.md benches/compare.sh
@@ -83,6 +89,14 @@ YAML
 target/release/pgsplit run -c "$DIR/primary.yaml" > "$DIR/primary.log" 2>&1 &
 SPLIT1PID=$!
 PIDS+=("$SPLIT1PID")
+
+# pgsplit-primary-w2: the same with two runtime workers (a multi-thread
+# runtime; workers: 1 is a current-thread one).
+SPLIT2=$(free_port)
+sed -e "s/^listen: .*/listen: 127.0.0.1:$SPLIT2/" -e "s/^workers: 1$/workers: 2/" "$DIR/primary.yaml" > "$DIR/primary2.yaml"
+target/release/pgsplit run -c "$DIR/primary2.yaml" > "$DIR/primary2.log" 2>&1 &
+SPLIT2PID=$!
+PIDS+=("$SPLIT2PID")
 
 # pgsplit-batch: like pgsplit (reads to the replicas) with sched_batch: true.
 sed -e "s/^listen: .*/listen: 127.0.0.1:$SPLITB/" "$DIR/proxy.yaml" > "$DIR/batch.yaml"
@@ -213,6 +227,7 @@ pids_of() {
     direct) echo "" ;;
     pgsplit) echo "$DEMO" ;;
     pgsplit-primary) echo "$SPLIT1PID" ;;
+    pgsplit-primary-w2) echo "$SPLIT2PID" ;;
     pgsplit-batch) echo "$SPLITBPID" ;;
     baseline) echo "$BASEPID" ;;
     baseline-primary) echo "$BASE1PID" ;;
@@ -221,8 +236,9 @@ pids_of() {
   esac
 }
 port_of() {
-  case $1 in direct) echo "$P1" ;; pgsplit) echo "$SPLIT" ;; pgsplit-primary) echo "$SPLIT1" ;; pgsplit-batch) echo "$SPLITB" ;; baseline) echo "$BASE" ;; baseline-primary) echo "$BASE1" ;; pgbouncer) echo "$BOUNCER" ;; pgpool) echo "$POOL" ;; esac
+  case $1 in direct) echo "$P1" ;; pgsplit) echo "$SPLIT" ;; pgsplit-primary) echo "$SPLIT1" ;; pgsplit-primary-w2) echo "$SPLIT2" ;; pgsplit-batch) echo "$SPLITB" ;; baseline) echo "$BASE" ;; baseline-primary) echo "$BASE1" ;; pgbouncer) echo "$BOUNCER" ;; pgpool) echo "$POOL" ;; esac
 }
+echo "SELECT 1;" > "$DIR/tiny.sql"; chmod 644 "$DIR/tiny.sql"
 HZ=$(getconf CLK_TCK)
 RESULTS="$DIR/results.tsv"
 : > "$RESULTS"
@@ -238,6 +254,8 @@ for round in $(seq 1 "$ROUNDS"); do
           for m in $modes; do
             args=(-h 127.0.0.1 -p "$(port_of $target)" -U postgres -n -M "$m" -c "$c" -j 2 -T "$DURATION")
             [ $workload = select ] && args+=(-S)
+            # tiny: SELECT 1, no table: the least server work per transaction
+            [ $workload = tiny ] && args+=(-f "$DIR/tiny.sql")
             pids=$(pids_of $target)
             before=$(cpu_ticks $pids)
             cbefore=$(counters $pids)
@@ -273,6 +291,8 @@ done
   echo "pgsplit: transaction pooling, 20 server connections per node, reads to the replicas, \`workers: 1\` (one runtime"
   echo "thread, as PgBouncer has one). pgsplit-primary: the same proxy knowing only the primary (what PgBouncer is given),"
   echo "to separate the proxy's own cost from the cost of spreading reads over two more servers on the same two cores."
+  echo "pgsplit-primary-w2: pgsplit-primary with \`workers: 2\` (a two-worker multi-thread runtime; \`workers: 1\` is a"
+  echo "current-thread runtime). tiny is \`SELECT 1\` from a pgbench script: the least server work per transaction."
   echo "pgsplit-batch: pgsplit with \`sched_batch: true\` (its threads under SCHED_BATCH: woken, they wait for their turn"
   echo "instead of preempting a backend)."
   echo "PgBouncer 1.18: transaction pooling, 20 server connections, to the primary. Pgpool-II: streaming replication"

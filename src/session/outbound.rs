@@ -59,14 +59,31 @@ impl Translation<'_> {
         command: Option<&Tracked>,
         fresh: bool,
     ) -> Result<Outbound, ProtocolError> {
+        let mut out = Outbound::default();
+        self.translate_into(&mut out, frames, command, fresh)?;
+        Ok(out)
+    }
+
+    /// [`Translation::translate`] into `out`, emptied first and its
+    /// buffers' capacity reused (the session keeps one across batches).
+    ///
+    /// # Errors
+    /// A malformed client message.
+    pub fn translate_into(
+        &mut self,
+        out: &mut Outbound,
+        frames: &[Frame],
+        command: Option<&Tracked>,
+        fresh: bool,
+    ) -> Result<(), ProtocolError> {
         let size: usize = frames.iter().map(|f| f.bytes.len()).sum();
-        let mut out = Outbound {
-            bytes: BytesMut::with_capacity(size + 64),
-            expects: Vec::with_capacity(frames.len() + 1),
-            added: Vec::new(),
-        };
+        out.bytes.clear();
+        out.bytes.reserve(size + 64);
+        out.expects.clear();
+        out.expects.reserve(frames.len() + 1);
+        out.added.clear();
         if fresh {
-            self.replay_settings(&mut out);
+            self.replay_settings(out);
         }
         let mut parsed_unnamed = false;
         let mut skipping = false;
@@ -87,26 +104,26 @@ impl Translation<'_> {
                         let token = ConnState::next_unnamed();
                         self.statements.unnamed = Some((s, token));
                         self.conn.unnamed = Some(token);
-                        forward(&mut out, frame, Kind::Parse);
+                        forward(out, frame, Kind::Parse);
                     } else {
-                        skipping = !self.parse_named(&mut out, p, route)?;
+                        skipping = !self.parse_named(out, p, route)?;
                     }
                 }
                 fe::BIND_TAG => {
                     let b = fe::bind(body)?;
-                    match self.resolve(&mut out, &b.statement, parsed_unnamed) {
+                    match self.resolve(out, &b.statement, parsed_unnamed) {
                         Some((server_name, client_name)) => {
                             fe::write_bind(&mut out.bytes, &b, &server_name);
                             out.expects
                                 .push(Expect::renamed(Kind::Bind, server_name, client_name));
                         }
-                        None => forward(&mut out, frame, Kind::Bind),
+                        None => forward(out, frame, Kind::Bind),
                     }
                 }
                 fe::DESCRIBE_TAG => {
                     let (kind, name) = fe::target(body, "Describe")?;
                     let resolved = (kind == fe::STATEMENT)
-                        .then(|| self.resolve(&mut out, &name, parsed_unnamed))
+                        .then(|| self.resolve(out, &name, parsed_unnamed))
                         .flatten();
                     match resolved {
                         Some((server_name, client_name)) => {
@@ -123,9 +140,9 @@ impl Translation<'_> {
                             ));
                         }
                         None if kind == fe::STATEMENT => {
-                            forward(&mut out, frame, Kind::DescribeStatement);
+                            forward(out, frame, Kind::DescribeStatement);
                         }
-                        None => forward(&mut out, frame, Kind::DescribePortal),
+                        None => forward(out, frame, Kind::DescribePortal),
                     }
                 }
                 fe::CLOSE_TAG => {
@@ -134,29 +151,29 @@ impl Translation<'_> {
                         // Server statements are shared and closed on eviction;
                         // the client's name just goes away.
                         self.statements.remove(&name);
-                        synthetic(&mut out, be::close_complete);
+                        synthetic(out, be::close_complete);
                     } else {
-                        forward(&mut out, frame, Kind::Close);
+                        forward(out, frame, Kind::Close);
                     }
                 }
-                fe::EXECUTE_TAG => forward(&mut out, frame, Kind::Execute),
+                fe::EXECUTE_TAG => forward(out, frame, Kind::Execute),
                 fe::SYNC_TAG => {
                     skipping = false;
-                    forward(&mut out, frame, Kind::Sync);
+                    forward(out, frame, Kind::Sync);
                     // A SET sent as Parse/Bind/Execute is tracked at its Sync.
                     if let Some(command) = command {
                         let e = out.expects.last_mut().expect("just pushed");
                         e.command = Some(command.command.clone());
                         e.sql = Some(command.sql.clone());
-                        self.restore_startup(&mut out, &command.command);
+                        self.restore_startup(out, &command.command);
                     }
                 }
-                fe::QUERY_TAG => self.query(&mut out, frame, command),
-                fe::FUNCTION_CALL_TAG => forward(&mut out, frame, Kind::Query),
+                fe::QUERY_TAG => self.query(out, frame, command),
+                fe::FUNCTION_CALL_TAG => forward(out, frame, Kind::Query),
                 _ => out.bytes.extend_from_slice(&frame.bytes),
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn replay_settings(&mut self, out: &mut Outbound) {

@@ -137,9 +137,14 @@ pub struct Replies {
 
 impl Replies {
     /// Queues the replies of a batch just sent.
-    pub fn extend(&mut self, expects: Vec<Expect>) {
+    pub fn extend(&mut self, mut expects: Vec<Expect>) {
+        self.append(&mut expects);
+    }
+
+    /// [`Replies::extend`], leaving `expects` empty with its capacity.
+    pub fn append(&mut self, expects: &mut Vec<Expect>) {
         self.ready_owed += expects.iter().filter(|e| e.ends_with_ready()).count();
-        self.queue.extend(expects);
+        self.queue.extend(expects.drain(..));
     }
 
     /// ReadyForQuery messages still owed.

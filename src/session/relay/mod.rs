@@ -304,6 +304,8 @@ pub struct Session<'s> {
     /// batch needs another node).
     next: Option<(Vec<Frame>, Plan)>,
     replies: Replies,
+    /// The translated batch, kept across batches for its buffers' capacity.
+    outbound: super::outbound::Outbound,
     statements: Statements,
     settings: Settings,
     slot: Arc<CancelSlot>,
@@ -408,6 +410,7 @@ impl<'s> Session<'s> {
             retry: None,
             next: None,
             replies: Replies::default(),
+            outbound: super::outbound::Outbound::default(),
             statements: Statements::default(),
             settings,
             slot,
@@ -760,7 +763,9 @@ impl<'s> Session<'s> {
                     self.held_back.push(frame);
                     continue;
                 }
-                self.retry = None;
+                if let Some(settled) = self.retry.take() {
+                    self.batch.recycle(settled.frames);
+                }
                 let mut early = std::mem::take(&mut self.held_back);
                 for frame in early.drain(..) {
                     self.on_reply(&frame);

@@ -586,14 +586,15 @@ impl Session<'_> {
         crate::pool::PoolStats::add(&held.conn.pool().stats.received, received as u64);
         self.retry = None;
         held.open_batch = plan.syncs == 0;
-        let mut out = Translation {
+        let mut out = std::mem::take(&mut self.outbound);
+        Translation {
             conn: &mut held.conn.proto,
             statements: &mut self.statements,
             settings: &self.settings,
             parse_routes: &plan.parse_routes,
             session: self.pid,
         }
-        .translate(&frames, plan.command.as_ref(), fresh)
+        .translate_into(&mut out, &frames, plan.command.as_ref(), fresh)
         .map_err(SessionError::ClientProtocol)?;
         if may_call_nextval {
             held.conn.proto.sequence_owner = Some(self.pid);
@@ -618,21 +619,27 @@ impl Session<'_> {
             Replies::skip_delivered(&mut out.expects, retry - 1);
         }
         let sent = held.conn.send(&out.bytes).await;
-        self.replies.extend(out.expects);
+        self.replies.append(&mut out.expects);
+        let added = std::mem::take(&mut out.added);
+        if out.bytes.capacity() <= OUTBOUND_KEEP {
+            self.outbound = out;
+        }
         let delivered = if retry > 0 {
             self.replies.leading_synthetics() + retry - 1
         } else {
             0
         };
         self.replies.emit_ready_synthetics(&mut self.cwbuf);
-        if retry > 0 && !in_txn {
+        if retry == 0 || in_txn {
+            self.batch.recycle(frames);
+        } else {
             self.retry = Some(Retry {
                 write: route.target == Target::Primary,
                 hold_back: plan.syncs > 0,
                 frames,
                 plan,
                 tried,
-                added: out.added,
+                added,
                 delivered,
                 begin,
             });
@@ -906,6 +913,8 @@ impl Session<'_> {
     }
 }
 
+/// The largest translated-batch buffer a session keeps between batches.
+const OUTBOUND_KEEP: usize = 64 * 1024;
 /// Sends a cancel that came while a batch waited for a connection, now
 /// that the node has the batch.
 fn send_pending_cancel(cancel: Option<CancelTarget>) {
