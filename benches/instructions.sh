@@ -60,7 +60,7 @@ count() { # binary label
   done
 }
 # PGBOUNCER=1 (SMALL=400): the whole program's instructions per transaction, pgsplit
-# given only the primary (what PgBouncer is given, pool of 4) against
+# (and with BASELINE the baseline binary, as baseline-primary) given only the primary (what PgBouncer is given, pool of 4) against
 # PgBouncer (transaction pooling, pool of 4): each runs under callgrind
 # twice, with SMALL and TRANSACTIONS transactions after the same warm-up,
 # and the difference per transaction cancels start-up and shutdown. Unlike
@@ -99,6 +99,9 @@ if [ -n "${PGBOUNCER:-}" ]; then
     echo "pool: { mode: transaction, size: 4 }"; echo "workers: 1"; } > "$DIR/primary.yaml"
   AS_PG=()
   program_delta pgsplit-primary "$port" target/release/pgsplit run -c "$DIR/primary.yaml"
+  if [ -n "${BASELINE:-}" ]; then
+    program_delta baseline-primary "$port" "$BASELINE" run -c "$DIR/primary.yaml"
+  fi
   bport=$(free_port)
   cat > "$DIR/pgbouncer.ini" <<INI
 [databases]
