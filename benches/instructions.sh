@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRANSACTIONS=${TRANSACTIONS:-2000}
+# ROWS=N: each transaction reads N rows (aid <= N) instead of pgbench -S's one
+WORKLOAD=(-S)
 MODES=${MODES:-"simple extended prepared"}
 cargo build --release --quiet
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
@@ -30,6 +32,11 @@ trap cleanup EXIT
 for _ in $(seq 1 120); do grep -q "Press Ctrl-C" "$DIR/demo.log" && break; sleep 0.5; done
 "$PGBIN/pgbench" -h 127.0.0.1 -p "$P1" -U postgres -i -q -s 1 app > /dev/null 2>&1
 sleep 2
+if [ -n "${ROWS:-}" ]; then
+  echo "SELECT aid, bid, abalance, filler FROM pgbench_accounts WHERE aid <= $ROWS;" > "$DIR/rows.sql"
+  chmod 644 "$DIR/rows.sql"
+  WORKLOAD=(-f "$DIR/rows.sql")
+fi
 count() { # binary label
   local port; port=$(free_port)
   { echo "listen: 127.0.0.1:$port"; echo "auth: { method: trust, users: [ { name: postgres } ] }"; nodes
@@ -40,8 +47,8 @@ count() { # binary label
     for _ in $(seq 1 240); do "$PGBIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d app -Atc "SELECT 1" >/dev/null 2>&1 && break; sleep 0.5; done
     # warm-up, then the counted run; totals include start-up, so the
     # warm-up run is subtracted by counting two runs of different sizes
-    "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -S -M "$mode" -c 4 -j 1 -t 100 app > /dev/null 2>&1
-    "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -S -M "$mode" -c 4 -j 1 -t "$((TRANSACTIONS / 4))" app > /dev/null 2>&1
+    "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n "${WORKLOAD[@]}" -M "$mode" -c 4 -j 1 -t 100 app > /dev/null 2>&1
+    "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n "${WORKLOAD[@]}" -M "$mode" -c 4 -j 1 -t "$((TRANSACTIONS / 4))" app > /dev/null 2>&1
     kill -INT "$pid"; wait "$pid" 2>/dev/null || true
     # The sessions' own work: the inclusive cost of the session tasks, the
     # session's tracing span included (start-up, the monitor and the
@@ -79,8 +86,8 @@ program_delta() { # label port command... (AS_PG: run it as postgres)
       local up=""
       for _ in $(seq 1 240); do "$PGBIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d app -Atc "SELECT 1" >/dev/null 2>&1 && { up=1; break; }; sleep 0.5; done
       [ -n "$up" ] || { echo "$label did not accept connections:" >&2; for f in "$DIR/$label.log" "$DIR/bouncer.log"; do [ -f "$f" ] && head -n 40 "$f" >&2; done; return 1; }
-      "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -S -M "$bench_mode" -c 4 -j 1 -t 100 app > /dev/null 2>&1
-      "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -S -M "$bench_mode" -c 4 -j 1 -t "$((n / 4))" app > /dev/null 2>&1
+      "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n "${WORKLOAD[@]}" -M "$bench_mode" -c 4 -j 1 -t 100 app > /dev/null 2>&1
+      "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n "${WORKLOAD[@]}" -M "$bench_mode" -c 4 -j 1 -t "$((n / 4))" app > /dev/null 2>&1
       pkill -INT -f "callgrind-out-file=$out" || true; wait "$pid" 2>/dev/null || true
       totals+=("$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' || true)")
       if [ -n "${KEEP:-}" ]; then cp "$out" "$KEEP.$label.$mode.$n.out"; fi

@@ -198,6 +198,20 @@ impl BackendConn {
         Ok(codec::decode_frame(&mut self.rbuf, MAX_MESSAGE_LEN)?)
     }
 
+    /// Moves the complete DataRow and CopyData messages at the front of
+    /// what is buffered to `out` as they are, in one copy, without making
+    /// a frame of each; returns the bytes moved. Stops at any other
+    /// message, an incomplete one or a length that is not the protocol
+    /// (which [`BackendConn::buffered_frame`] then reports).
+    pub fn relay_rows(&mut self, out: &mut BytesMut) -> usize {
+        let end = rows_end(&self.rbuf);
+        if end > 0 {
+            out.extend_from_slice(&self.rbuf[..end]);
+            bytes::Buf::advance(&mut self.rbuf, end);
+        }
+        end
+    }
+
     /// Reads the next frame, waiting for it.
     ///
     /// # Errors
@@ -425,9 +439,54 @@ fn last_record_end(insert: u64, block: u64, segment: u64) -> u64 {
     }
 }
 
+/// Where the run of complete DataRow and CopyData messages at the start of
+/// `buf` ends.
+fn rows_end(buf: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(&[tag, a, b, c, d]) = buf.get(at..at + 5) {
+        if tag != be::DATA_ROW_TAG && tag != be::COPY_DATA_TAG {
+            break;
+        }
+        let len = i32::from_be_bytes([a, b, c, d]);
+        let Ok(len) = usize::try_from(len) else { break };
+        if !(4..=MAX_MESSAGE_LEN).contains(&len) || buf.len() - at < len + 1 {
+            break;
+        }
+        at += len + 1;
+    }
+    at
+}
+
 #[cfg(test)]
 mod tests {
-    use super::last_record_end;
+    use super::{last_record_end, rows_end};
+
+    #[test]
+    fn rows_are_relayed_up_to_the_first_other_or_incomplete_message() {
+        let row = |body: &[u8]| {
+            let mut f = vec![b'D'];
+            f.extend_from_slice(&i32::try_from(body.len() + 4).unwrap().to_be_bytes());
+            f.extend_from_slice(body);
+            f
+        };
+        let two = [row(b"ab"), row(b"")].concat();
+        assert_eq!(rows_end(&two), two.len());
+        let then_complete = [two.clone(), b"C\0\0\0\x0dSELECT 2\0".to_vec()].concat();
+        assert_eq!(rows_end(&then_complete), two.len());
+        let cut = row(b"abcdef");
+        assert_eq!(
+            rows_end(&[two.clone(), cut[..6].to_vec()].concat()),
+            two.len()
+        );
+        assert_eq!(
+            rows_end(b"D\0\0\0\x02"),
+            0,
+            "a length below 4 is left to the decoder"
+        );
+        assert_eq!(rows_end(b"D\0\0"), 0);
+        let copy = [b"d\0\0\0\x05x".to_vec(), row(b"y")].concat();
+        assert_eq!(rows_end(&copy), copy.len());
+    }
 
     const BLOCK: u64 = 8192;
     const SEGMENT: u64 = 16 << 20;

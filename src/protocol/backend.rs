@@ -27,6 +27,8 @@ pub const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
 pub const NEGOTIATE_PROTOCOL_VERSION_TAG: u8 = b'v';
 /// DataRow ('D').
 pub const DATA_ROW_TAG: u8 = b'D';
+/// CopyData ('d'), in COPY TO STDOUT.
+pub const COPY_DATA_TAG: u8 = b'd';
 /// NotificationResponse ('A').
 pub const NOTIFICATION_TAG: u8 = b'A';
 /// ParseComplete ('1').

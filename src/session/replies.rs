@@ -229,6 +229,16 @@ impl Replies {
         })
     }
 
+    /// Whether DataRow and CopyData messages now go to the client as they
+    /// are, with nothing to learn from them: what is owed next is the
+    /// client's own Query or Execute (no synthetic reply before it). For
+    /// those, [`Replies::on_frame`] only copies them.
+    pub fn relays_rows(&self) -> bool {
+        self.queue
+            .front()
+            .is_some_and(|e| e.forward && matches!(e.kind, Kind::Query | Kind::Execute))
+    }
+
     /// Whether the next server message is the client's (not the proxy's
     /// own work, swallowed).
     pub fn head_forwards(&self) -> bool {

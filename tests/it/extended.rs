@@ -401,3 +401,48 @@ async fn more_statements_than_a_connection_keeps_are_evicted_and_reprepared() {
     );
     proxy.stop().await;
 }
+
+/// Rows are relayed as byte ranges from the server's read buffer: a result
+/// far larger than one read and than the client buffer's flush mark, with
+/// rows of every width (a message cut across reads included), arrives
+/// whole and in order in both protocols, and the session goes on.
+#[tokio::test]
+async fn large_results_arrive_whole_and_in_order_in_both_protocols() {
+    let proxy = default_proxy().await;
+    let client = app(&proxy).await;
+    let sql = "SELECT g, repeat(chr(97 + g % 26), g % 300), inet_server_port()::int \
+               FROM generate_series(1, 20000) g";
+    let check = |g: i32, text: &str| {
+        let c = char::from(b'a' + u8::try_from(g % 26).unwrap());
+        assert_eq!(text.len(), usize::try_from(g % 300).unwrap(), "row {g}");
+        assert!(text.chars().all(|x| x == c), "row {g}");
+    };
+    // extended protocol
+    let rows = client.query(sql, &[]).await.unwrap();
+    assert_eq!(rows.len(), 20_000);
+    for (i, row) in rows.iter().enumerate() {
+        let g: i32 = row.get(0);
+        assert_eq!(g, i32::try_from(i).unwrap() + 1);
+        check(g, row.get(1));
+        assert!(replica_ports().contains(&u16::try_from(row.get::<_, i32>(2)).unwrap()));
+    }
+    // simple protocol
+    let messages = client.simple_query(sql).await.unwrap();
+    let mut next = 1;
+    for message in &messages {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+            let g: i32 = row.get(0).unwrap().parse().unwrap();
+            assert_eq!(g, next);
+            check(g, row.get(1).unwrap());
+            next += 1;
+        }
+    }
+    assert_eq!(next, 20_001);
+    assert!(matches!(
+        messages.last(),
+        Some(tokio_postgres::SimpleQueryMessage::CommandComplete(20_000))
+    ));
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    proxy.stop().await;
+}

@@ -686,6 +686,18 @@ impl<'s> Session<'s> {
             let Phase::Held(held) = &mut self.phase else {
                 return Ok(());
             };
+            if self.retry.is_none() && self.held_back.is_empty() && self.replies.relays_rows() {
+                // Rows (and COPY data) of the client's own statement go on
+                // as byte ranges, in one copy, without a frame each.
+                let moved = held.conn.relay_rows(&mut self.cwbuf);
+                if moved > 0 {
+                    held.sent += moved as u64;
+                    if self.cwbuf.len() >= FLUSH_AT {
+                        self.flush().await?;
+                    }
+                    continue;
+                }
+            }
             let frame = match held.conn.buffered_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => {
