@@ -83,7 +83,7 @@ pub struct Plan {
     pub reads_sequence_state: bool,
     /// The routes of its Parse messages' statements, in order (before
     /// session-command tracking): what the statements remember.
-    pub parse_routes: Vec<Route>,
+    pub parse_routes: smallvec::SmallVec<[Route; 2]>,
 }
 
 impl Plan {
@@ -124,8 +124,9 @@ pub fn plan(
     let mut writes_sequences = false;
     let mut parsed_unnamed = false;
     // Statements parsed earlier in this same batch route by their text.
-    let mut parsed_here: Vec<(String, Route)> = Vec::new();
-    let mut parse_routes: Vec<Route> = Vec::new();
+    // (inline: a batch mostly parses one statement, or none)
+    let mut parsed_here: smallvec::SmallVec<[(String, Route); 2]> = smallvec::SmallVec::new();
+    let mut parse_routes: smallvec::SmallVec<[Route; 2]> = smallvec::SmallVec::new();
     // Where a statement name points: one parsed earlier in this batch (its
     // route), or one of the session's (with the statement). An unknown
     // name fails on the node; it is routed safely.

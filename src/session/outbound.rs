@@ -100,7 +100,16 @@ impl Translation<'_> {
                     let route = routes.next().unwrap_or(Route::primary(Reason::ParseError));
                     if p.name.is_empty() {
                         parsed_unnamed = true;
-                        let s = Arc::new(Statement::unnamed(p.sql, p.types, route));
+                        // A driver parses the same unnamed text again and
+                        // again: the statement is kept when nothing changed.
+                        let s = match &self.statements.unnamed {
+                            Some((s, _))
+                                if s.route == route && s.sql == p.sql && s.types == p.types =>
+                            {
+                                s.clone()
+                            }
+                            _ => Arc::new(Statement::unnamed(p.sql, p.types, route)),
+                        };
                         let token = ConnState::next_unnamed();
                         self.statements.unnamed = Some((s, token));
                         self.conn.unnamed = Some(token);
