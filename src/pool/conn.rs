@@ -212,6 +212,28 @@ impl BackendConn {
         end
     }
 
+    /// The type of the first buffered message, once all of it is here
+    /// (and its length is the protocol's).
+    pub fn complete_tag(&self) -> Option<u8> {
+        match codec::peek_frame_len(&self.rbuf, MAX_MESSAGE_LEN) {
+            Ok(Some(len)) if self.rbuf.len() >= len => Some(self.rbuf[0]),
+            _ => None,
+        }
+    }
+
+    /// Moves the first buffered message, complete, to `out` as it is;
+    /// returns its size (0 when none is complete).
+    pub fn relay_frame(&mut self, out: &mut BytesMut) -> usize {
+        if self.complete_tag().is_none() {
+            return 0;
+        }
+        let len = 1 + i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
+            as usize;
+        out.extend_from_slice(&self.rbuf[..len]);
+        bytes::Buf::advance(&mut self.rbuf, len);
+        len
+    }
+
     /// Reads the next frame, waiting for it.
     ///
     /// # Errors

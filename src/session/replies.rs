@@ -239,6 +239,16 @@ impl Replies {
             .is_some_and(|e| e.forward && matches!(e.kind, Kind::Query | Kind::Execute))
     }
 
+    /// A CommandComplete the client got (relayed as it is, while
+    /// [`Replies::relays_rows`]): it ends an Execute's replies, not a
+    /// Query's; synthetic replies due next follow it.
+    pub fn command_completed(&mut self, out: &mut BytesMut) {
+        if self.queue.front().is_some_and(|e| e.kind == Kind::Execute) {
+            self.queue.pop_front();
+        }
+        self.emit_ready_synthetics(out);
+    }
+
     /// Whether the next server message is the client's (not the proxy's
     /// own work, swallowed).
     pub fn head_forwards(&self) -> bool {

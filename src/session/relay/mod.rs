@@ -686,12 +686,31 @@ impl<'s> Session<'s> {
             let Phase::Held(held) = &mut self.phase else {
                 return Ok(());
             };
-            if self.retry.is_none() && self.held_back.is_empty() && self.replies.relays_rows() {
-                // Rows (and COPY data) of the client's own statement go on
-                // as byte ranges, in one copy, without a frame each.
-                let moved = held.conn.relay_rows(&mut self.cwbuf);
-                if moved > 0 {
-                    held.sent += moved as u64;
+            if self.replies.relays_rows() {
+                // The client's own statement's rows, COPY data and
+                // CommandComplete go on as byte ranges, without a frame
+                // each (what [`Replies::on_frame`] would do with them).
+                let before = self.cwbuf.len();
+                match held.conn.complete_tag() {
+                    Some(be::DATA_ROW_TAG | be::COPY_DATA_TAG | be::COMMAND_COMPLETE_TAG)
+                        if self.retry.is_some() =>
+                    {
+                        // The first reply that is not a preamble: the read
+                        // runs here; what was held back goes first.
+                        self.settle_retry();
+                        continue;
+                    }
+                    Some(be::DATA_ROW_TAG | be::COPY_DATA_TAG) if self.held_back.is_empty() => {
+                        held.conn.relay_rows(&mut self.cwbuf);
+                    }
+                    Some(be::COMMAND_COMPLETE_TAG) if self.held_back.is_empty() => {
+                        held.conn.relay_frame(&mut self.cwbuf);
+                        self.replies.command_completed(&mut self.cwbuf);
+                    }
+                    _ => {}
+                }
+                if self.cwbuf.len() > before {
+                    held.sent += (self.cwbuf.len() - before) as u64;
                     if self.cwbuf.len() >= FLUSH_AT {
                         self.flush().await?;
                     }
@@ -775,20 +794,27 @@ impl<'s> Session<'s> {
                     self.held_back.push(frame);
                     continue;
                 }
-                if let Some(settled) = self.retry.take() {
-                    self.batch.recycle(settled.frames);
-                }
-                let mut early = std::mem::take(&mut self.held_back);
-                for frame in early.drain(..) {
-                    self.on_reply(&frame);
-                }
-                self.held_back = early;
+                self.settle_retry();
             }
             self.on_reply(&frame);
             if self.cwbuf.len() >= FLUSH_AT {
                 self.flush().await?;
             }
         }
+    }
+
+    /// The read in flight runs where it is (a reply that is not a
+    /// preamble came): it can no longer be sent elsewhere, and the replies
+    /// held back go to the client.
+    fn settle_retry(&mut self) {
+        if let Some(settled) = self.retry.take() {
+            self.batch.recycle(settled.frames);
+        }
+        let mut early = std::mem::take(&mut self.held_back);
+        for frame in early.drain(..) {
+            self.on_reply(&frame);
+        }
+        self.held_back = early;
     }
 
     /// Accounts one server message of the held connection: what the client
