@@ -12,7 +12,8 @@
 # pgsplit-primary (only the primary, like PgBouncer: the like-for-like
 # row), pgsplit-primary-w2 (the same with workers: 2), pgbouncer, pgpool,
 # and with BASELINE baseline and baseline-primary. Workloads: select
-# (pgbench -S), tpcb, tiny (SELECT 1: the proxy's own capacity shows).
+# (pgbench -S), tpcb, tiny (SELECT 1: the proxy's own capacity shows),
+# rows (100 rows per transaction).
 #
 # For a quick look at one case (the table still goes to $OUT):
 #   TARGETS="pgsplit pgbouncer" WORKLOADS=select MODES=simple CLIENTS=32 \
@@ -239,6 +240,7 @@ port_of() {
   case $1 in direct) echo "$P1" ;; pgsplit) echo "$SPLIT" ;; pgsplit-primary) echo "$SPLIT1" ;; pgsplit-primary-w2) echo "$SPLIT2" ;; pgsplit-batch) echo "$SPLITB" ;; baseline) echo "$BASE" ;; baseline-primary) echo "$BASE1" ;; pgbouncer) echo "$BOUNCER" ;; pgpool) echo "$POOL" ;; esac
 }
 echo "SELECT 1;" > "$DIR/tiny.sql"; chmod 644 "$DIR/tiny.sql"
+echo "SELECT aid, bid, abalance, filler FROM pgbench_accounts WHERE aid <= 100;" > "$DIR/rows.sql"; chmod 644 "$DIR/rows.sql"
 HZ=$(getconf CLK_TCK)
 RESULTS="$DIR/results.tsv"
 : > "$RESULTS"
@@ -256,6 +258,8 @@ for round in $(seq 1 "$ROUNDS"); do
             [ $workload = select ] && args+=(-S)
             # tiny: SELECT 1, no table: the least server work per transaction
             [ $workload = tiny ] && args+=(-f "$DIR/tiny.sql")
+            # rows: 100 rows per transaction (the relay's share shows)
+            [ $workload = rows ] && args+=(-f "$DIR/rows.sql")
             pids=$(pids_of $target)
             before=$(cpu_ticks $pids)
             cbefore=$(counters $pids)
@@ -292,7 +296,8 @@ done
   echo "thread, as PgBouncer has one). pgsplit-primary: the same proxy knowing only the primary (what PgBouncer is given),"
   echo "to separate the proxy's own cost from the cost of spreading reads over two more servers on the same two cores."
   echo "pgsplit-primary-w2: pgsplit-primary with \`workers: 2\` (a two-worker multi-thread runtime; \`workers: 1\` is a"
-  echo "current-thread runtime). tiny is \`SELECT 1\` from a pgbench script: the least server work per transaction."
+  echo "current-thread runtime). tiny is \`SELECT 1\` from a pgbench script: the least server work per transaction;"
+  echo "rows reads 100 rows of pgbench_accounts per transaction."
   echo "pgsplit-batch: pgsplit with \`sched_batch: true\` (its threads under SCHED_BATCH: woken, they wait for their turn"
   echo "instead of preempting a backend)."
   echo "PgBouncer 1.18: transaction pooling, 20 server connections, to the primary. Pgpool-II: streaming replication"
