@@ -205,32 +205,28 @@ impl BackendConn {
     /// (which [`BackendConn::buffered_frame`] then reports).
     pub fn relay_rows(&mut self, out: &mut BytesMut) -> usize {
         let end = rows_end(&self.rbuf);
-        if end > 0 {
-            out.extend_from_slice(&self.rbuf[..end]);
-            bytes::Buf::advance(&mut self.rbuf, end);
-        }
-        end
+        self.move_front(out, end)
     }
 
     /// The type of the first buffered message, once all of it is here
     /// (and its length is the protocol's).
     pub fn complete_tag(&self) -> Option<u8> {
-        match codec::peek_frame_len(&self.rbuf, MAX_MESSAGE_LEN) {
-            Ok(Some(len)) if self.rbuf.len() >= len => Some(self.rbuf[0]),
-            _ => None,
-        }
+        complete_len(&self.rbuf).map(|_| self.rbuf[0])
     }
 
     /// Moves the first buffered message, complete, to `out` as it is;
     /// returns its size (0 when none is complete).
     pub fn relay_frame(&mut self, out: &mut BytesMut) -> usize {
-        if self.complete_tag().is_none() {
-            return 0;
+        let len = complete_len(&self.rbuf).unwrap_or(0);
+        self.move_front(out, len)
+    }
+
+    /// Moves the first `len` buffered bytes to `out`.
+    fn move_front(&mut self, out: &mut BytesMut, len: usize) -> usize {
+        if len > 0 {
+            out.extend_from_slice(&self.rbuf[..len]);
+            bytes::Buf::advance(&mut self.rbuf, len);
         }
-        let len = 1 + i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
-            as usize;
-        out.extend_from_slice(&self.rbuf[..len]);
-        bytes::Buf::advance(&mut self.rbuf, len);
         len
     }
 
@@ -461,20 +457,27 @@ fn last_record_end(insert: u64, block: u64, segment: u64) -> u64 {
     }
 }
 
+/// The size of the message at the front of `buf`, once all of it is
+/// there and its length is the protocol's.
+fn complete_len(buf: &[u8]) -> Option<usize> {
+    match codec::peek_frame_len(buf, MAX_MESSAGE_LEN) {
+        Ok(Some(len)) if buf.len() >= len => Some(len),
+        _ => None,
+    }
+}
+
 /// Where the run of complete DataRow and CopyData messages at the start of
 /// `buf` ends.
 fn rows_end(buf: &[u8]) -> usize {
     let mut at = 0;
-    while let Some(&[tag, a, b, c, d]) = buf.get(at..at + 5) {
+    while let Some(&tag) = buf.get(at) {
         if tag != be::DATA_ROW_TAG && tag != be::COPY_DATA_TAG {
             break;
         }
-        let len = i32::from_be_bytes([a, b, c, d]);
-        let Ok(len) = usize::try_from(len) else { break };
-        if !(4..=MAX_MESSAGE_LEN).contains(&len) || buf.len() - at < len + 1 {
+        let Some(len) = complete_len(&buf[at..]) else {
             break;
-        }
-        at += len + 1;
+        };
+        at += len;
     }
     at
 }

@@ -243,10 +243,16 @@ impl Replies {
     /// [`Replies::relays_rows`]): it ends an Execute's replies, not a
     /// Query's; synthetic replies due next follow it.
     pub fn command_completed(&mut self, out: &mut BytesMut) {
+        self.end_execute();
+        self.emit_ready_synthetics(out);
+    }
+
+    /// A CommandComplete ends the Execute owed first (a Query's goes on
+    /// to its ReadyForQuery).
+    fn end_execute(&mut self) {
         if self.queue.front().is_some_and(|e| e.kind == Kind::Execute) {
             self.queue.pop_front();
         }
-        self.emit_ready_synthetics(out);
     }
 
     /// Whether the next server message is the client's (not the proxy's
@@ -324,9 +330,7 @@ impl Replies {
             }
             be::COMMAND_COMPLETE_TAG => {
                 self.pass(frame, forward, cx);
-                if head_kind == Some(Kind::Execute) {
-                    self.queue.pop_front();
-                }
+                self.end_execute();
             }
             _ => self.pass(frame, forward, cx),
         }

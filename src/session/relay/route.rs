@@ -915,6 +915,7 @@ impl Session<'_> {
 
 /// The largest translated-batch buffer a session keeps between batches.
 const OUTBOUND_KEEP: usize = 64 * 1024;
+
 /// Sends a cancel that came while a batch waited for a connection, now
 /// that the node has the batch.
 fn send_pending_cancel(cancel: Option<CancelTarget>) {
