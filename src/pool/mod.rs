@@ -183,8 +183,10 @@ impl ErrorSink<PoolError> for FailureSink {
 /// needs them.
 pub const STACK_IDLE: Duration = Duration::from_secs(30);
 
-/// bb8's handle on a checked-out connection.
-type BbConn = PooledConnection<'static, Manager>;
+/// bb8's handle on a checked-out connection (boxed: it moves between the
+/// pool's stack and a session several times per transaction, and a
+/// pointer moves cheaper than its ~190 bytes).
+type BbConn = Box<PooledConnection<'static, Manager>>;
 
 /// The pool of one (node, user, database).
 pub struct NodePool {
@@ -288,7 +290,7 @@ impl NodePool {
         self.waits.lock().expect("poisoned").push(started);
         let _waited = Waited(self, started);
         tokio::select! {
-            got = self.pool.get_owned() => got.map(|c| self.wrap(c)).map_err(|e| match e {
+            got = self.pool.get_owned() => got.map(|c| self.wrap(Box::new(c))).map_err(|e| match e {
                 RunError::User(e) => e,
                 RunError::TimedOut => PoolError::Timeout { node: self.node.clone(), timeout: self.timeout },
             }),
