@@ -67,17 +67,20 @@ pub struct Plan {
     /// Where it must run.
     pub route: Route,
     /// A single statement that is a session command the proxy tracks.
-    pub command: Option<Tracked>,
+    /// (The rare fields are boxed: a plan moves through the routing
+    /// functions by value, and under 128 bytes it moves without a
+    /// `memcpy` call.)
+    pub command: Option<Box<Tracked>>,
     /// Messages that each produce a ReadyForQuery.
     pub syncs: usize,
     /// Creates, alters or drops something (the catalog is read again).
     pub catalog_ddl: bool,
     /// A `/* pgsplit:tag=NAME */` hint on one of its statements.
-    pub tag: Option<String>,
+    pub tag: Option<Box<str>>,
     /// Why it would pin the session, when its route pins.
     pub pin: Option<PinReason>,
     /// `DROP DATABASE name`: the proxy's idle connections to it close first.
-    pub drops_database: Option<String>,
+    pub drops_database: Option<Box<str>>,
     /// Calls `currval` or `lastval`: it must run where this session's
     /// `nextval` ran.
     pub reads_sequence_state: bool,
@@ -93,7 +96,7 @@ impl Plan {
     pub fn is_read_only_begin(&self) -> bool {
         self.route.reason == Reason::ReadOnlyTransaction
             && matches!(
-                self.command,
+                self.command.as_deref(),
                 Some(Tracked {
                     command: Command::Begin,
                     ..
@@ -236,7 +239,7 @@ pub fn plan(
     }
     // Only a batch of one statement is tracked as a session command.
     let command = if commands.count == 1 {
-        commands.first
+        commands.first.map(Box::new)
     } else {
         None
     };
@@ -250,9 +253,9 @@ pub fn plan(
         command,
         syncs,
         catalog_ddl,
-        tag,
+        tag: tag.map(String::into_boxed_str),
         pin,
-        drops_database,
+        drops_database: drops_database.map(String::into_boxed_str),
         reads_sequence_state: reads_sequence_state && !writes_sequences,
         parse_routes,
     })

@@ -807,8 +807,10 @@ impl<'s> Session<'s> {
     /// preamble came): it can no longer be sent elsewhere, and the replies
     /// held back go to the client.
     fn settle_retry(&mut self) {
-        if let Some(settled) = self.retry.take() {
-            self.batch.recycle(settled.frames);
+        // (Dropped in place: moved out, the ~200-byte retry is copied.)
+        if let Some(settled) = &mut self.retry {
+            self.batch.recycle(std::mem::take(&mut settled.frames));
+            self.retry = None;
         }
         let mut early = std::mem::take(&mut self.held_back);
         for frame in early.drain(..) {

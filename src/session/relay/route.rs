@@ -594,7 +594,7 @@ impl Session<'_> {
             parse_routes: &plan.parse_routes,
             session: self.pid,
         }
-        .translate_into(&mut out, &frames, plan.command.as_ref(), fresh)
+        .translate_into(&mut out, &frames, plan.command.as_deref(), fresh)
         .map_err(SessionError::ClientProtocol)?;
         if may_call_nextval {
             held.conn.proto.sequence_owner = Some(self.pid);
