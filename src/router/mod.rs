@@ -319,13 +319,31 @@ impl Router {
         if sql.len() > MAX_CACHED_SQL {
             return (self.fresh(sql), false);
         }
-        let key = cache_key(sql);
-        if let Some(route) = self.cache.get(&*key) {
-            return (route, true);
+        // The key is written into this thread's buffer: a hit (nearly
+        // every statement) allocates nothing.
+        thread_local! {
+            static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
-        let route = self.fresh(sql);
-        self.cache.insert(key.into(), route);
-        (route, false)
+        let hit = KEY.with_borrow_mut(|buf| {
+            let key = if write_cache_key(sql, buf) {
+                buf.as_str()
+            } else {
+                sql
+            };
+            let hit = self.cache.get(key).ok_or_else(|| Box::<str>::from(key));
+            if buf.capacity() > MAX_CACHED_SQL {
+                *buf = String::new();
+            }
+            hit
+        });
+        match hit {
+            Ok(route) => (route, true),
+            Err(key) => {
+                let route = self.fresh(sql);
+                self.cache.insert(key, route);
+                (route, false)
+            }
+        }
     }
 
     fn fresh(&self, sql: &str) -> Route {
@@ -374,12 +392,24 @@ impl Router {
 /// backslashes are used as they are (a quote inside them could otherwise
 /// hide a function call from the key); so are unterminated literals.
 pub fn cache_key(sql: &str) -> Cow<'_, str> {
+    let mut key = String::new();
+    if write_cache_key(sql, &mut key) {
+        Cow::Owned(key)
+    } else {
+        Cow::Borrowed(sql)
+    }
+}
+
+/// Writes [`cache_key`] of `sql` into `out` (cleared first). False when
+/// the key is `sql` itself (`out` is then left in any state).
+fn write_cache_key(sql: &str, out: &mut String) -> bool {
+    out.clear();
     let bytes = sql.as_bytes();
     let comment = |at: usize| matches!(&bytes[at..], [b'-', b'-', ..] | [b'/', b'*', ..]);
     if memchr::memchr2(b'$', b'\\', bytes).is_some()
         || memchr::memchr2_iter(b'-', b'/', bytes).any(comment)
     {
-        return Cow::Borrowed(sql);
+        return false;
     }
     let keep_strings = memchr::memchr_iter(b'_', bytes).any(|at| {
         at >= 3
@@ -389,7 +419,7 @@ pub fn cache_key(sql: &str) -> Cow<'_, str> {
     });
     // Runs of ordinary bytes are copied whole; every cut falls on an ASCII
     // byte, so the slices of `sql` copied are whole characters.
-    let mut out = String::with_capacity(bytes.len());
+    out.reserve(bytes.len());
     let (mut i, mut run) = (0, 0);
     let mut last_ident = false;
     while i < bytes.len() {
@@ -417,7 +447,7 @@ pub fn cache_key(sql: &str) -> Cow<'_, str> {
             }
             _ => {
                 let Some(end) = closing_quote(bytes, i, b) else {
-                    return Cow::Borrowed(sql);
+                    return false;
                 };
                 // Quoted identifiers (and kept or prefixed strings) stay
                 // whole, quotes and all; other strings become `?`.
@@ -432,7 +462,7 @@ pub fn cache_key(sql: &str) -> Cow<'_, str> {
         }
     }
     out.push_str(&sql[run..]);
-    Cow::Owned(out)
+    true
 }
 
 /// Byte classes for [`cache_key`]: identifier bytes (letters, `_`, digits

@@ -334,6 +334,15 @@ pub struct Session<'s> {
     stopping: bool,
     /// The session's entry in the console's client list.
     listed: crate::clients::Registration,
+    /// The configuration and the topology, as last seen: a load checks
+    /// that they are current (one atomic read) without the shared
+    /// slot's bookkeeping.
+    config:
+        arc_swap::Cache<Arc<arc_swap::ArcSwap<crate::config::Config>>, Arc<crate::config::Config>>,
+    topology: arc_swap::Cache<
+        Arc<arc_swap::ArcSwap<crate::topology::Topology>>,
+        Arc<crate::topology::Topology>,
+    >,
 }
 
 impl Drop for Session<'_> {
@@ -395,6 +404,8 @@ impl<'s> Session<'s> {
         )
         .map(|r| r.name.clone());
         let mut session = Session {
+            config: arc_swap::Cache::new(state.config.clone()),
+            topology: arc_swap::Cache::new(state.topology.clone()),
             span,
             state,
             client,
@@ -640,7 +651,7 @@ impl<'s> Session<'s> {
             let holding = matches!(self.phase, Phase::Held(_));
             let reading_client = self.reading_client();
             // limits.idle_timeout: only a client with nothing in progress.
-            let idle_limit = self.state.config.load().limits.idle_timeout.map(|d| d.0);
+            let idle_limit = self.config.load().limits.idle_timeout.map(|d| d.0);
             let quiet =
                 idle_limit.is_some() && matches!(self.phase, Phase::Idle) && self.batch.len() == 0;
             // Only a quiet session with a limit reads the clock.

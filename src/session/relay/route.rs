@@ -227,7 +227,7 @@ impl Session<'_> {
         if begin.is_some() && route.target == Target::Replica {
             route.reason = Reason::ReadOnlyTransaction;
         }
-        let config = self.state.config.load_full();
+        let config = self.config.load().clone();
         if route.target == Target::Primary
             && config.user(&self.startup.user).is_some_and(|u| u.read_only)
         {
@@ -259,7 +259,7 @@ impl Session<'_> {
             return self.route_to_own_sequences(frames, plan, begin).await;
         }
         loop {
-            let topology = self.state.topology.load_full();
+            let topology = self.topology.load().clone();
             // Session pooling: a read keeps using the replica connection the
             // session already has, when it is fresh enough.
             let kept = (route.target == Target::Replica)
