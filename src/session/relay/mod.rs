@@ -984,6 +984,10 @@ impl<'s> Session<'s> {
     }
 
     /// Gives a connection back to its pool (which closes it if unclean).
+    #[allow(
+        clippy::boxed_local,
+        reason = "it comes out of Phase::Held, which boxes it; unboxing it here would copy it"
+    )]
     fn release(&mut self, mut held: Box<Held>) {
         self.slot.set(None);
         let ours = self
