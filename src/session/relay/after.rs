@@ -169,7 +169,7 @@ impl Session<'_> {
     /// Reads the primary's WAL position after a transaction that may have
     /// written and raises the read-your-writes floors to it.
     pub(super) async fn record_write_position(&mut self) -> Result<(), SessionError> {
-        let config = self.state.config.load_full();
+        let config = self.config.load().clone();
         match config.routing.read_your_writes {
             ReadYourWrites::Off => return Ok(()),
             // Only this session's next read needs the position, and it comes
@@ -216,7 +216,7 @@ impl Session<'_> {
             self.floor = 0;
             self.floor_expires = None;
         }
-        match self.state.config.load().routing.read_your_writes {
+        match self.config.load().routing.read_your_writes {
             ReadYourWrites::Off => 0,
             ReadYourWrites::Session => self.floor,
             ReadYourWrites::Global => self

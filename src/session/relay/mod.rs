@@ -517,7 +517,7 @@ impl<'s> Session<'s> {
     }
 
     async fn first_connection(&mut self) -> Result<Box<Held>, SessionError> {
-        let topology = self.state.topology.load_full();
+        let topology = self.topology.load().clone();
         let mut candidates = vec![topology.primary().clone()];
         candidates.extend(topology.nodes.iter().filter(|n| n.health.is_up()).cloned());
         let mut last = None;
@@ -564,7 +564,7 @@ impl<'s> Session<'s> {
                 node.health.mark_down()
             }
         {
-            if Arc::ptr_eq(node, self.state.topology.load().primary()) {
+            if Arc::ptr_eq(node, self.topology.load().primary()) {
                 // Once (the node was up), and outside this client's span:
                 // it is the operator's news, not this session's.
                 tracing::warn!(

@@ -410,7 +410,7 @@ impl Session<'_> {
         wait: std::time::Duration,
     ) -> Option<Pooled> {
         let deadline = std::time::Instant::now() + wait;
-        let answer_limit = self.state.config.load().lag.check_timeout.0;
+        let answer_limit = self.config.load().lag.check_timeout.0;
         let mut conn = self.checkout(node).await.ok()?;
         let mut notifications = bytes::BytesMut::new();
         loop {
@@ -449,7 +449,7 @@ impl Session<'_> {
         plan: Plan,
         begin: Option<Frame>,
     ) -> Result<(), SessionError> {
-        let topology = self.state.topology.load_full();
+        let topology = self.topology.load().clone();
         let own = self.sequences.clone().and_then(|(node, id, uses)| {
             Arc::ptr_eq(&node, topology.primary())
                 .then(|| self.pool_of(&node).checkout_exact(id, uses))
@@ -515,7 +515,7 @@ impl Session<'_> {
         // runs (the state it makes could not be undone).
         if route.pins && held.pin.is_none() && held.target == Target::Primary {
             let reason = plan.pin.unwrap_or(crate::pins::PinReason::Other);
-            let cap = self.state.config.load().max_pinned_sessions();
+            let cap = self.config.load().max_pinned_sessions();
             let Some(guard) = PinGuard::take(&self.state, reason, cap, held.conn.pool()) else {
                 let message = format!(
                     "too many pinned sessions ({cap}, limits.max_pinned_sessions): this statement \
