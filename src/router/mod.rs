@@ -405,18 +405,10 @@ pub fn cache_key(sql: &str) -> Cow<'_, str> {
 fn write_cache_key(sql: &str, out: &mut String) -> bool {
     out.clear();
     let bytes = sql.as_bytes();
-    let comment = |at: usize| matches!(&bytes[at..], [b'-', b'-', ..] | [b'/', b'*', ..]);
-    if memchr::memchr2(b'$', b'\\', bytes).is_some()
-        || memchr::memchr2_iter(b'-', b'/', bytes).any(comment)
-    {
-        return false;
-    }
-    let keep_strings = memchr::memchr_iter(b'_', bytes).any(|at| {
-        at >= 3
-            && bytes
-                .get(at - 3..at + 7)
-                .is_some_and(|w| w.eq_ignore_ascii_case(b"set_config"))
-    });
+    // One pass: every byte is looked at once, here or in `closing_quote`,
+    // and the texts used as they are (dollar quoting, backslashes,
+    // comments: see `SPECIAL`) are told apart on the way.
+    let mut keep_strings = None;
     // Runs of ordinary bytes are copied whole; every cut falls on an ASCII
     // byte, so the slices of `sql` copied are whole characters.
     out.reserve(bytes.len());
@@ -435,6 +427,11 @@ fn write_cache_key(sql: &str, out: &mut String) -> bool {
         }
         let Some(&b) = bytes.get(i) else { break };
         match KEY_CLASS[usize::from(b)] {
+            SPECIAL if opens_uncached(bytes, i) => return false,
+            SPECIAL => {
+                i += 1;
+                last_ident = false;
+            }
             DIGIT if last_ident => i += 1,
             DIGIT => {
                 out.push_str(&sql[run..i]);
@@ -451,7 +448,10 @@ fn write_cache_key(sql: &str, out: &mut String) -> bool {
                 };
                 // Quoted identifiers (and kept or prefixed strings) stay
                 // whole, quotes and all; other strings become `?`.
-                if !(b == b'"' || keep_strings || last_ident) {
+                if !(b == b'"'
+                    || last_ident
+                    || *keep_strings.get_or_insert_with(|| calls_set_config(bytes)))
+                {
                     out.push_str(&sql[run..i]);
                     out.push('?');
                     run = end + 1;
@@ -465,12 +465,34 @@ fn write_cache_key(sql: &str, out: &mut String) -> bool {
     true
 }
 
+/// Whether the `SPECIAL` byte at `at` makes the text one used as it is: a
+/// dollar sign, a backslash, or the start of a comment.
+fn opens_uncached(bytes: &[u8], at: usize) -> bool {
+    matches!(
+        &bytes[at..],
+        [b'$' | b'\\', ..] | [b'-', b'-', ..] | [b'/', b'*', ..]
+    )
+}
+
+/// Whether the text names `set_config` (whose string arguments stay in
+/// the key: its third decides whether a setting outlives the transaction).
+fn calls_set_config(bytes: &[u8]) -> bool {
+    memchr::memchr_iter(b'_', bytes).any(|at| {
+        at >= 3
+            && bytes
+                .get(at - 3..at + 7)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"set_config"))
+    })
+}
+
 /// Byte classes for [`cache_key`]: identifier bytes (letters, `_`, digits
 /// and every byte of a multi-byte character), digits, quotes, the rest.
 const OTHER: u8 = 0;
 const IDENT: u8 = 1;
 const DIGIT: u8 = 2;
 const QUOTE: u8 = 3;
+/// `$`, `\\`, `-` and `/`: what may make the text one used as it is.
+const SPECIAL: u8 = 4;
 const KEY_CLASS: [u8; 256] = {
     let mut table = [OTHER; 256];
     let mut b = 0;
@@ -479,6 +501,7 @@ const KEY_CLASS: [u8; 256] = {
             b'0'..=b'9' => DIGIT,
             b'a'..=b'z' | b'A'..=b'Z' | b'_' | 0x80..=0xff => IDENT,
             b'"' | b'\'' => QUOTE,
+            b'$' | b'\\' | b'-' | b'/' => SPECIAL,
             _ => OTHER,
         };
         b += 1;
@@ -491,6 +514,10 @@ const KEY_CLASS: [u8; 256] = {
 fn closing_quote(bytes: &[u8], start: usize, quote: u8) -> Option<usize> {
     let mut i = start + 1;
     while i < bytes.len() {
+        if KEY_CLASS[usize::from(bytes[i])] == SPECIAL && opens_uncached(bytes, i) {
+            // (inside a literal too: the text is used as it is)
+            return None;
+        }
         if bytes[i] == quote {
             if bytes.get(i + 1) == Some(&quote) {
                 i += 2;

@@ -6,6 +6,10 @@ use super::{Reason, Route, Target};
 /// Skips white space and comments at the front; returns the rest and the
 /// comments seen.
 pub(crate) fn skip_leading_comments(sql: &str) -> (&str, Vec<&str>) {
+    if sql.as_bytes().first().is_some_and(u8::is_ascii_alphabetic) {
+        // Nearly every statement: a keyword first, nothing to skip.
+        return (sql, Vec::new());
+    }
     let mut rest = sql;
     let mut comments = Vec::new();
     loop {

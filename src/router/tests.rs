@@ -815,3 +815,90 @@ fn cache_keys_drop_literals_but_keep_what_routes() {
     );
     assert_eq!(cache_key("SELECT 'unterminated"), "SELECT 'unterminated");
 }
+
+/// The cache key as it was written before issue 17 folded its four scans
+/// into one: kept as the oracle the one-pass version must agree with.
+fn reference_cache_key(sql: &str) -> Option<String> {
+    let bytes = sql.as_bytes();
+    let comment = |at: usize| matches!(&bytes[at..], [b'-', b'-', ..] | [b'/', b'*', ..]);
+    if bytes.iter().any(|&b| b == b'$' || b == b'\\')
+        || (0..bytes.len())
+            .filter(|&at| bytes[at] == b'-' || bytes[at] == b'/')
+            .any(comment)
+    {
+        return None;
+    }
+    let keep_strings = (3..bytes.len()).any(|at| {
+        bytes[at] == b'_'
+            && bytes
+                .get(at - 3..at + 7)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"set_config"))
+    });
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
+    let mut out = String::new();
+    let (mut i, mut run) = (0, 0);
+    let mut last_ident = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b.is_ascii_digit() && !last_ident {
+            out.push_str(&sql[run..i]);
+            while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
+                i += 1;
+            }
+            out.push('?');
+            run = i;
+            last_ident = false;
+        } else if b == b'\'' || b == b'"' {
+            let mut end = i + 1;
+            loop {
+                if end >= bytes.len() {
+                    return None;
+                }
+                if bytes[end] == b && bytes.get(end + 1) == Some(&b) {
+                    end += 2;
+                } else if bytes[end] == b {
+                    break;
+                } else {
+                    end += 1;
+                }
+            }
+            if !(b == b'"' || keep_strings || last_ident) {
+                out.push_str(&sql[run..i]);
+                out.push('?');
+                run = end + 1;
+            }
+            i = end + 1;
+            last_ident = b == b'"';
+        } else {
+            last_ident = ident(b);
+            i += 1;
+        }
+    }
+    out.push_str(&sql[run..]);
+    Some(out)
+}
+
+#[rustfmt::skip]
+const KEY_PIECES: &[&str] = &[
+    "SELECT", " ", "a1", "42", "3.5", "'x'", "'it''s'", "\"Q\"", "\"a\"\"b\"", "$1", "$$",
+    "\\", "-", "--", "/", "/*", "*/", "*", "'", "\"", "_", "set_config", "SET_CONFIG(", ",",
+    "false", "E", "date", "é", "ü1", "(", ")", "=", "-1", "a-b", "'-'", "'/'",
+];
+
+proptest::proptest! {
+    #[test]
+    fn the_one_pass_cache_key_agrees_with_the_four_pass_one(
+        picks in proptest::collection::vec(0..KEY_PIECES.len(), 0..20)
+    ) {
+        let sql: String = picks.iter().map(|&i| KEY_PIECES[i]).collect();
+        let key = cache_key(&sql);
+        let expected = reference_cache_key(&sql);
+        match expected {
+            Some(k) => proptest::prop_assert_eq!(&*key, k.as_str(), "{:?}", sql),
+            None => proptest::prop_assert!(
+                matches!(key, Cow::Borrowed(_)),
+                "{:?} keyed as {:?}", sql, key
+            ),
+        }
+    }
+}
