@@ -174,6 +174,7 @@ impl Proxy {
     /// Starts a graceful shutdown.
     pub fn shutdown(&self) {
         self.state.shutdown.cancel();
+        self.state.clients.stop_all();
     }
 
     /// Shuts down and waits until every session has ended.

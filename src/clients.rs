@@ -9,12 +9,21 @@
 //! then reads the sessions' `busy`; a session raises `busy` and then reads
 //! the pause; with sequentially consistent order at least one of them
 //! sees the other, so no transaction slips past a PAUSE that returned.
+//!
+//! KILL and shutdown reach a session through its entry's `stopped` flag
+//! and waker, which the session polls whenever it waits: an atomic load
+//! and a waker compare, where the cancellation token's future takes a
+//! lock at every poll (twice a transaction). The token still fires for
+//! the rest (the pause gate).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
+
+use futures_util::task::AtomicWaker;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +53,10 @@ pub struct ClientEntry {
     pub stop: CancellationToken,
     /// Set before `stop` fires for a KILL (not a shutdown).
     pub killed: AtomicBool,
+    /// KILL or shutdown reached the session (see [`ClientEntry::poll_stopped`]).
+    pub stopped: AtomicBool,
+    /// The session waiting for `stopped`.
+    pub stop_waker: AtomicWaker,
 }
 
 /// What is paused: every database, or some.
@@ -115,6 +128,31 @@ impl ClientEntry {
     pub fn was_killed(&self) -> bool {
         self.killed.load(Ordering::Relaxed)
     }
+
+    /// Whether KILL or shutdown reached the session.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Ready once KILL or shutdown reached the session; pending, the
+    /// session is woken when it does.
+    pub fn poll_stopped(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_stopped() {
+            return Poll::Ready(());
+        }
+        self.stop_waker.register(cx.waker());
+        // (set between the look and the registration: seen here)
+        if self.is_stopped() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn signal_stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.stop_waker.wake();
+    }
 }
 
 impl Clients {
@@ -125,6 +163,11 @@ impl Clients {
             .lock()
             .expect("poisoned")
             .insert(entry.pid, entry.clone());
+        if entry.stop.is_cancelled() {
+            // The shutdown began before the entry was listed: its
+            // [`Clients::stop_all`] may have missed it.
+            entry.signal_stop();
+        }
         Registration {
             entry,
             clients: self.clone(),
@@ -152,8 +195,17 @@ impl Clients {
         for v in &victims {
             v.killed.store(true, Ordering::Relaxed);
             v.stop.cancel();
+            v.signal_stop();
         }
         victims.len()
+    }
+
+    /// Tells every session the proxy is shutting down (after the shutdown
+    /// token was cancelled: a session listed later sees the token).
+    pub fn stop_all(&self) {
+        for entry in self.entries.lock().expect("poisoned").values() {
+            entry.signal_stop();
+        }
     }
 
     /// What is paused now.
@@ -259,6 +311,8 @@ mod tests {
             paused: AtomicBool::new(false),
             stop: CancellationToken::new(),
             killed: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            stop_waker: AtomicWaker::new(),
         }
     }
 
@@ -294,6 +348,7 @@ mod tests {
         clients.pause_and_drain(None).await;
         assert_eq!(clients.kill("a"), 1);
         assert!(a.entry.stop.is_cancelled() && a.entry.was_killed());
+        assert!(a.entry.is_stopped());
         drop(a);
         assert!(clients.list().is_empty());
     }

@@ -418,10 +418,7 @@ fn write_cache_key(sql: &str, out: &mut String) -> bool {
         // Identifier and other bytes in one tight run; only the class of
         // its last byte matters after it.
         let start = i;
-        i += bytes[i..]
-            .iter()
-            .position(|&b| KEY_CLASS[usize::from(b)] > IDENT)
-            .unwrap_or(bytes.len() - i);
+        i = ordinary_run_end(bytes, i);
         if i > start {
             last_ident = KEY_CLASS[usize::from(bytes[i - 1])] == IDENT;
         }
@@ -463,6 +460,26 @@ fn write_cache_key(sql: &str, out: &mut String) -> bool {
     }
     out.push_str(&sql[run..]);
     true
+}
+
+/// Where the run of identifier and other bytes from `from` ends: eight
+/// bytes a step while none of them is a digit, a quote or `SPECIAL` (the
+/// OR of their classes is at most `IDENT`), then byte by byte.
+fn ordinary_run_end(bytes: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let classes = chunk
+            .iter()
+            .fold(OTHER, |all, &b| all | KEY_CLASS[usize::from(b)]);
+        if classes > IDENT {
+            break;
+        }
+        i += 8;
+    }
+    i + bytes[i..]
+        .iter()
+        .position(|&b| KEY_CLASS[usize::from(b)] > IDENT)
+        .unwrap_or(bytes.len() - i)
 }
 
 /// Whether the `SPECIAL` byte at `at` makes the text one used as it is: a

@@ -196,6 +196,8 @@ async fn run(
         paused: std::sync::atomic::AtomicBool::new(false),
         stop: state.shutdown.child_token(),
         killed: std::sync::atomic::AtomicBool::new(false),
+        stopped: std::sync::atomic::AtomicBool::new(false),
+        stop_waker: futures_util::task::AtomicWaker::new(),
     });
     let relay = async {
         relay::Session::start(

@@ -632,3 +632,48 @@ async fn reload_and_the_switchover_drill_through_the_console() {
     let _ = std::fs::remove_file(&file);
     proxy.stop().await;
 }
+
+/// A shutdown ends idle sessions at once and lets an open transaction
+/// finish: the session in it commits, then it ends too, and the proxy
+/// stops. (Sessions hear of it through their entry's stop flag, woken
+/// while they wait for the client or the server.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_idle_sessions_and_lets_a_transaction_commit() {
+    let proxy = default_proxy().await;
+    let idle = app(&proxy).await;
+    let one: i32 = scalar(&idle, "SELECT 1").await;
+    assert_eq!(one, 1);
+    let in_txn = app(&proxy).await;
+    in_txn
+        .batch_execute("BEGIN; INSERT INTO items (v) VALUES ('at-shutdown')")
+        .await
+        .unwrap();
+    proxy.shutdown();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !idle.is_closed() {
+        assert!(Instant::now() < deadline, "the idle session was not ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The open transaction goes on and commits.
+    in_txn
+        .batch_execute("INSERT INTO items (v) VALUES ('at-shutdown'); COMMIT")
+        .await
+        .expect("the open transaction finishes");
+    let primary = direct(primary_port()).await;
+    let n: i64 = scalar(
+        &primary,
+        "SELECT count(*) FROM items WHERE v = 'at-shutdown'",
+    )
+    .await;
+    assert!(n >= 2, "both rows committed on the primary: {n}");
+    while !in_txn.is_closed() {
+        assert!(
+            Instant::now() < deadline,
+            "the session was not ended after its commit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(30), proxy.wait())
+        .await
+        .expect("the proxy stopped");
+}

@@ -328,7 +328,6 @@ pub struct Session<'s> {
     /// Resolves when the proxy shuts down or the console kills the
     /// session; kept across loop turns so its waiter is registered once,
     /// not once per statement.
-    shutdown: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     /// The proxy is shutting down: the session ends once between
     /// transactions.
     stopping: bool,
@@ -389,7 +388,6 @@ impl<'s> Session<'s> {
         state.cancels.register(pid, secret, slot.clone());
         let settings = Settings::from_startup(&startup.params);
         state.note_database(&startup.database);
-        let shutdown = listed.entry.stop.clone().cancelled_owned();
         let app = startup
             .params
             .iter()
@@ -435,7 +433,6 @@ impl<'s> Session<'s> {
             pools: Vec::new(),
             app,
             sequences: None,
-            shutdown: Box::pin(shutdown),
             stopping: false,
             listed,
         };
@@ -593,7 +590,7 @@ impl<'s> Session<'s> {
             return true;
         }
         Box::pin(self.state.clients.gate(&self.listed.entry)).await;
-        !(self.listed.entry.stop.is_cancelled() && self.listed.entry.was_killed())
+        !(self.listed.entry.is_stopped() && self.listed.entry.was_killed())
     }
 
     /// Serves the client until it leaves.
@@ -676,7 +673,7 @@ impl<'s> Session<'s> {
                     Err(WireError::Closed) => return Ok(()),
                     Err(e) => return Err(SessionError::Client(e)),
                 },
-                _ = self.shutdown.as_mut(), if !self.stopping => {
+                () = std::future::poll_fn(|cx| self.listed.entry.poll_stopped(cx)), if !self.stopping => {
                     // KILL ends the session at once; a shutdown lets an
                     // open transaction finish.
                     if idle || self.listed.entry.was_killed() {
