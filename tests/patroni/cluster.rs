@@ -271,6 +271,26 @@ impl PatroniCluster {
         });
     }
 
+    /// Waits until every member but `leader` has replayed all the leader
+    /// has written so far (Patroni's `lag` counts WAL received, not
+    /// replayed: a replica that has the `CREATE DATABASE` record but not
+    /// yet replayed it refuses logins to that database).
+    pub fn wait_replayed(&self, leader: &str, within: Duration) {
+        let target = self.psql(leader, "postgres", "SELECT pg_current_wal_lsn()");
+        let target = target.trim();
+        for m in self.members.iter().filter(|m| m.name != leader) {
+            wait(within, &format!("{} to replay {target}", m.name), || {
+                self.psql(
+                    &m.name,
+                    "postgres",
+                    &format!("SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"),
+                )
+                .trim()
+                    == "t"
+            });
+        }
+    }
+
     pub fn member(&self, name: &str) -> &Member {
         self.members.iter().find(|m| m.name == name).unwrap()
     }

@@ -35,6 +35,7 @@ async fn new_cluster() -> PatroniCluster {
             "CREATE TABLE acked (client int, n int, PRIMARY KEY (client, n)); ALTER TABLE acked OWNER TO app",
         );
         c.wait_healthy(Duration::from_secs(60));
+        c.wait_replayed("pg1", Duration::from_secs(60));
         c
     })
     .await
@@ -130,7 +131,11 @@ async fn patronictl_switchover_under_load_is_a_pause_on_two_instances() {
     for proxy in [&a, &b] {
         let client = harness::app(proxy).await;
         let port = harness::served_by(&client, "SELECT inet_server_port()").await;
-        assert!(replicas.contains(&port), "a read ran on {port}");
+        assert!(
+            replicas.contains(&port),
+            "a read ran on {port} (replicas {replicas:?}): {}",
+            status(proxy).await
+        );
     }
     let load = Load::start(&[&a, &b], WRITERS).await;
     let said = tokio::task::block_in_place(|| c.patronictl_switchover("pg1", "pg2"));
