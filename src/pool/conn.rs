@@ -426,14 +426,21 @@ impl BackendConn {
 
     /// Whether an idle connection is still open: any byte or EOF waiting
     /// on an idle connection means the node closed or is closing it.
+    ///
+    /// Asked of the socket only when the runtime saw it readable since the
+    /// last read found it empty (`try_io`: no waker registered, no lock,
+    /// no syscall for the usual quiet connection).
     pub fn idle_and_open(&self) -> bool {
-        let mut probe = [0u8; 1];
-        let mut buf = tokio::io::ReadBuf::new(&mut probe);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        // Nothing to read (Pending) is what an idle, open connection looks like.
-        self.stream
-            .tcp()
-            .is_some_and(|tcp| tcp.poll_peek(&mut cx, &mut buf).is_pending())
+        let Some(tcp) = self.stream.tcp() else {
+            return false;
+        };
+        let peeked = tcp.try_io(tokio::io::Interest::READABLE, || {
+            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            socket2::SockRef::from(tcp).peek(&mut probe)
+        });
+        // Nothing to read (WouldBlock) is what an idle, open connection
+        // looks like.
+        matches!(peeked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 }
 

@@ -249,11 +249,16 @@ impl Pooled {
     /// Gives it back for the next client if it is clean; closes it if not.
     /// (In place: what is left is an empty handle.)
     pub fn release(&mut self) {
+        self.release_at(Instant::now());
+    }
+
+    /// [`Pooled::release`], the caller having read the clock `at`.
+    pub fn release_at(&mut self, at: Instant) {
         if let Some(mut conn) = self.conn.take() {
             if !conn.is_clean() {
                 conn.mark_broken();
             }
-            self.home.give_back(conn);
+            self.home.give_back(conn, at);
         }
     }
 }
@@ -263,7 +268,7 @@ impl Drop for Pooled {
         if let Some(mut conn) = self.conn.take() {
             // Not released: its state is unknown.
             conn.mark_broken();
-            self.home.give_back(conn);
+            self.home.give_back(conn, Instant::now());
         }
     }
 }
@@ -346,7 +351,7 @@ impl NodePool {
         }
     }
 
-    fn give_back(&self, mut conn: BbConn) {
+    fn give_back(&self, mut conn: BbConn, at: Instant) {
         if let Some(listed) = &conn.proto.listed {
             listed.info.active.store(false, Ordering::Relaxed);
         }
@@ -357,10 +362,7 @@ impl NodePool {
             return; // dropping it hands it to bb8 (which discards broken ones)
         }
         // Staleness is the sweep's business, not the hot path's.
-        self.stack
-            .lock()
-            .expect("poisoned")
-            .push((conn, Instant::now()));
+        self.stack.lock().expect("poisoned").push((conn, at));
         // A checkout that started waiting meanwhile may have missed it.
         if self.waiting.load(Ordering::SeqCst) > 0 {
             let surplus = self.stack.lock().expect("poisoned").pop();

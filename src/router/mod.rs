@@ -18,6 +18,7 @@ mod select;
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use explain::{Explanation, Seen};
 pub use facts::Facts;
@@ -278,6 +279,12 @@ impl Knowledge {
 pub struct Router {
     known: Knowledge,
     cache: Cache<Box<str>, Route, TextWeight>,
+    /// Unique among the routers of this process: a thread's last answer
+    /// (see [`Router::classify_cached`]) is only ever this router's.
+    id: u64,
+    /// Bumped when an entry of `cache` is overwritten in place, so a
+    /// thread's last answer taken before is not used after.
+    edits: AtomicU64,
     /// Told when a freshly classified statement calls an unknown function.
     unknown_seen: Option<Arc<tokio::sync::Notify>>,
 }
@@ -299,6 +306,8 @@ impl Router {
                 TextWeight,
             ),
             unknown_seen,
+            id: NEXT_ROUTER.fetch_add(1, Ordering::Relaxed),
+            edits: AtomicU64::new(0),
         }
     }
 
@@ -321,16 +330,34 @@ impl Router {
         }
         // The key is written into this thread's buffer: a hit (nearly
         // every statement) allocates nothing.
+        // The thread also keeps its last answer: a client repeating one
+        // statement with other literals (most do) skips the shared cache's
+        // hashing and shard lock.
         thread_local! {
             static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+            static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new(Last::EMPTY) };
         }
+        let edits = self.edits.load(Ordering::Acquire);
         let hit = KEY.with_borrow_mut(|buf| {
             let key = if write_cache_key(sql, buf) {
                 buf.as_str()
             } else {
                 sql
             };
-            let hit = self.cache.get(key).ok_or_else(|| Box::<str>::from(key));
+            let last = LAST.with_borrow(|last| {
+                (last.router == self.id && last.edits == edits && last.key == key)
+                    .then_some(last.route)
+            });
+            let hit = match last {
+                Some(route) => Ok(route),
+                None => {
+                    let hit = self.cache.get(key).ok_or_else(|| Box::<str>::from(key));
+                    if let Ok(route) = hit {
+                        LAST.with_borrow_mut(|last| last.keep(self.id, edits, key, route));
+                    }
+                    hit
+                }
+            };
             if buf.capacity() > MAX_CACHED_SQL {
                 *buf = String::new();
             }
@@ -381,7 +408,38 @@ impl Router {
             ..Route::primary(Reason::StandbyRefused)
         };
         self.cache.insert(key.into(), route);
+        self.edits.fetch_add(1, Ordering::Release);
         true
+    }
+}
+
+/// The id of the next [`Router`].
+static NEXT_ROUTER: AtomicU64 = AtomicU64::new(1);
+
+/// A thread's last cache hit: which router (and which of its edits)
+/// answered, for which key.
+struct Last {
+    router: u64,
+    edits: u64,
+    key: String,
+    route: Route,
+}
+
+impl Last {
+    /// Matches no router (their ids start at 1).
+    const EMPTY: Last = Last {
+        router: 0,
+        edits: 0,
+        key: String::new(),
+        route: Route::primary(Reason::Unknown),
+    };
+
+    fn keep(&mut self, router: u64, edits: u64, key: &str, route: Route) {
+        self.router = router;
+        self.edits = edits;
+        self.key.clear();
+        self.key.push_str(key);
+        self.route = route;
     }
 }
 

@@ -713,6 +713,33 @@ fn a_write_never_goes_to_a_replica_whatever_the_comments() {
 }
 
 #[test]
+fn a_threads_last_answer_is_its_routers_and_follows_a_learned_refusal() {
+    let a = router();
+    let b = router();
+    let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 1";
+    // Cached, then the thread's last answer, for other literals too.
+    for aid in 1..4 {
+        let text = sql.replace("= 1", &format!("= {aid}"));
+        let (route, cached) = a.classify_cached(&text);
+        assert_eq!(route.target, Target::Replica, "{text}");
+        assert_eq!(cached, aid > 1, "{text}");
+    }
+    // Another router (rebuilt from new facts) does not take a's answer.
+    assert!(!b.classify_cached(sql).1);
+    // A refusal learned in place is seen at once by the thread that had
+    // the old answer as its last.
+    assert!(a.classify_cached(sql).1);
+    assert!(a.mark_standby_refused(sql));
+    let (route, cached) = a.classify_cached(sql);
+    assert_eq!(
+        (route.target, route.reason, cached),
+        (Target::Primary, StandbyRefused, true)
+    );
+    let (route, _) = a.classify_cached(&sql.replace("= 1", "= 9"));
+    assert_eq!(route.reason, StandbyRefused);
+}
+
+#[test]
 fn cache_keys_drop_literals_but_keep_what_routes() {
     assert_eq!(
         cache_key("SELECT a FROM t WHERE id = 42"),

@@ -204,6 +204,9 @@ struct Held {
     dirtied: bool,
     /// When the oldest unanswered batch was sent.
     timing: Option<std::time::Instant>,
+    /// When the last ReadyForQuery came (the connection's time of release:
+    /// no second clock read).
+    answered: Option<std::time::Instant>,
     /// When the transaction in progress on it began (SHOW STATS).
     xact_started: Option<std::time::Instant>,
     /// Bytes sent to the client since the last ReadyForQuery (SHOW STATS).
@@ -225,6 +228,7 @@ impl Held {
             sequences_unclear: false,
             dirtied: false,
             timing: None,
+            answered: None,
             xact_started: None,
             sent: 0,
         })
@@ -846,7 +850,9 @@ impl<'s> Session<'s> {
         if let Some(status) = ready
             && let Some(started) = held.timing.take()
         {
-            let elapsed = started.elapsed();
+            let now = std::time::Instant::now();
+            let elapsed = now.saturating_duration_since(started);
+            held.answered = Some(now);
             self.state
                 .metrics
                 .duration(held.target, elapsed.as_secs_f64());
@@ -858,7 +864,7 @@ impl<'s> Session<'s> {
                 held.account(status, started, elapsed);
             }
             if self.replies.ready_owed() > 0 {
-                held.timing = Some(std::time::Instant::now());
+                held.timing = Some(now);
             }
         }
     }
@@ -997,7 +1003,8 @@ impl<'s> Session<'s> {
             // (this session's own use keeps its sequence state its own)
             self.sequences = Some((held.node.clone(), held.conn.id(), held.conn.proto.uses));
         }
-        held.conn.release();
+        let at = held.answered.unwrap_or_else(std::time::Instant::now);
+        held.conn.release_at(at);
     }
 
     /// The pool handle of `node`, looked up once per session.
