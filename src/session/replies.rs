@@ -272,10 +272,8 @@ impl Replies {
     pub fn on_frame(&mut self, frame: &Frame, cx: &mut Context<'_>) -> Option<TxnStatus> {
         self.emit_ready_synthetics(cx.out);
         let forward = self.head_forwards();
-        // (Asked in place, not cloned: a synthetic reply's kind holds bytes.)
-        let head_is = |queue: &VecDeque<Expect>, kind: fn(&Kind) -> bool| {
-            queue.front().is_some_and(|e| kind(&e.kind))
-        };
+        // (Borrowed, not cloned: a synthetic reply's kind holds bytes.)
+        let head_kind = self.queue.front().map(|e| &e.kind);
         let mut ready = None;
         match frame.tag {
             be::NOTICE_RESPONSE_TAG => self.pass(frame, forward, cx),
@@ -298,7 +296,7 @@ impl Replies {
             }
             be::COPY_IN_RESPONSE_TAG => {
                 self.pass(frame, forward, cx);
-                if head_is(&self.queue, |k| *k == Kind::Execute) {
+                if head_kind == Some(&Kind::Execute) {
                     // The server ignores Syncs that reach it during COPY
                     // FROM STDIN; drivers send one with the Execute.
                     let before = self.queue.len();
@@ -318,15 +316,16 @@ impl Replies {
             | be::EMPTY_QUERY_TAG
             | be::PORTAL_SUSPENDED_TAG => {
                 self.pass(frame, forward, cx);
-                if !head_is(&self.queue, |k| *k == Kind::Query) {
+                if !matches!(head_kind, Some(Kind::Query)) {
                     self.queue.pop_front();
                 }
             }
             be::ROW_DESCRIPTION_TAG => {
                 self.pass(frame, forward, cx);
-                if head_is(&self.queue, |k| {
-                    matches!(k, Kind::DescribeStatement | Kind::DescribePortal)
-                }) {
+                if matches!(
+                    head_kind,
+                    Some(Kind::DescribeStatement | Kind::DescribePortal)
+                ) {
                     self.queue.pop_front();
                 }
             }
