@@ -8,9 +8,11 @@
 #
 #   DURATION=15 ROUNDS=2 CLIENTS="8 32 128" benches/compare.sh
 #
-# Targets: direct, pgsplit (reads to the replicas), pgsplit-batch,
+# Targets: direct, pgsplit (reads to the replicas), pgsplit-nobatch (the same
+# with sched_batch: false),
 # pgsplit-primary (only the primary, like PgBouncer: the like-for-like
-# row), pgsplit-primary-w2 (the same with workers: 2), pgbouncer, pgpool,
+# row), pgsplit-primary-w2 (the same with workers: 2), pgsplit-primary-nobatch
+# (the same with sched_batch: false), pgbouncer, pgpool,
 # and with BASELINE baseline and baseline-primary. Workloads: select
 # (pgbench -S), tpcb, tiny (SELECT 1: the proxy's own capacity shows),
 # rows (100 rows per transaction).
@@ -29,7 +31,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-15}
 ROUNDS=${ROUNDS:-2}
 CLIENTS=${CLIENTS:-"8 32 128"}
-TARGETS=${TARGETS:-"direct pgsplit pgsplit-batch pgsplit-primary pgbouncer pgpool"}
+TARGETS=${TARGETS:-"direct pgsplit pgsplit-nobatch pgsplit-primary pgbouncer pgpool"}
 WORKLOADS=${WORKLOADS:-"select tpcb"}
 MODES=${MODES:-"simple prepared"}
 SCALE=${SCALE:-10}
@@ -69,11 +71,20 @@ nodes:
 pool: { mode: transaction, size: 20 }
 limits: { max_clients: 2000 }
 workers: 1
+sched_batch: true
 YAML
-target/release/pgsplit demo -c "$DIR/proxy.yaml" > "$DIR/demo.log" 2>&1 &
+# The demo runs the cluster (its own proxy, on another port, is not
+# measured: 'pgsplit run' is what operators run, and only it takes
+# sched_batch, which the demo's PostgreSQL children would inherit).
+DEMOPORT=$(free_port)
+sed -e "s/^listen: .*/listen: 127.0.0.1:$DEMOPORT/" "$DIR/proxy.yaml" > "$DIR/demo.yaml"
+target/release/pgsplit demo -c "$DIR/demo.yaml" > "$DIR/demo.log" 2>&1 &
 DEMO=$!
 for _ in $(seq 1 120); do grep -q "Press Ctrl-C" "$DIR/demo.log" && break; sleep 0.5; done
 grep -q "Press Ctrl-C" "$DIR/demo.log" || { cat "$DIR/demo.log"; exit 1; }
+target/release/pgsplit run -c "$DIR/proxy.yaml" > "$DIR/proxy.log" 2>&1 &
+SPLITPID=$!
+PIDS+=("$SPLITPID")
 
 # pgsplit-primary: a second pgsplit on the same cluster that knows only the
 # primary, like PgBouncer: the proxy's own cost without the replicas.
@@ -86,6 +97,7 @@ routing: { primary_reads: 100 }
 pool: { mode: transaction, size: 20 }
 limits: { max_clients: 2000 }
 workers: 1
+sched_batch: true
 YAML
 target/release/pgsplit run -c "$DIR/primary.yaml" > "$DIR/primary.log" 2>&1 &
 SPLIT1PID=$!
@@ -99,12 +111,18 @@ target/release/pgsplit run -c "$DIR/primary2.yaml" > "$DIR/primary2.log" 2>&1 &
 SPLIT2PID=$!
 PIDS+=("$SPLIT2PID")
 
-# pgsplit-batch: like pgsplit (reads to the replicas) with sched_batch: true.
-sed -e "s/^listen: .*/listen: 127.0.0.1:$SPLITB/" "$DIR/proxy.yaml" > "$DIR/batch.yaml"
-echo "sched_batch: true" >> "$DIR/batch.yaml"
+# pgsplit-nobatch: like pgsplit (reads to the replicas) with sched_batch: false.
+sed -e "s/^listen: .*/listen: 127.0.0.1:$SPLITB/" -e "s/^sched_batch: true$/sched_batch: false/" "$DIR/proxy.yaml" > "$DIR/batch.yaml"
 target/release/pgsplit run -c "$DIR/batch.yaml" > "$DIR/batch.log" 2>&1 &
 SPLITBPID=$!
 PIDS+=("$SPLITBPID")
+
+# pgsplit-primary-nobatch: pgsplit-primary with sched_batch: false.
+SPLIT1B=$(free_port)
+sed -e "s/^listen: .*/listen: 127.0.0.1:$SPLIT1B/" -e "s/^sched_batch: true$/sched_batch: false/" "$DIR/primary.yaml" > "$DIR/primary-batch.yaml"
+target/release/pgsplit run -c "$DIR/primary-batch.yaml" > "$DIR/primary-batch.log" 2>&1 &
+SPLIT1BPID=$!
+PIDS+=("$SPLIT1BPID")
 
 # baseline, baseline-primary: another pgsplit binary on the same two configs.
 if [ -n "${BASELINE:-}" ]; then
@@ -180,14 +198,14 @@ for _ in $(seq 1 60); do "$PGBIN/psql" -h 127.0.0.1 -p "$POOL" -U postgres -d ap
 "$PGBIN/pgbench" -h 127.0.0.1 -p "$P1" -U postgres -i -q -s "$SCALE" app > /dev/null 2>&1
 sleep 2
 
-cpu_ticks() { # sum of utime+stime of a process and its children's processes by pattern
-  local total=0
+cpu_ticks() { # user and system ticks (utime, stime) summed over the processes
+  local user=0 system=0
   for pid in "$@"; do
     [ -r "/proc/$pid/stat" ] || continue
     set -- $(sed 's/^.*) //' "/proc/$pid/stat")
-    total=$((total + ${12} + ${13}))
+    user=$((user + ${12})); system=$((system + ${13}))
   done
-  echo $total
+  echo "$user $system"
 }
 # Per-process counters summed over a target's processes and threads:
 # voluntary (blocked, then woken) and involuntary (preempted) context
@@ -226,10 +244,11 @@ per_tx() { # ctx-before ctx-after syscalls tx: syscalls, woken, preempted per tr
 pids_of() {
   case $1 in
     direct) echo "" ;;
-    pgsplit) echo "$DEMO" ;;
+    pgsplit) echo "$SPLITPID" ;;
     pgsplit-primary) echo "$SPLIT1PID" ;;
     pgsplit-primary-w2) echo "$SPLIT2PID" ;;
-    pgsplit-batch) echo "$SPLITBPID" ;;
+    pgsplit-nobatch) echo "$SPLITBPID" ;;
+    pgsplit-primary-nobatch) echo "$SPLIT1BPID" ;;
     baseline) echo "$BASEPID" ;;
     baseline-primary) echo "$BASE1PID" ;;
     pgbouncer) echo "$BOUNCERPID" ;;
@@ -237,7 +256,7 @@ pids_of() {
   esac
 }
 port_of() {
-  case $1 in direct) echo "$P1" ;; pgsplit) echo "$SPLIT" ;; pgsplit-primary) echo "$SPLIT1" ;; pgsplit-primary-w2) echo "$SPLIT2" ;; pgsplit-batch) echo "$SPLITB" ;; baseline) echo "$BASE" ;; baseline-primary) echo "$BASE1" ;; pgbouncer) echo "$BOUNCER" ;; pgpool) echo "$POOL" ;; esac
+  case $1 in direct) echo "$P1" ;; pgsplit) echo "$SPLIT" ;; pgsplit-primary) echo "$SPLIT1" ;; pgsplit-primary-w2) echo "$SPLIT2" ;; pgsplit-nobatch) echo "$SPLITB" ;; pgsplit-primary-nobatch) echo "$SPLIT1B" ;; baseline) echo "$BASE" ;; baseline-primary) echo "$BASE1" ;; pgbouncer) echo "$BOUNCER" ;; pgpool) echo "$POOL" ;; esac
 }
 echo "SELECT 1;" > "$DIR/tiny.sql"; chmod 644 "$DIR/tiny.sql"
 echo "SELECT aid, bid, abalance, filler FROM pgbench_accounts WHERE aid <= 100;" > "$DIR/rows.sql"; chmod 644 "$DIR/rows.sql"
@@ -272,11 +291,14 @@ for round in $(seq 1 "$ROUNDS"); do
             lat=$(echo "$out" | awk '/latency average/ {print $4; exit}')
             tx=$(echo "$out" | awk -F'[ /]+' '/actually processed/ {print $6; exit}')
             failed=$(echo "$out" | awk '/number of failed/ {print $5; exit}')
-            cpu=$(awk -v a="$after" -v b="$before" -v hz="$HZ" -v tx="${tx:-0}" 'BEGIN { if (tx > 0) printf "%.3f", (a - b) / hz / tx * 10000; else print "-" }')
+            # CPU s per 10k transactions, then user and system µs per transaction
+            cpu=$(awk -v a="$after" -v b="$before" -v hz="$HZ" -v tx="${tx:-0}" 'BEGIN { split(a, x, " "); split(b, y, " ");
+              if (tx > 0) printf "%.3f\t%.1f\t%.1f", (x[1] + x[2] - y[1] - y[2]) / hz / tx * 10000, (x[1] - y[1]) / hz / tx * 1e6, (x[2] - y[2]) / hz / tx * 1e6; else printf "-\t-\t-" }')
             prof=$(per_tx "$cbefore" "$cafter" "$sc" "${tx:-0}")
-            [ "$target" = direct ] && { cpu="-"; prof=$(printf -- '-\t-\t-'); }
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$m" "$c" "$target" "$round" "${tps:-error}" "${lat:--}" "$cpu" "${failed:--}" "$prof" >> "$RESULTS"
-            echo "round $round $workload -M $m -c $c $target: tps=${tps:-error} lat=${lat:--}ms cpu/10k=$cpu failed=${failed:--} syscalls/woken/preempted per tx: $(echo $prof)" >&2
+            [ "$target" = direct ] && { cpu=$(printf -- '-\t-\t-'); prof=$(printf -- '-\t-\t-'); }
+            IFS=$'\t' read -r cpu10k user_us sys_us <<< "$cpu"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$m" "$c" "$target" "$round" "${tps:-error}" "${lat:--}" "$cpu10k" "${failed:--}" "$prof" "$user_us" "$sys_us" >> "$RESULTS"
+            echo "round $round $workload -M $m -c $c $target: tps=${tps:-error} lat=${lat:--}ms cpu/10k=$cpu10k user/sys us per tx=$user_us/$sys_us failed=${failed:--} syscalls/woken/preempted per tx: $(echo $prof)" >&2
           done
         done
       done
@@ -298,8 +320,8 @@ done
   echo "pgsplit-primary-w2: pgsplit-primary with \`workers: 2\` (a two-worker multi-thread runtime; \`workers: 1\` is a"
   echo "current-thread runtime). tiny is \`SELECT 1\` from a pgbench script: the least server work per transaction;"
   echo "rows reads 100 rows of pgbench_accounts per transaction."
-  echo "pgsplit-batch: pgsplit with \`sched_batch: true\` (its threads under SCHED_BATCH: woken, they wait for their turn"
-  echo "instead of preempting a backend)."
+  echo "pgsplit and pgsplit-primary run with \`sched_batch: true\` (the default: their threads under SCHED_BATCH, woken, wait"
+  echo "for their turn instead of preempting a backend); pgsplit-nobatch and pgsplit-primary-nobatch with \`sched_batch: false\`."
   echo "PgBouncer 1.18: transaction pooling, 20 server connections, to the primary. Pgpool-II: streaming replication"
   echo "mode, load balancing on the two"
   echo "replicas (weight 0 on the primary), 140 children, no failover. All with trust authentication as \`postgres\`."
@@ -309,11 +331,11 @@ done
   echo "context switches: each a sleep in epoll_wait or on a futex, then a wake-up) and preempted (involuntary"
   echo "switches), from /proc; rounds separated by · . Instructions per transaction are \`benches/instructions.sh\`'s."
   echo
-  echo "| workload | protocol | clients | target | TPS (rounds) | mean TPS | avg latency ms | CPU s / 10k tx | syscalls per tx | woken / preempted per tx | failed |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| workload | protocol | clients | target | TPS (rounds) | mean TPS | avg latency ms | CPU s / 10k tx | user / system µs per tx | syscalls per tx | woken / preempted per tx | failed |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   awk -F'\t' '{ k=$1"\t"$2"\t"$3"\t"$4; tps[k]=tps[k] (tps[k]?" / ":"") $6; sum[k]+=$6; n[k]++; lat[k]=lat[k] (lat[k]?" / ":"") $7; cpu[k]=cpu[k] (cpu[k]?" / ":"") $8; f[k]=f[k] (f[k]?" / ":"") $9;
-         sc[k]=sc[k] (sc[k]?" / ":"") $10; cs[k]=cs[k] (cs[k]?" · ":"") $11 " / " $12; order[k]=NR }
-       END { for (k in order) { split(k, p, "\t"); printf "| %s | %s | %s | %s | %s | %.0f | %s | %s | %s | %s | %s |\n", p[1], p[2], p[3], p[4], tps[k], sum[k]/n[k], lat[k], cpu[k], sc[k], cs[k], f[k] } }' "$RESULTS" \
+         sc[k]=sc[k] (sc[k]?" / ":"") $10; cs[k]=cs[k] (cs[k]?" · ":"") $11 " / " $12; us[k]=us[k] (us[k]?" · ":"") $13 " / " $14; order[k]=NR }
+       END { for (k in order) { split(k, p, "\t"); printf "| %s | %s | %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s |\n", p[1], p[2], p[3], p[4], tps[k], sum[k]/n[k], lat[k], cpu[k], us[k], sc[k], cs[k], f[k] } }' "$RESULTS" \
     | sort -t'|' -k2,2 -k3,3 -k4,4n -k5,5
   echo
   echo "Commands: \`pgbench -h 127.0.0.1 -p PORT -U postgres -n -M simple|prepared -c N -j 2 -T $DURATION [-S] app\`,"

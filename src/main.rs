@@ -310,7 +310,11 @@ fn main() -> ExitCode {
     if let Some(workers) = workers.filter(|&w| w > 1) {
         builder.worker_threads(workers);
     }
-    if config.as_ref().is_some_and(|c| c.sched_batch) {
+    // The proxy's threads only: the demo's PostgreSQL nodes, forked from
+    // them, would inherit the policy (SCHED_RESET_ON_FORK resets only
+    // real-time ones).
+    let serving = matches!(cli.command, None | Some(Cmd::Run));
+    if serving && config.as_ref().is_some_and(|c| c.sched_batch) {
         builder.on_thread_start(pgsplit::sched::batch_this_thread);
         pgsplit::sched::batch_this_thread();
     }

@@ -155,11 +155,14 @@ fn auth_methods_are_spelled_as_in_postgresql() {
 
 #[test]
 fn workers_sizes_the_runtime_and_zero_is_refused() {
-    let c = load(&format!("{GOOD}workers: 1\nsched_batch: true\n")).unwrap();
+    let c = load(&format!("{GOOD}workers: 1\nsched_batch: false\n")).unwrap();
     assert_eq!(c.workers.map(|w| w.value), Some(1));
-    assert!(c.sched_batch);
+    assert!(!c.sched_batch);
     let defaults = load(GOOD).unwrap();
-    assert!(defaults.workers.is_none() && !defaults.sched_batch);
+    assert!(
+        defaults.workers.is_none() && defaults.sched_batch,
+        "one worker per CPU, under SCHED_BATCH, unless told otherwise"
+    );
     let e = error_of(&format!("{GOOD}workers: 0\n"));
     assert!(
         e.starts_with("proxy.yaml:30:") && e.contains("workers"),

@@ -133,6 +133,9 @@ pub struct Replies {
     /// depends on COMMIT, ROLLBACK and savepoints, so the session re-reads
     /// its settings from the node when the transaction is over.
     pub settings_unknown: bool,
+    /// A COPY FROM STDIN (or COPY BOTH) waits for the client's data: the
+    /// ReadyForQuery owed comes only after the client has sent it.
+    copying_in: bool,
 }
 
 impl Replies {
@@ -150,6 +153,13 @@ impl Replies {
     /// ReadyForQuery messages still owed.
     pub fn ready_owed(&self) -> usize {
         self.ready_owed
+    }
+
+    /// Whether the server answers up to the one ReadyForQuery owed without
+    /// more from the client: one Sync or Query went (not a pipeline of
+    /// them) and no COPY FROM STDIN waits for data.
+    pub fn answers_alone(&self) -> bool {
+        self.ready_owed == 1 && !self.copying_in
     }
 
     /// Whether nothing at all is owed.
@@ -294,7 +304,12 @@ impl Replies {
                 self.on_ready(status, frame, cx);
                 ready = Some(status);
             }
+            be::COPY_BOTH_RESPONSE_TAG => {
+                self.copying_in = true;
+                self.pass(frame, forward, cx);
+            }
             be::COPY_IN_RESPONSE_TAG => {
+                self.copying_in = true;
                 self.pass(frame, forward, cx);
                 if head_kind == Some(&Kind::Execute) {
                     // The server ignores Syncs that reach it during COPY
@@ -392,6 +407,7 @@ impl Replies {
         }
         cx.conn.status = status;
         self.query_failed = false;
+        self.copying_in = false;
     }
 }
 
@@ -516,6 +532,40 @@ mod tests {
             }
             tags
         }
+    }
+
+    #[test]
+    fn only_one_owed_answer_without_copy_in_comes_alone() {
+        let mut fx = Fixture::new();
+        assert!(!fx.replies.answers_alone(), "nothing owed");
+        fx.replies.extend(vec![Expect::new(Kind::Query)]);
+        assert!(fx.replies.answers_alone());
+        fx.replies.extend(vec![Expect::new(Kind::Query)]);
+        assert!(
+            !fx.replies.answers_alone(),
+            "a pipeline: the client may send more"
+        );
+        fx.feed(&ready(TxnStatus::Idle));
+        assert!(fx.replies.answers_alone());
+        fx.feed(&simple(be::COPY_IN_RESPONSE_TAG));
+        assert!(
+            !fx.replies.answers_alone(),
+            "COPY FROM STDIN waits for the client's data"
+        );
+        fx.feed(&ready(TxnStatus::Idle));
+        assert!(!fx.replies.answers_alone(), "all answered");
+        fx.replies.extend(vec![
+            Expect::new(Kind::Parse),
+            Expect::new(Kind::Bind),
+            Expect::new(Kind::Execute),
+            Expect::new(Kind::Sync),
+        ]);
+        assert!(fx.replies.answers_alone());
+        fx.feed(&simple(be::COPY_BOTH_RESPONSE_TAG));
+        assert!(
+            !fx.replies.answers_alone(),
+            "COPY BOTH reads the client too"
+        );
     }
 
     #[test]

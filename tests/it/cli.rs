@@ -1,4 +1,4 @@
-//! The `pgsplit` binary's `check` subcommand.
+//! The `pgsplit` binary: `check`, `status` and how `run` sets up its threads.
 
 use std::process::Command;
 
@@ -117,4 +117,59 @@ fn status_without_a_config_names_the_address_it_tried_and_why() {
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The scheduling policy of every thread of process `pid` (field 41 of
+/// /proc/PID/task/TID/stat: 0 SCHED_OTHER, 3 SCHED_BATCH).
+fn thread_policies(pid: u32) -> Vec<u32> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        // (the command name, in parentheses, may hold spaces)
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy = after.split(' ').nth(41 - 3).unwrap();
+        policies.push(policy.parse().unwrap());
+    }
+    policies
+}
+
+/// `pgsplit run` puts its threads under SCHED_BATCH by default and leaves
+/// them alone with `sched_batch: false`. Observed from /proc, not from the
+/// proxy.
+#[test]
+fn the_proxy_runs_under_sched_batch_unless_told_not_to() {
+    for (line, want) in [("", 3), ("sched_batch: false\n", 0)] {
+        let port = pgsplit::cluster::free_port();
+        let node = pgsplit::cluster::free_port();
+        let text = format!(
+            "listen: 127.0.0.1:{port}\nauth:\n  method: trust\n  users:\n    - {{ name: app }}\n\
+             nodes:\n  - {{ name: pg1, host: 127.0.0.1, port: {node}, role: primary }}\nworkers: 2\n{line}"
+        );
+        let file =
+            std::env::temp_dir().join(format!("pgsplit-sched-{}-{want}.yaml", std::process::id()));
+        std::fs::write(&file, text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+            .args(["run", "-c"])
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the proxy did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let policies = thread_policies(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            policies.len() >= 3 && policies.iter().all(|&p| p == want),
+            "with {line:?}: thread policies {policies:?}, want all {want}"
+        );
+    }
 }

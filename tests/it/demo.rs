@@ -65,6 +65,25 @@ async fn demo_serves_reads_on_replicas_and_cleans_up() {
         })
         .expect("a row");
     assert!(port == p2 || port == p3, "read served by {port}");
+    // The demo's nodes keep the default scheduling policy (sched_batch is
+    // the serving proxy's: forked children would inherit it).
+    let backend = client
+        .simple_query("SELECT pg_backend_pid()")
+        .await
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .expect("a row");
+    let stat = std::fs::read_to_string(format!("/proc/{backend}/stat")).unwrap();
+    let policy = stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(41 - 3);
+    assert_eq!(
+        policy,
+        Some("0"),
+        "the node's backend runs under SCHED_OTHER"
+    );
     client
         .simple_query("INSERT INTO notes (body) VALUES ('from the test')")
         .await

@@ -635,6 +635,20 @@ impl<'s> Session<'s> {
         }
     }
 
+    /// Whether the client's socket is left unpolled for now: the held
+    /// connection answers up to the one ReadyForQuery owed without more
+    /// from the client, and nothing of a next message has arrived. Its
+    /// read interest, registered now, would be dropped again before the
+    /// answer comes (one waker registration per transaction saved); the
+    /// client is read again once the answer is relayed. (A client that
+    /// leaves meanwhile is seen then: its statement runs to its end, as it
+    /// would on the node anyway.)
+    fn awaiting_answer(&self) -> bool {
+        matches!(&self.phase, Phase::Held(held) if !held.open_batch)
+            && self.replies.answers_alone()
+            && self.crbuf.is_empty()
+    }
+
     async fn serve(&mut self) -> Result<(), SessionError> {
         loop {
             self.drain_backend().await?;
@@ -650,7 +664,7 @@ impl<'s> Session<'s> {
                 return Err(SessionError::Shutdown);
             }
             let holding = matches!(self.phase, Phase::Held(_));
-            let reading_client = self.reading_client();
+            let reading_client = self.reading_client() && !self.awaiting_answer();
             // limits.idle_timeout: only a client with nothing in progress.
             let idle_limit = self.config.load().limits.idle_timeout.map(|d| d.0);
             let quiet =
