@@ -171,9 +171,9 @@ impl Translation<'_> {
                     forward(out, frame, Kind::Sync);
                     // A SET sent as Parse/Bind/Execute is tracked at its Sync.
                     if let Some(command) = command {
-                        let e = out.expects.last_mut().expect("just pushed");
-                        e.command = Some(command.command.clone());
-                        e.sql = Some(command.sql.clone());
+                        let books = out.expects.last_mut().expect("just pushed").books();
+                        books.command = Some(command.command.clone());
+                        books.sql = Some(command.sql.clone());
                         self.restore_startup(out, &command.command);
                     }
                 }
@@ -265,13 +265,13 @@ impl Translation<'_> {
             let mut bytes = BytesMut::new();
             be::parse_complete(&mut bytes);
             let mut e = Expect::synthetic(bytes);
-            e.client_parse = Some(p.name.to_string());
+            e.books().client_parse = Some(p.name.to_string());
             out.expects.push(e);
         } else {
             self.prepare(out, &statement);
             let e = out.expects.last_mut().expect("just pushed");
             e.forward = true;
-            e.client_parse = Some(p.name.to_string());
+            e.books().client_parse = Some(p.name.to_string());
         }
         Ok(true)
     }
@@ -283,7 +283,7 @@ impl Translation<'_> {
         if let Some(evicted) = self.conn.prepared.insert(statement.server_name.clone()) {
             fe::write_target(&mut out.bytes, fe::CLOSE_TAG, fe::STATEMENT, &evicted);
             let mut e = Expect::swallowed(Kind::Close);
-            e.closed = Some(evicted);
+            e.books().closed = Some(evicted);
             out.expects.push(e);
         }
         fe::write_parse(
@@ -293,7 +293,7 @@ impl Translation<'_> {
             &statement.types,
         );
         let mut e = Expect::swallowed(Kind::Parse);
-        e.server_prepared = Some(statement.server_name.clone());
+        e.books().server_prepared = Some(statement.server_name.clone());
         out.expects.push(e);
     }
 
@@ -348,9 +348,12 @@ impl Translation<'_> {
         // A simple query replaces the unnamed statement.
         self.conn.unnamed = None;
         let mut e = Expect::new(Kind::Query);
-        e.command = command.cloned();
-        if let Some(Command::Set { .. } | Command::Reset { .. }) = command {
-            e.sql = fe::query_text(frame.body()).ok().map(|t| t.into_owned());
+        if let Some(command) = command {
+            let books = e.books();
+            books.command = Some(command.clone());
+            if let Command::Set { .. } | Command::Reset { .. } = command {
+                books.sql = fe::query_text(frame.body()).ok().map(|t| t.into_owned());
+            }
         }
         out.expects.push(e);
         if let Some(command) = command {

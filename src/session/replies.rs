@@ -40,28 +40,39 @@ pub enum Kind {
     Synthetic(Bytes),
 }
 
-/// One reply owed, with the bookkeeping to undo if it never comes.
+/// One reply owed, with the bookkeeping to undo if it never comes. (Kept
+/// small: each is moved into the queue and out of it; the rarely set
+/// bookkeeping is boxed.)
 #[derive(Debug, Clone)]
 pub struct Expect {
     /// What answers it.
     pub kind: Kind,
     /// Forward the answer to the client (false: pgsplit sent it).
     pub forward: bool,
+    /// A query of the proxy's whose ParameterStatus messages the client
+    /// must see (restoring a startup value after RESET).
+    pub forward_status: bool,
+    /// Server statement name to replace by the client's in errors (set on
+    /// every message naming a prepared statement: inline, not boxed).
+    pub rename: Option<(Arc<str>, Arc<str>)>,
+    /// What else its answer or its loss updates, when anything does.
+    pub books: Option<Box<Books>>,
+}
+
+/// What an answered, failed or skipped reply updates besides the client's
+/// bytes (see [`Expect::books`]).
+#[derive(Debug, Clone, Default)]
+pub struct Books {
     /// A client's named Parse: forget the name if it fails or is skipped.
     pub client_parse: Option<String>,
     /// A server statement marked prepared: unmark if it fails or is skipped.
     pub server_prepared: Option<Arc<str>>,
     /// An eviction Close: if skipped, the statement is still there.
     pub closed: Option<Arc<str>>,
-    /// Server statement name to replace by the client's in errors.
-    pub rename: Option<(Arc<str>, Arc<str>)>,
     /// A tracked session command to apply if the Query succeeds.
     pub command: Option<Command>,
     /// The SQL of a tracked SET or RESET.
     pub sql: Option<String>,
-    /// A query of the proxy's whose ParameterStatus messages the client
-    /// must see (restoring a startup value after RESET).
-    pub forward_status: bool,
 }
 
 impl Expect {
@@ -70,14 +81,20 @@ impl Expect {
         Expect {
             kind,
             forward: true,
-            client_parse: None,
-            server_prepared: None,
-            closed: None,
-            rename: None,
-            command: None,
-            sql: None,
             forward_status: false,
+            rename: None,
+            books: None,
         }
+    }
+
+    /// Its bookkeeping, made on first use.
+    pub fn books(&mut self) -> &mut Books {
+        self.books.get_or_insert_with(Box::default)
+    }
+
+    /// The tracked command its Query or Sync carries.
+    fn command(&self) -> Option<&Command> {
+        self.books.as_ref().and_then(|b| b.command.as_ref())
     }
 
     /// A reply to something pgsplit inserted: not forwarded.
@@ -414,13 +431,16 @@ impl Replies {
 /// A message the server skipped (or that failed): undo what sending it
 /// recorded.
 fn undo(e: Expect, cx: &mut Context<'_>) {
-    if let Some(name) = e.client_parse {
+    let Some(books) = e.books else {
+        return;
+    };
+    if let Some(name) = books.client_parse {
         cx.statements.remove(&name);
     }
-    if let Some(name) = e.server_prepared {
+    if let Some(name) = books.server_prepared {
         cx.conn.prepared.remove(&name);
     }
-    if let Some(name) = e.closed {
+    if let Some(name) = books.closed {
         cx.conn.prepared.restore(name);
     }
 }
@@ -438,14 +458,16 @@ enum Applied {
 fn apply(e: &Expect, status: TxnStatus, cx: &mut Context<'_>) -> Applied {
     let in_txn = status != TxnStatus::Idle;
     let changes_settings = matches!(
-        e.command,
+        e.command(),
         Some(Command::Set { .. } | Command::Reset { .. } | Command::ResetAll | Command::DiscardAll)
     );
     if in_txn && changes_settings {
         return Applied::InTransaction;
     }
-    match &e.command {
-        Some(Command::Set { name }) => cx.settings.record(name.clone(), e.sql.clone()),
+    match e.command() {
+        Some(Command::Set { name }) => cx
+            .settings
+            .record(name.clone(), e.books.as_ref().and_then(|b| b.sql.clone())),
         Some(Command::Reset { name }) => cx.settings.record(name.clone(), None),
         Some(Command::ResetAll) => cx.settings.reset_all(),
         Some(Command::DiscardAll) => {
@@ -579,7 +601,7 @@ mod tests {
         ));
         fx.statements.add("s1", statement);
         let mut parse = Expect::new(Kind::Parse);
-        parse.client_parse = Some("s1".into());
+        parse.books().client_parse = Some("s1".into());
         fx.replies.extend(vec![
             Expect::new(Kind::Bind),
             parse,
@@ -646,10 +668,10 @@ mod tests {
     fn a_set_inside_a_transaction_leaves_the_settings_to_be_read_back() {
         let mut fx = Fixture::new();
         let mut e = Expect::new(Kind::Query);
-        e.command = Some(Command::Set {
+        e.books().command = Some(Command::Set {
             name: "search_path".into(),
         });
-        e.sql = Some("SET search_path TO s1".into());
+        e.books().sql = Some("SET search_path TO s1".into());
         fx.replies.extend(vec![e.clone()]);
         fx.feed(&simple(be::COMMAND_COMPLETE_TAG));
         fx.feed(&ready(TxnStatus::InTransaction));
