@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::protocol::codec::{self, Frame, ProtocolError};
@@ -56,12 +56,22 @@ pub async fn fill<R: AsyncRead + Unpin>(
     stream: &mut R,
     buf: &mut BytesMut,
 ) -> Result<(), WireError> {
+    std::future::poll_fn(|cx| poll_fill(stream, cx, buf)).await
+}
+
+/// [`fill`] as a poll: what a loop that waits on several sockets at once
+/// polls, without a future per socket and turn.
+pub fn poll_fill<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<Result<(), WireError>> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(8192);
     }
-    match stream.read_buf(buf).await? {
-        0 => Err(WireError::Closed),
-        _ => Ok(()),
+    match std::task::ready!(tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf))? {
+        0 => Poll::Ready(Err(WireError::Closed)),
+        _ => Poll::Ready(Ok(())),
     }
 }
 

@@ -2,6 +2,7 @@
 //! transaction status of its last ReadyForQuery.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -270,6 +271,11 @@ impl BackendConn {
     /// Cancel safe: bytes read are kept in the buffer.
     pub async fn fill(&mut self) -> Result<(), WireError> {
         wire::fill(&mut self.stream, &mut self.rbuf).await
+    }
+
+    /// [`BackendConn::fill`] as a poll.
+    pub fn poll_fill(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), WireError>> {
+        wire::poll_fill(&mut self.stream, cx, &mut self.rbuf)
     }
 
     /// Runs a simple query of the proxy's own and waits for its

@@ -34,7 +34,9 @@
 //! advisory locks, a role), so a connection only ever goes back to the
 //! pool clean ([`crate::pool::Pooled::release`]).
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use super::ClientStream;
@@ -663,35 +665,49 @@ impl<'s> Session<'s> {
                 // polled last, after reads that may stay ready.)
                 return Err(SessionError::Shutdown);
             }
-            let holding = matches!(self.phase, Phase::Held(_));
             let reading_client = self.reading_client() && !self.awaiting_answer();
             // limits.idle_timeout: only a client with nothing in progress.
             let idle_limit = self.config.load().limits.idle_timeout.map(|d| d.0);
             let quiet =
                 idle_limit.is_some() && matches!(self.phase, Phase::Idle) && self.batch.len() == 0;
-            // Only a quiet session with a limit reads the clock.
-            let idle_sleep = async {
-                match idle_limit {
-                    Some(limit) => tokio::time::sleep(limit).await,
-                    None => std::future::pending().await,
+            // Only a quiet session with a limit reads the clock (the
+            // sleep starts at its first poll).
+            let mut idle_sleep = std::pin::pin!(async {
+                if let Some(limit) = idle_limit {
+                    tokio::time::sleep(limit).await;
                 }
-            };
-            // In this order, without select!'s random start: the reads
-            // first (the server's answer is what a session mostly waits
-            // for), the shutdown signal only when neither is ready.
-            tokio::select! {
-                biased;
-                read = fill_held(&mut self.phase), if holding => {
-                    if let Err(e) = read {
-                        self.backend_failed(route::Failure::Wire(e)).await?;
-                    }
+            });
+            // One poll of what the session waits on, in this order: the
+            // reads first (the server's answer is what a session mostly
+            // waits for), the shutdown signal only when neither is ready.
+            // (By hand, not select!: no future per socket and turn.)
+            let woke = std::future::poll_fn(|cx| {
+                if let Phase::Held(held) = &mut self.phase
+                    && let Poll::Ready(read) = held.conn.poll_fill(cx)
+                {
+                    return Poll::Ready(Woke::Server(read));
                 }
-                read = wire::fill(&mut *self.client, &mut self.crbuf), if reading_client => match read {
-                    Ok(()) => {}
-                    Err(WireError::Closed) => return Ok(()),
-                    Err(e) => return Err(SessionError::Client(e)),
-                },
-                () = std::future::poll_fn(|cx| self.listed.entry.poll_stopped(cx)), if !self.stopping => {
+                if reading_client
+                    && let Poll::Ready(read) =
+                        wire::poll_fill(&mut *self.client, cx, &mut self.crbuf)
+                {
+                    return Poll::Ready(Woke::Client(read));
+                }
+                if !self.stopping && self.listed.entry.poll_stopped(cx).is_ready() {
+                    return Poll::Ready(Woke::Stopped);
+                }
+                if quiet && idle_sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::IdleTimeout);
+                }
+                Poll::Pending
+            })
+            .await;
+            match woke {
+                Woke::Server(Ok(())) | Woke::Client(Ok(())) => {}
+                Woke::Server(Err(e)) => self.backend_failed(route::Failure::Wire(e)).await?,
+                Woke::Client(Err(WireError::Closed)) => return Ok(()),
+                Woke::Client(Err(e)) => return Err(SessionError::Client(e)),
+                Woke::Stopped => {
                     // KILL ends the session at once; a shutdown lets an
                     // open transaction finish.
                     if idle || self.listed.entry.was_killed() {
@@ -699,7 +715,7 @@ impl<'s> Session<'s> {
                     }
                     self.stopping = true;
                 }
-                _ = idle_sleep, if quiet => return Err(SessionError::IdleTimeout),
+                Woke::IdleTimeout => return Err(SessionError::IdleTimeout),
             }
         }
     }
@@ -1155,9 +1171,14 @@ fn fenced_refusal(frame: &Frame) -> Option<(String, String)> {
     (code == crate::protocol::sqlstate::READ_ONLY_SQL_TRANSACTION).then_some((code, message))
 }
 
-async fn fill_held(phase: &mut Phase) -> Result<(), WireError> {
-    match phase {
-        Phase::Held(h) => h.conn.fill().await,
-        _ => std::future::pending().await,
-    }
+/// What ended a wait of the session loop.
+enum Woke {
+    /// The held connection's socket read (or failed).
+    Server(Result<(), WireError>),
+    /// The client's socket read (or failed).
+    Client(Result<(), WireError>),
+    /// A shutdown or KILL.
+    Stopped,
+    /// `limits.idle_timeout` passed.
+    IdleTimeout,
 }
