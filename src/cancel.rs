@@ -54,11 +54,11 @@ impl CancelSlot {
         }
     }
 
-    /// The routed batch was sent to `target`. Returns whether a cancel came
-    /// while it was being routed (the caller sends it now).
-    pub fn sent_to(&self, target: CancelTarget) -> bool {
+    /// The routed batch was sent to `target`. Returns it again when a cancel
+    /// came while the batch was being routed (the caller sends it now).
+    pub fn sent_to(&self, target: CancelTarget) -> Option<CancelTarget> {
         let mut running = self.0.lock().expect("poisoned");
-        let cancelled = *running == Running::Routing(true);
+        let cancelled = (*running == Running::Routing(true)).then(|| target.clone());
         *running = Running::On(target);
         cancelled
     }
@@ -147,10 +147,10 @@ mod tests {
         assert_eq!(slot.take_for_cancel(), None, "nothing runs: ignored");
         slot.routing();
         assert_eq!(slot.take_for_cancel(), None);
-        assert!(slot.sent_to(target()), "kept for the batch");
+        assert!(slot.sent_to(target()).is_some(), "kept for the batch");
         assert_eq!(slot.take_for_cancel(), Some(target()));
         slot.set(None);
         slot.routing();
-        assert!(!slot.sent_to(target()));
+        assert!(slot.sent_to(target()).is_none());
     }
 }

@@ -139,7 +139,12 @@ fn decode_params(mut body: &[u8]) -> Result<Vec<(String, String)>, ProtocolError
 /// Splits one NUL-terminated UTF-8 string off the front of `body`.
 pub fn take_cstr<'a>(body: &mut &'a [u8]) -> Option<&'a str> {
     let end = body.iter().position(|&b| b == 0)?;
-    let s = std::str::from_utf8(&body[..end]).ok()?;
+    // (Most names on the hot path are the unnamed statement or portal.)
+    let s = if end == 0 {
+        ""
+    } else {
+        std::str::from_utf8(&body[..end]).ok()?
+    };
     *body = &body[end + 1..];
     Some(s)
 }

@@ -483,7 +483,7 @@ impl Session<'_> {
     fn take_hold(&mut self, held: Box<Held>) -> Option<CancelTarget> {
         let target = held.cancel_target();
         self.phase = Phase::Held(held);
-        self.slot.sent_to(target.clone()).then_some(target)
+        self.slot.sent_to(target)
     }
 
     fn take_spare(&mut self, node: &Arc<crate::topology::Node>) -> Option<Box<Held>> {
