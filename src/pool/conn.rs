@@ -262,18 +262,8 @@ impl BackendConn {
         !self.rbuf.is_empty()
     }
 
-    /// Waits for more bytes from the node.
-    ///
-    /// # Errors
-    /// The connection failed or closed.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: bytes read are kept in the buffer.
-    pub async fn fill(&mut self) -> Result<(), WireError> {
-        wire::fill(&mut self.stream, &mut self.rbuf).await
-    }
-
-    /// [`BackendConn::fill`] as a poll.
+    /// Polls for more bytes from the node (bytes read are kept in the
+    /// buffer); ready with an error when the connection failed or closed.
     pub fn poll_fill(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), WireError>> {
         wire::poll_fill(&mut self.stream, cx, &mut self.rbuf)
     }
