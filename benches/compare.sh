@@ -196,7 +196,18 @@ PIDS+=("$POOLPID")
 for _ in $(seq 1 60); do "$PGBIN/psql" -h 127.0.0.1 -p "$POOL" -U postgres -d app -Atc "SELECT 1" >/dev/null 2>&1 && break; sleep 0.5; done
 
 "$PGBIN/pgbench" -h 127.0.0.1 -p "$P1" -U postgres -i -q -s "$SCALE" app > /dev/null 2>&1
-sleep 2
+# Settle before the first round: a checkpoint, the replicas done replaying
+# the load (a replica still replaying 150 MB of WAL takes CPU from round 1),
+# and the table read once into shared buffers.
+"$PGBIN/psql" -h 127.0.0.1 -p "$P1" -U postgres -d app -qAtc "CHECKPOINT" > /dev/null
+LSN=$("$PGBIN/psql" -h 127.0.0.1 -p "$P1" -U postgres -d app -qAtc "SELECT pg_current_wal_lsn()")
+for port in "$P2" "$P3"; do
+  for _ in $(seq 1 600); do
+    [ "$("$PGBIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d app -qAtc "SELECT pg_last_wal_replay_lsn() >= '$LSN'")" = t ] && break
+    sleep 0.5
+  done
+done
+"$PGBIN/pgbench" -h 127.0.0.1 -p "$P1" -U postgres -n -S -c 4 -j 2 -T 3 app > /dev/null 2>&1
 
 cpu_ticks() { # user and system ticks (utime, stime) summed over the processes
   local user=0 system=0
@@ -267,7 +278,11 @@ for round in $(seq 1 "$ROUNDS"); do
   for workload in $WORKLOADS; do
     for mode in $MODES; do
       for c in $CLIENTS; do
-        for target in $TARGETS; do
+        # every other round runs the targets in reverse order, so no target
+        # always follows the same one
+        order=$TARGETS
+        [ $((round % 2)) = 0 ] && order=$(echo $TARGETS | tr ' ' '\n' | tac | tr '\n' ' ')
+        for target in $order; do
           # PgBouncer 1.18 has no prepared statements in transaction pooling:
           # it also runs -M extended (the same messages, unnamed statements).
           modes=$mode
@@ -313,7 +328,7 @@ done
   echo "$(uname -sr). PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), $(pgbouncer --version 2>/dev/null | head -1),"
   echo "$(/usr/sbin/pgpool --version 2>&1 | head -1), pgsplit $(git rev-parse --short HEAD 2>/dev/null || echo dev) (release build)."
   echo
-  echo "Primary and two streaming replicas on loopback, pgbench scale $SCALE, \`-j 2 -T $DURATION\`, $ROUNDS interleaved rounds."
+  echo "Primary and two streaming replicas on loopback, pgbench scale $SCALE, \`-j 2 -T $DURATION\`, $ROUNDS interleaved rounds (every other one in reverse target order), started after a checkpoint, with the replicas caught up."
   echo "pgsplit: transaction pooling, 20 server connections per node, reads to the replicas, \`workers: 1\` (one runtime"
   echo "thread, as PgBouncer has one). pgsplit-primary: the same proxy knowing only the primary (what PgBouncer is given),"
   echo "to separate the proxy's own cost from the cost of spreading reads over two more servers on the same two cores."
@@ -338,6 +353,7 @@ done
        END { for (k in order) { split(k, p, "\t"); printf "| %s | %s | %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s |\n", p[1], p[2], p[3], p[4], tps[k], sum[k]/n[k], lat[k], cpu[k], us[k], sc[k], cs[k], f[k] } }' "$RESULTS" \
     | sort -t'|' -k2,2 -k3,3 -k4,4n -k5,5
   echo
+  python3 benches/against_bouncer.py "$RESULTS"
   echo "Commands: \`pgbench -h 127.0.0.1 -p PORT -U postgres -n -M simple|prepared -c N -j 2 -T $DURATION [-S] app\`,"
   echo "after \`pgbench -i -s $SCALE app\` on the primary. Configurations are written by benches/compare.sh."
 } > "$OUT"
