@@ -1,5 +1,7 @@
 //! The prepared statements living on one server connection, bounded: the
-//! least recently used is closed when a new one needs the room.
+//! least recently used is closed when a new one needs the room, and one
+//! the server reports stale (a migration changed its result type) is
+//! closed before its name is prepared again.
 
 use std::sync::Arc;
 
@@ -12,6 +14,9 @@ pub struct PreparedSet {
     /// (foldhash: looked up on every Bind; names are the proxy's own)
     names: foldhash::HashMap<Arc<str>, u64>,
     tick: u64,
+    /// Names the server still holds but that must not be used: closed
+    /// before the connection's next batch (see [`PreparedSet::mark_stale`]).
+    stale: Vec<Arc<str>>,
 }
 
 impl PreparedSet {
@@ -58,9 +63,31 @@ impl PreparedSet {
         self.names.insert(name, 0);
     }
 
+    /// The server refused to run `name` as prepared (0A000, "cached plan
+    /// must not change result type": its tables changed shape). It is no
+    /// longer prepared here, and it is closed before the next batch, so a
+    /// new Parse of the same text under the same name starts afresh.
+    pub fn mark_stale(&mut self, name: Arc<str>) {
+        self.names.remove(&name);
+        if !self.stale.contains(&name) {
+            self.stale.push(name);
+        }
+    }
+
+    /// The stale names to close now (see [`PreparedSet::mark_stale`]).
+    pub fn take_stale(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.stale)
+    }
+
+    /// Whether any name waits to be closed.
+    pub fn has_stale(&self) -> bool {
+        !self.stale.is_empty()
+    }
+
     /// Forgets everything (DEALLOCATE ALL, DISCARD ALL).
     pub fn clear(&mut self) {
         self.names.clear();
+        self.stale.clear();
     }
 
     /// How many are prepared.
@@ -89,5 +116,17 @@ mod tests {
         assert_eq!(set.len(), MAX_PREPARED_PER_CONNECTION);
         assert!(!set.touch("s1"));
         assert!(set.touch("new"));
+    }
+
+    #[test]
+    fn a_stale_name_is_unprepared_and_closed_once() {
+        let mut set = PreparedSet::default();
+        set.insert("a".into());
+        set.mark_stale("a".into());
+        set.mark_stale("a".into());
+        assert!(!set.touch("a"));
+        assert!(set.has_stale());
+        assert_eq!(set.take_stale(), vec![Arc::<str>::from("a")]);
+        assert!(!set.has_stale());
     }
 }

@@ -85,6 +85,9 @@ impl Translation<'_> {
         if fresh {
             self.replay_settings(out);
         }
+        if self.conn.prepared.has_stale() {
+            self.close_stale(out);
+        }
         let mut parsed_unnamed = false;
         let mut skipping = false;
         let mut routes = self.parse_routes.iter().copied();
@@ -212,6 +215,17 @@ impl Translation<'_> {
         out.expects.push(Expect::swallowed(Kind::Query));
         self.conn.settings = desired;
         self.conn.unnamed = None;
+    }
+
+    /// Closes the statements the server reported stale, before anything in
+    /// the batch may prepare their names again.
+    fn close_stale(&mut self, out: &mut Outbound) {
+        for name in self.conn.prepared.take_stale() {
+            fe::write_target(&mut out.bytes, fe::CLOSE_TAG, fe::STATEMENT, &name);
+            let mut e = Expect::swallowed(Kind::Close);
+            e.books().stale_closed = Some(name);
+            out.expects.push(e);
+        }
     }
 
     /// After RESET of a setting given at connect time (or RESET ALL,

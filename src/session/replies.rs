@@ -15,6 +15,7 @@ use super::state::{Settings, Statements};
 use crate::pool::ConnState;
 use crate::protocol::backend::{self as be, TxnStatus};
 use crate::protocol::codec::{Frame, take_cstr};
+use crate::protocol::sqlstate;
 
 /// What a sent message is answered with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +70,8 @@ pub struct Books {
     pub server_prepared: Option<Arc<str>>,
     /// An eviction Close: if skipped, the statement is still there.
     pub closed: Option<Arc<str>>,
+    /// A stale statement's Close: if skipped, it still waits to be closed.
+    pub stale_closed: Option<Arc<str>>,
     /// A tracked session command to apply if the Query succeeds.
     pub command: Option<Command>,
     /// The SQL of a tracked SET or RESET.
@@ -392,6 +395,15 @@ impl Replies {
             }
             return;
         }
+        if head.kind == Kind::Bind
+            && let Some((server, _)) = &head.rename
+            && be::error_code_and_message(frame.body())
+                .is_some_and(|(code, _)| code == sqlstate::FEATURE_NOT_SUPPORTED)
+        {
+            // "cached plan must not change result type": the shared
+            // statement is stale on this connection for every client.
+            cx.conn.prepared.mark_stale(server.clone());
+        }
         match &head.rename {
             Some((server, client)) if be::rename_in_error(cx.out, frame.body(), server, client) => {
             }
@@ -442,6 +454,9 @@ fn undo(e: Expect, cx: &mut Context<'_>) {
     }
     if let Some(name) = books.closed {
         cx.conn.prepared.restore(name);
+    }
+    if let Some(name) = books.stale_closed {
+        cx.conn.prepared.mark_stale(name);
     }
 }
 

@@ -446,3 +446,51 @@ async fn large_results_arrive_whole_and_in_order_in_both_protocols() {
     assert_eq!(one, 1);
     proxy.stop().await;
 }
+
+/// A migration changes a table under a prepared `SELECT *`: PostgreSQL
+/// fails the next Bind of the old statement with 0A000 ("cached plan must
+/// not change result type"), and a driver prepares the text again (pgjdbc
+/// does). Statements are shared on server connections under a name made
+/// from their text, so the proxy must drop the stale one there, or the new
+/// prepare would find it and fail the same way for as long as that
+/// connection lives. One node and `pool.size: 1`: every statement meets the
+/// stale one.
+#[tokio::test]
+async fn a_statement_stale_after_a_migration_is_prepared_afresh() {
+    let primary = direct(primary_port()).await;
+    primary
+        .batch_execute(
+            "DROP TABLE IF EXISTS plan_shape; CREATE TABLE plan_shape (a int); \
+             INSERT INTO plan_shape VALUES (1); GRANT ALL ON plan_shape TO app",
+        )
+        .await
+        .unwrap();
+    let proxy = start_proxy(&config_text(&[primary_port()], "pool:\n  size: 1\n")).await;
+    let client = app(&proxy).await;
+    let old = client.prepare("SELECT * FROM plan_shape").await.unwrap();
+    assert_eq!(client.query_one(&old, &[]).await.unwrap().len(), 1);
+    primary
+        .batch_execute("ALTER TABLE plan_shape ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    // as PostgreSQL answers a direct client
+    let e = client.query_one(&old, &[]).await.unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("0A000"), "{e}");
+    for _ in 0..3 {
+        let new = client.prepare("SELECT * FROM plan_shape").await.unwrap();
+        let row = client.query_one(&new, &[]).await.unwrap();
+        assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (1, 7));
+    }
+    // another session on the same server connection too
+    let other = app(&proxy).await;
+    let row = other
+        .query_one("SELECT * FROM plan_shape", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.len(), 2);
+    proxy.stop().await;
+    primary
+        .batch_execute("DROP TABLE plan_shape")
+        .await
+        .unwrap();
+}
