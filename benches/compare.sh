@@ -312,7 +312,7 @@ for round in $(seq 1 "$ROUNDS"); do
             prof=$(per_tx "$cbefore" "$cafter" "$sc" "${tx:-0}")
             [ "$target" = direct ] && { cpu=$(printf -- '-\t-\t-'); prof=$(printf -- '-\t-\t-'); }
             IFS=$'\t' read -r cpu10k user_us sys_us <<< "$cpu"
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$m" "$c" "$target" "$round" "${tps:-error}" "${lat:--}" "$cpu10k" "${failed:--}" "$prof" "$user_us" "$sys_us" >> "$RESULTS"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$m" "$c" "$target" "$round" "${tps:-error}" "${lat:--}" "$cpu10k" "${failed:--}" "$prof" "$user_us" "$sys_us" "$mode" >> "$RESULTS"
             echo "round $round $workload -M $m -c $c $target: tps=${tps:-error} lat=${lat:--}ms cpu/10k=$cpu10k user/sys us per tx=$user_us/$sys_us failed=${failed:--} syscalls/woken/preempted per tx: $(echo $prof)" >&2
           done
         done
