@@ -283,10 +283,13 @@ for round in $(seq 1 "$ROUNDS"); do
         order=$TARGETS
         [ $((round % 2)) = 0 ] && order=$(echo $TARGETS | tr ' ' '\n' | tac | tr '\n' ' ')
         for target in $order; do
-          # PgBouncer 1.18 has no prepared statements in transaction pooling:
-          # it also runs -M extended (the same messages, unnamed statements).
+          # PgBouncer 1.18 has no prepared statements in transaction pooling
+          # (-M prepared fails or stalls, and slows the run after it): it runs
+          # -M extended instead (the same messages, unnamed statements);
+          # PGBOUNCER_PREPARED=1 runs -M prepared first as well.
           modes=$mode
-          [ "$target" = pgbouncer ] && [ "$mode" = prepared ] && modes="prepared extended"
+          [ "$target" = pgbouncer ] && [ "$mode" = prepared ] && modes="extended"
+          [ "$target" = pgbouncer ] && [ "$mode" = prepared ] && [ -n "${PGBOUNCER_PREPARED:-}" ] && modes="prepared extended"
           for m in $modes; do
             args=(-h 127.0.0.1 -p "$(port_of $target)" -U postgres -n -M "$m" -c "$c" -j 2 -T "$DURATION")
             [ $workload = select ] && args+=(-S)
