@@ -547,6 +547,28 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_statement_is_closed_before_its_text_is_parsed_again() {
+        let mut fx = Fixture::new(&[]);
+        let out = fx.translate(&[parse("s1", "SELECT 1"), sync()].concat(), None, true);
+        let server: Arc<str> = sent(&out.bytes)[0].1.clone().into();
+        // The server failed a Bind of it with 0A000 (replies.rs marks it).
+        fx.conn.prepared.mark_stale(server.clone());
+        let out = fx.translate(
+            &[parse("s2", "SELECT 1"), bind("s2"), execute(), sync()].concat(),
+            None,
+            false,
+        );
+        let wire = sent(&out.bytes);
+        assert_eq!(wire[0], ('C', server.to_string()), "{wire:?}");
+        assert_eq!(wire[1], ('P', server.to_string()), "parsed afresh");
+        assert!(!out.expects[0].forward, "the CloseComplete is swallowed");
+        assert!(out.expects[1].forward, "the client's ParseComplete");
+        // Closed once: the next batch has no Close.
+        let out = fx.translate(&[bind("s2"), execute(), sync()].concat(), None, false);
+        assert_eq!(sent(&out.bytes)[0].0, 'B');
+    }
+
+    #[test]
     fn a_fresh_connection_gets_the_session_settings_first() {
         let mut fx = Fixture::new(&[("application_name", "web")]);
         let out = fx.translate(&query("SELECT 1"), None, true);
