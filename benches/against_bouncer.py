@@ -7,8 +7,9 @@ markdown table: for each pgsplit target, its TPS and its CPU per transaction
 divided by PgBouncer's in the same round, and the median of those ratios.
 
 PgBouncer 1.18 cannot run `-M prepared` in transaction pooling: in prepared
-mode compare.sh runs it with `-M extended` too, and that run is the one
-prepared mode is compared with. Each mode is compared with PgBouncer's run
+mode compare.sh runs it with `-M extended` instead (after a `-M prepared` run
+too with PGBOUNCER_PREPARED=1, which is left out here), and prepared mode is
+compared with that extended run. Each mode is compared with PgBouncer's run
 of the same mode loop (the last column of the results: the mode asked for),
 so every ratio pairs two runs next to each other in time.
 """
