@@ -12,6 +12,11 @@ too with PGBOUNCER_PREPARED=1, which is left out here), and prepared mode is
 compared with that extended run. Each mode is compared with PgBouncer's run
 of the same mode loop (the last column of the results: the mode asked for),
 so every ratio pairs two runs next to each other in time.
+
+Where the results carry the machine's columns (idle, steal and PostgreSQL
+µs per transaction), it also prints, per round, the target's idle µs per
+transaction minus PgBouncer's and its PostgreSQL CPU µs per transaction
+minus PgBouncer's: where a lower proxy CPU did not turn into TPS.
 """
 
 import statistics
@@ -22,6 +27,7 @@ from collections import defaultdict
 def main(path):
     bouncer_tps = {}
     bouncer_cpu = {}
+    bouncer_machine = {}
     ours = defaultdict(list)
     with open(path) as f:
         for line in f:
@@ -32,22 +38,28 @@ def main(path):
                 tps, cpu = float(col[5]), float(col[7])
             except ValueError:
                 continue
+            machine = machine_of(col)
             if target == "pgbouncer":
                 if mode != "prepared":
                     bouncer_tps[(workload, asked, clients, rnd)] = tps
                     bouncer_cpu[(workload, asked, clients, rnd)] = cpu
+                    bouncer_machine[(workload, asked, clients, rnd)] = machine
             elif target.startswith("pgsplit") or target.startswith("baseline"):
-                ours[(workload, mode, clients, target)].append((rnd, tps, cpu))
+                ours[(workload, mode, clients, target)].append((rnd, tps, cpu, machine))
     rows = []
     for (workload, mode, clients, target), runs in sorted(ours.items()):
-        tps_r, cpu_r = [], []
-        for rnd, tps, cpu in runs:
+        tps_r, cpu_r, idle_d, pg_d = [], [], [], []
+        for rnd, tps, cpu, machine in runs:
             key = (workload, mode, clients, rnd)
             if key in bouncer_tps and bouncer_tps[key] > 0 and bouncer_cpu[key] > 0:
                 tps_r.append(tps / bouncer_tps[key])
                 cpu_r.append(cpu / bouncer_cpu[key])
+                theirs = bouncer_machine[key]
+                if machine and theirs:
+                    idle_d.append(machine[0] - theirs[0])
+                    pg_d.append(machine[2] - theirs[2])
         if tps_r:
-            rows.append((workload, mode, clients, target, tps_r, cpu_r))
+            rows.append((workload, mode, clients, target, tps_r, cpu_r, idle_d, pg_d))
     if not rows:
         return
     print("Against PgBouncer's run next to it in the same round (prepared against its `-M extended`):")
@@ -57,13 +69,43 @@ def main(path):
         "| CPU per tx ÷ PgBouncer's (rounds) | median | rounds ≤ 1 |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for workload, mode, clients, target, tps_r, cpu_r in rows:
+    for workload, mode, clients, target, tps_r, cpu_r, _, _ in rows:
         print(
             f"| {workload} | {mode} | {clients} | {target} | {joined(tps_r)} | "
             f"{statistics.median(tps_r):.2f} | {sum(x >= 1 for x in tps_r)} of {len(tps_r)} | "
             f"{joined(cpu_r)} | {statistics.median(cpu_r):.2f} | {sum(x <= 1 for x in cpu_r)} of {len(cpu_r)} |"
         )
     print()
+    machine_rows = [r for r in rows if r[6]]
+    if not machine_rows:
+        return
+    print("The whole machine against PgBouncer's run in the same round: idle µs per transaction and")
+    print("PostgreSQL's CPU µs per transaction, the target's minus PgBouncer's (above 0: more than PgBouncer's):")
+    print()
+    print(
+        "| workload | protocol | clients | target | idle µs per tx, difference (rounds) | median "
+        "| PostgreSQL µs per tx, difference (rounds) | median |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for workload, mode, clients, target, _, _, idle_d, pg_d in machine_rows:
+        print(
+            f"| {workload} | {mode} | {clients} | {target} | {signed(idle_d)} | "
+            f"{statistics.median(idle_d):+.1f} | {signed(pg_d)} | {statistics.median(pg_d):+.1f} |"
+        )
+    print()
+
+
+def machine_of(col):
+    """Idle, steal and PostgreSQL µs per transaction, or None (older results)."""
+    try:
+        return tuple(float(x) for x in col[15:18]) if len(col) >= 18 else None
+    except ValueError:
+        return None
+
+
+def signed(values):
+    """Differences with one decimal and a sign, rounds separated by a middle dot."""
+    return " · ".join(f"{x:+.1f}" for x in values)
 
 
 def joined(ratios):

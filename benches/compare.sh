@@ -45,6 +45,14 @@ fi
 cargo build --release --quiet
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 AS_PG=(); [ "$(id -u)" = 0 ] && AS_PG=(runuser -u postgres --)
+# Each proxy runs in a session of its own (setsid), as a service does: the
+# kernel's autogroups (sched_autogroup_enabled) otherwise put it in one
+# scheduling group with pgbench, this script's session, where it competes
+# with pgbench's threads for that group's share, and PgBouncer (normal
+# policy, preempted more often) pays for it more than pgsplit (SCHED_BATCH).
+# SHARED_SESSION=1 keeps them in this script's session (rounds 1-7 of
+# BENCHMARKS.md's issue-17 runs were made that way).
+SESSION=(setsid); [ -n "${SHARED_SESSION:-}" ] && SESSION=()
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 DIR=$(mktemp -d); chmod 755 "$DIR"
 P1=$(free_port); P2=$(free_port); P3=$(free_port)
@@ -82,7 +90,7 @@ target/release/pgsplit demo -c "$DIR/demo.yaml" > "$DIR/demo.log" 2>&1 &
 DEMO=$!
 for _ in $(seq 1 120); do grep -q "Press Ctrl-C" "$DIR/demo.log" && break; sleep 0.5; done
 grep -q "Press Ctrl-C" "$DIR/demo.log" || { cat "$DIR/demo.log"; exit 1; }
-target/release/pgsplit run -c "$DIR/proxy.yaml" > "$DIR/proxy.log" 2>&1 &
+"${SESSION[@]}" target/release/pgsplit run -c "$DIR/proxy.yaml" > "$DIR/proxy.log" 2>&1 &
 SPLITPID=$!
 PIDS+=("$SPLITPID")
 
@@ -99,7 +107,7 @@ limits: { max_clients: 2000 }
 workers: 1
 sched_batch: true
 YAML
-target/release/pgsplit run -c "$DIR/primary.yaml" > "$DIR/primary.log" 2>&1 &
+"${SESSION[@]}" target/release/pgsplit run -c "$DIR/primary.yaml" > "$DIR/primary.log" 2>&1 &
 SPLIT1PID=$!
 PIDS+=("$SPLIT1PID")
 
@@ -107,20 +115,20 @@ PIDS+=("$SPLIT1PID")
 # runtime; workers: 1 is a current-thread one).
 SPLIT2=$(free_port)
 sed -e "s/^listen: .*/listen: 127.0.0.1:$SPLIT2/" -e "s/^workers: 1$/workers: 2/" "$DIR/primary.yaml" > "$DIR/primary2.yaml"
-target/release/pgsplit run -c "$DIR/primary2.yaml" > "$DIR/primary2.log" 2>&1 &
+"${SESSION[@]}" target/release/pgsplit run -c "$DIR/primary2.yaml" > "$DIR/primary2.log" 2>&1 &
 SPLIT2PID=$!
 PIDS+=("$SPLIT2PID")
 
 # pgsplit-nobatch: like pgsplit (reads to the replicas) with sched_batch: false.
 sed -e "s/^listen: .*/listen: 127.0.0.1:$SPLITB/" -e "s/^sched_batch: true$/sched_batch: false/" "$DIR/proxy.yaml" > "$DIR/batch.yaml"
-target/release/pgsplit run -c "$DIR/batch.yaml" > "$DIR/batch.log" 2>&1 &
+"${SESSION[@]}" target/release/pgsplit run -c "$DIR/batch.yaml" > "$DIR/batch.log" 2>&1 &
 SPLITBPID=$!
 PIDS+=("$SPLITBPID")
 
 # pgsplit-primary-nobatch: pgsplit-primary with sched_batch: false.
 SPLIT1B=$(free_port)
 sed -e "s/^listen: .*/listen: 127.0.0.1:$SPLIT1B/" -e "s/^sched_batch: true$/sched_batch: false/" "$DIR/primary.yaml" > "$DIR/primary-batch.yaml"
-target/release/pgsplit run -c "$DIR/primary-batch.yaml" > "$DIR/primary-batch.log" 2>&1 &
+"${SESSION[@]}" target/release/pgsplit run -c "$DIR/primary-batch.yaml" > "$DIR/primary-batch.log" 2>&1 &
 SPLIT1BPID=$!
 PIDS+=("$SPLIT1BPID")
 
@@ -128,9 +136,9 @@ PIDS+=("$SPLIT1BPID")
 if [ -n "${BASELINE:-}" ]; then
   sed -e "s/^listen: .*/listen: 127.0.0.1:$BASE/" "$DIR/proxy.yaml" > "$DIR/base.yaml"
   sed -e "s/^listen: .*/listen: 127.0.0.1:$BASE1/" "$DIR/primary.yaml" > "$DIR/base1.yaml"
-  "$BASELINE" run -c "$DIR/base.yaml" > "$DIR/base.log" 2>&1 &
+  "${SESSION[@]}" "$BASELINE" run -c "$DIR/base.yaml" > "$DIR/base.log" 2>&1 &
   BASEPID=$!
-  "$BASELINE" run -c "$DIR/base1.yaml" > "$DIR/base1.log" 2>&1 &
+  "${SESSION[@]}" "$BASELINE" run -c "$DIR/base1.yaml" > "$DIR/base1.log" 2>&1 &
   BASE1PID=$!
   PIDS+=("$BASEPID" "$BASE1PID")
 fi
@@ -153,10 +161,13 @@ pidfile = $DIR/pgbouncer.pid
 INI
 echo '"postgres" ""' > "$DIR/users.txt"
 chown -R postgres "$DIR" 2>/dev/null || true
-"${AS_PG[@]}" pgbouncer "$DIR/pgbouncer.ini" > /dev/null 2>&1 &
+"${SESSION[@]}" "${AS_PG[@]}" pgbouncer "$DIR/pgbouncer.ini" > /dev/null 2>&1 &
 sleep 1
 BOUNCERPID=$(cat "$DIR/pgbouncer.pid")
 PIDS+=("$BOUNCERPID")
+for pid in "${PIDS[@]}"; do # (each its own scheduling group, unless SHARED_SESSION)
+  echo "$(cat "/proc/$pid/comm" 2>/dev/null) $pid: $(cat "/proc/$pid/autogroup" 2>/dev/null)" >&2
+done
 
 # Pgpool-II: streaming replication mode, load balancing, no failover
 mkdir -p "$DIR/pgpool"
@@ -190,7 +201,7 @@ failover_on_backend_error = off
 enable_pool_hba = off
 CONF
 chown -R postgres "$DIR" 2>/dev/null || true
-"${AS_PG[@]}" /usr/sbin/pgpool -n -f "$DIR/pgpool.conf" > "$DIR/pgpool/out.log" 2>&1 &
+"${SESSION[@]}" "${AS_PG[@]}" /usr/sbin/pgpool -n -f "$DIR/pgpool.conf" > "$DIR/pgpool/out.log" 2>&1 &
 POOLPID=$!
 PIDS+=("$POOLPID")
 for _ in $(seq 1 60); do "$PGBIN/psql" -h 127.0.0.1 -p "$POOL" -U postgres -d app -Atc "SELECT 1" >/dev/null 2>&1 && break; sleep 0.5; done
@@ -248,6 +259,23 @@ syscalls_stop() { # file: sets SYSCALLS to the count, or empty
   kill -INT "$PERFPID" 2>/dev/null || true; wait "$PERFPID" 2>/dev/null || true; PERFPID=
   SYSCALLS=$(awk -F, '/raw_syscalls:sys_enter/ && $1 ~ /^[0-9]+$/ {print $1; exit}' "$1" 2>/dev/null || true)
 }
+# The whole machine while pgbench runs (/proc/stat): idle (idle + iowait)
+# and steal ticks, and the CPU ticks of every PostgreSQL process (the
+# primary's backends and the replicas'). A proxy that costs less CPU but
+# leaves the cores idle more often (its replies late) gains no TPS.
+machine_ticks() {
+  local pg=0 p
+  for p in $(pgrep -x postgres); do
+    [ -r "/proc/$p/stat" ] || continue
+    set -- $(sed 's/^.*) //' "/proc/$p/stat")
+    pg=$((pg + ${12} + ${13}))
+  done
+  echo "$(awk '/^cpu / {print $5 + $6, $9; exit}' /proc/stat) $pg"
+}
+per_tx_machine() { # before after tx: idle, steal and PostgreSQL µs per transaction
+  awk -v b="$1" -v a="$2" -v tx="$3" -v hz="$HZ" 'BEGIN { split(b, x, " "); split(a, y, " "); us = 1e6 / hz;
+    if (tx > 0) printf "%.1f\t%.1f\t%.1f", (y[1]-x[1])*us/tx, (y[2]-x[2])*us/tx, (y[3]-x[3])*us/tx; else printf "-\t-\t-" }'
+}
 per_tx() { # ctx-before ctx-after syscalls tx: syscalls, woken, preempted per transaction
   awk -v b="$1" -v a="$2" -v sc="$3" -v tx="$4" 'BEGIN { split(b, x, " "); split(a, y, " ");
     if (tx > 0) printf "%s\t%.2f\t%.2f", (sc == "" ? "-" : sprintf("%.2f", sc/tx)), (y[1]-x[1])/tx, (y[2]-x[2])/tx; else printf "-\t-\t-" }'
@@ -300,11 +328,13 @@ for round in $(seq 1 "$ROUNDS"); do
             pids=$(pids_of $target)
             before=$(cpu_ticks $pids)
             cbefore=$(counters $pids)
+            mbefore=$(machine_ticks)
             syscalls_start "$DIR/perf.txt" $pids
             out=$("$PGBIN/pgbench" "${args[@]}" app 2>&1) || true
             syscalls_stop "$DIR/perf.txt"; sc=$SYSCALLS
             after=$(cpu_ticks $pids)
             cafter=$(counters $pids)
+            mafter=$(machine_ticks)
             tps=$(echo "$out" | awk '/^tps/ {print $3; exit}')
             lat=$(echo "$out" | awk '/latency average/ {print $4; exit}')
             tx=$(echo "$out" | awk -F'[ /]+' '/actually processed/ {print $6; exit}')
@@ -314,9 +344,10 @@ for round in $(seq 1 "$ROUNDS"); do
               if (tx > 0) printf "%.3f\t%.1f\t%.1f", (x[1] + x[2] - y[1] - y[2]) / hz / tx * 10000, (x[1] - y[1]) / hz / tx * 1e6, (x[2] - y[2]) / hz / tx * 1e6; else printf "-\t-\t-" }')
             prof=$(per_tx "$cbefore" "$cafter" "$sc" "${tx:-0}")
             [ "$target" = direct ] && { cpu=$(printf -- '-\t-\t-'); prof=$(printf -- '-\t-\t-'); }
+            machine=$(per_tx_machine "$mbefore" "$mafter" "${tx:-0}")
             IFS=$'\t' read -r cpu10k user_us sys_us <<< "$cpu"
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$m" "$c" "$target" "$round" "${tps:-error}" "${lat:--}" "$cpu10k" "${failed:--}" "$prof" "$user_us" "$sys_us" "$mode" >> "$RESULTS"
-            echo "round $round $workload -M $m -c $c $target: tps=${tps:-error} lat=${lat:--}ms cpu/10k=$cpu10k user/sys us per tx=$user_us/$sys_us failed=${failed:--} syscalls/woken/preempted per tx: $(echo $prof)" >&2
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$m" "$c" "$target" "$round" "${tps:-error}" "${lat:--}" "$cpu10k" "${failed:--}" "$prof" "$user_us" "$sys_us" "$mode" "$machine" >> "$RESULTS"
+            echo "round $round $workload -M $m -c $c $target: tps=${tps:-error} lat=${lat:--}ms cpu/10k=$cpu10k user/sys us per tx=$user_us/$sys_us failed=${failed:--} syscalls/woken/preempted per tx: $(echo $prof) idle/steal/postgres us per tx: $(echo $machine)" >&2
           done
         done
       done
@@ -347,13 +378,15 @@ done
   echo "from /proc. TPS and latency are pgbench's (\"without initial connection time\"). Per transaction, over all the"
   echo "proxy's threads: syscalls (perf's raw_syscalls:sys_enter tracepoint while pgbench runs), woken (voluntary"
   echo "context switches: each a sleep in epoll_wait or on a futex, then a wake-up) and preempted (involuntary"
-  echo "switches), from /proc; rounds separated by · . Instructions per transaction are \`benches/instructions.sh\`'s."
+  echo "switches), from /proc; rounds separated by · . The machine's idle and steal time and all PostgreSQL processes'"
+  echo "CPU per transaction come from /proc/stat and /proc/PID/stat: the cores a proxy leaves idle are TPS lost"
+  echo "whatever its own CPU. Instructions per transaction are \`benches/instructions.sh\`'s."
   echo
-  echo "| workload | protocol | clients | target | TPS (rounds) | mean TPS | avg latency ms | CPU s / 10k tx | user / system µs per tx | syscalls per tx | woken / preempted per tx | failed |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| workload | protocol | clients | target | TPS (rounds) | mean TPS | avg latency ms | CPU s / 10k tx | user / system µs per tx | syscalls per tx | woken / preempted per tx | machine idle / steal · PostgreSQL µs per tx | failed |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   awk -F'\t' '{ k=$1"\t"$2"\t"$3"\t"$4; tps[k]=tps[k] (tps[k]?" / ":"") $6; sum[k]+=$6; n[k]++; lat[k]=lat[k] (lat[k]?" / ":"") $7; cpu[k]=cpu[k] (cpu[k]?" / ":"") $8; f[k]=f[k] (f[k]?" / ":"") $9;
-         sc[k]=sc[k] (sc[k]?" / ":"") $10; cs[k]=cs[k] (cs[k]?" · ":"") $11 " / " $12; us[k]=us[k] (us[k]?" · ":"") $13 " / " $14; order[k]=NR }
-       END { for (k in order) { split(k, p, "\t"); printf "| %s | %s | %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s |\n", p[1], p[2], p[3], p[4], tps[k], sum[k]/n[k], lat[k], cpu[k], us[k], sc[k], cs[k], f[k] } }' "$RESULTS" \
+         sc[k]=sc[k] (sc[k]?" / ":"") $10; cs[k]=cs[k] (cs[k]?" · ":"") $11 " / " $12; us[k]=us[k] (us[k]?" · ":"") $13 " / " $14; mc[k]=mc[k] (mc[k]?" · ":"") $16 " / " $17 " · " $18; order[k]=NR }
+       END { for (k in order) { split(k, p, "\t"); printf "| %s | %s | %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n", p[1], p[2], p[3], p[4], tps[k], sum[k]/n[k], lat[k], cpu[k], us[k], sc[k], cs[k], mc[k], f[k] } }' "$RESULTS" \
     | sort -t'|' -k2,2 -k3,3 -k4,4n -k5,5
   echo
   python3 benches/against_bouncer.py "$RESULTS"
