@@ -25,9 +25,7 @@ from collections import defaultdict
 
 
 def main(path):
-    bouncer_tps = {}
-    bouncer_cpu = {}
-    bouncer_machine = {}
+    bouncer = {}  # (workload, mode asked, clients, round) -> (TPS, CPU, machine)
     ours = defaultdict(list)
     with open(path) as f:
         for line in f:
@@ -41,20 +39,17 @@ def main(path):
             machine = machine_of(col)
             if target == "pgbouncer":
                 if mode != "prepared":
-                    bouncer_tps[(workload, asked, clients, rnd)] = tps
-                    bouncer_cpu[(workload, asked, clients, rnd)] = cpu
-                    bouncer_machine[(workload, asked, clients, rnd)] = machine
+                    bouncer[(workload, asked, clients, rnd)] = (tps, cpu, machine)
             elif target.startswith("pgsplit") or target.startswith("baseline"):
                 ours[(workload, mode, clients, target)].append((rnd, tps, cpu, machine))
     rows = []
     for (workload, mode, clients, target), runs in sorted(ours.items()):
         tps_r, cpu_r, idle_d, pg_d = [], [], [], []
         for rnd, tps, cpu, machine in runs:
-            key = (workload, mode, clients, rnd)
-            if key in bouncer_tps and bouncer_tps[key] > 0 and bouncer_cpu[key] > 0:
-                tps_r.append(tps / bouncer_tps[key])
-                cpu_r.append(cpu / bouncer_cpu[key])
-                theirs = bouncer_machine[key]
+            their_tps, their_cpu, theirs = bouncer.get((workload, mode, clients, rnd), (0, 0, None))
+            if their_tps > 0 and their_cpu > 0:
+                tps_r.append(tps / their_tps)
+                cpu_r.append(cpu / their_cpu)
                 if machine and theirs:
                     idle_d.append(machine[0] - theirs[0])
                     pg_d.append(machine[2] - theirs[2])
@@ -89,8 +84,8 @@ def main(path):
     print("|---|---|---|---|---|---|---|---|")
     for workload, mode, clients, target, _, _, idle_d, pg_d in machine_rows:
         print(
-            f"| {workload} | {mode} | {clients} | {target} | {signed(idle_d)} | "
-            f"{statistics.median(idle_d):+.1f} | {signed(pg_d)} | {statistics.median(pg_d):+.1f} |"
+            f"| {workload} | {mode} | {clients} | {target} | {joined(idle_d, '+.1f')} | "
+            f"{statistics.median(idle_d):+.1f} | {joined(pg_d, '+.1f')} | {statistics.median(pg_d):+.1f} |"
         )
     print()
 
@@ -103,14 +98,9 @@ def machine_of(col):
         return None
 
 
-def signed(values):
-    """Differences with one decimal and a sign, rounds separated by a middle dot."""
-    return " · ".join(f"{x:+.1f}" for x in values)
-
-
-def joined(ratios):
-    """Ratios with two decimals, rounds separated by a middle dot."""
-    return " · ".join(f"{x:.2f}" for x in ratios)
+def joined(values, spec=".2f"):
+    """Values in the format `spec` (ratios: two decimals), rounds separated by a middle dot."""
+    return " · ".join(format(x, spec) for x in values)
 
 
 if __name__ == "__main__":

@@ -263,18 +263,12 @@ syscalls_stop() { # file: sets SYSCALLS to the count, or empty
 # and steal ticks, and the CPU ticks of every PostgreSQL process (the
 # primary's backends and the replicas'). A proxy that costs less CPU but
 # leaves the cores idle more often (its replies late) gains no TPS.
-machine_ticks() {
-  local pg=0 p
-  for p in $(pgrep -x postgres); do
-    [ -r "/proc/$p/stat" ] || continue
-    set -- $(sed 's/^.*) //' "/proc/$p/stat")
-    pg=$((pg + ${12} + ${13}))
-  done
-  echo "$(awk '/^cpu / {print $5 + $6, $9; exit}' /proc/stat) $pg"
+machine_ticks() { # idle steal postgres-user postgres-system
+  echo "$(awk '/^cpu / {print $5 + $6, $9; exit}' /proc/stat) $(cpu_ticks $(pgrep -x postgres))"
 }
 per_tx_machine() { # before after tx: idle, steal and PostgreSQL µs per transaction
   awk -v b="$1" -v a="$2" -v tx="$3" -v hz="$HZ" 'BEGIN { split(b, x, " "); split(a, y, " "); us = 1e6 / hz;
-    if (tx > 0) printf "%.1f\t%.1f\t%.1f", (y[1]-x[1])*us/tx, (y[2]-x[2])*us/tx, (y[3]-x[3])*us/tx; else printf "-\t-\t-" }'
+    if (tx > 0) printf "%.1f\t%.1f\t%.1f", (y[1]-x[1])*us/tx, (y[2]-x[2])*us/tx, (y[3]+y[4]-x[3]-x[4])*us/tx; else printf "-\t-\t-" }'
 }
 per_tx() { # ctx-before ctx-after syscalls tx: syscalls, woken, preempted per transaction
   awk -v b="$1" -v a="$2" -v sc="$3" -v tx="$4" 'BEGIN { split(b, x, " "); split(a, y, " ");
@@ -316,8 +310,10 @@ for round in $(seq 1 "$ROUNDS"); do
           # -M extended instead (the same messages, unnamed statements);
           # PGBOUNCER_PREPARED=1 runs -M prepared first as well.
           modes=$mode
-          [ "$target" = pgbouncer ] && [ "$mode" = prepared ] && modes="extended"
-          [ "$target" = pgbouncer ] && [ "$mode" = prepared ] && [ -n "${PGBOUNCER_PREPARED:-}" ] && modes="prepared extended"
+          if [ "$target" = pgbouncer ] && [ "$mode" = prepared ]; then
+            modes=extended
+            [ -n "${PGBOUNCER_PREPARED:-}" ] && modes="prepared extended"
+          fi
           for m in $modes; do
             args=(-h 127.0.0.1 -p "$(port_of $target)" -U postgres -n -M "$m" -c "$c" -j 2 -T "$DURATION")
             [ $workload = select ] && args+=(-S)
