@@ -199,6 +199,37 @@ impl BackendConn {
         Ok(codec::decode_frame(&mut self.rbuf, MAX_MESSAGE_LEN)?)
     }
 
+    /// The size of the first buffered message once all of it is here
+    /// (room is made for the rest of one that is not).
+    ///
+    /// # Errors
+    /// Its length is not the protocol's.
+    pub fn buffered_frame_len(&mut self) -> Result<Option<usize>, WireError> {
+        let Some(len) = codec::peek_frame_len(&self.rbuf, MAX_MESSAGE_LEN)? else {
+            return Ok(None);
+        };
+        if self.rbuf.len() < len {
+            self.rbuf.reserve(len - self.rbuf.len());
+            return Ok(None);
+        }
+        Ok(Some(len))
+    }
+
+    /// Lends out what is buffered, so that a message in it can be looked
+    /// at in place ([`codec::FrameRef`]) while the connection is used;
+    /// [`BackendConn::restore_read_buffer`] takes it back. The connection
+    /// reads nothing meanwhile.
+    pub fn lend_read_buffer(&mut self) -> BytesMut {
+        std::mem::take(&mut self.rbuf)
+    }
+
+    /// Takes back what [`BackendConn::lend_read_buffer`] lent, the
+    /// messages used since cut off its front.
+    pub fn restore_read_buffer(&mut self, rbuf: BytesMut) {
+        debug_assert!(self.rbuf.is_empty(), "nothing is read while lent");
+        self.rbuf = rbuf;
+    }
+
     /// Moves the complete DataRow and CopyData messages at the front of
     /// what is buffered to `out` as they are, in one copy, without making
     /// a frame of each; returns the bytes moved. Stops at any other

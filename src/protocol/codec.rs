@@ -52,6 +52,49 @@ impl Frame {
     pub fn body(&self) -> &[u8] {
         &self.bytes[5..]
     }
+
+    /// The frame, borrowed.
+    pub fn view(&self) -> FrameRef<'_> {
+        FrameRef {
+            tag: self.tag,
+            bytes: &self.bytes,
+        }
+    }
+}
+
+/// One whole message seen where it lies in a read buffer: what a reply
+/// that is only looked at and copied on needs, without a [`Frame`]'s
+/// reference-counted handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRef<'a> {
+    /// The message type byte.
+    pub tag: u8,
+    /// The whole frame: tag, length and body.
+    pub bytes: &'a [u8],
+}
+
+impl<'a> FrameRef<'a> {
+    /// The frame that is the whole of `bytes` (tag, length and body, as
+    /// [`peek_frame_len`] measured them).
+    pub fn whole(bytes: &'a [u8]) -> FrameRef<'a> {
+        FrameRef {
+            tag: bytes[0],
+            bytes,
+        }
+    }
+
+    /// The body after the tag and length.
+    pub fn body(&self) -> &'a [u8] {
+        &self.bytes[5..]
+    }
+
+    /// An owned copy.
+    pub fn to_frame(self) -> Frame {
+        Frame {
+            tag: self.tag,
+            bytes: Bytes::copy_from_slice(self.bytes),
+        }
+    }
 }
 
 /// The untagged first message of a client connection.

@@ -14,7 +14,7 @@ use super::commands::Command;
 use super::state::{Settings, Statements};
 use crate::pool::ConnState;
 use crate::protocol::backend::{self as be, TxnStatus};
-use crate::protocol::codec::{Frame, take_cstr};
+use crate::protocol::codec::{FrameRef, take_cstr};
 use crate::protocol::sqlstate;
 
 /// What a sent message is answered with.
@@ -299,7 +299,7 @@ impl Replies {
 
     /// Handles one server message. Returns the ReadyForQuery status when
     /// the message was one.
-    pub fn on_frame(&mut self, frame: &Frame, cx: &mut Context<'_>) -> Option<TxnStatus> {
+    pub fn on_frame(&mut self, frame: FrameRef<'_>, cx: &mut Context<'_>) -> Option<TxnStatus> {
         self.emit_ready_synthetics(cx.out);
         let forward = self.head_forwards();
         // (Borrowed, not cloned: a synthetic reply's kind holds bytes.)
@@ -307,10 +307,10 @@ impl Replies {
         let mut ready = None;
         match frame.tag {
             be::NOTICE_RESPONSE_TAG => self.pass(frame, forward, cx),
-            be::NOTIFICATION_TAG => cx.out.extend_from_slice(&frame.bytes),
+            be::NOTIFICATION_TAG => cx.out.extend_from_slice(frame.bytes),
             be::PARAMETER_STATUS_TAG => {
                 if self.head_forwards_status() {
-                    cx.out.extend_from_slice(&frame.bytes);
+                    cx.out.extend_from_slice(frame.bytes);
                 } else if let Some(captured) = self.captured.as_mut() {
                     let mut body = frame.body();
                     if let (Some(n), Some(v)) = (take_cstr(&mut body), take_cstr(&mut body)) {
@@ -374,21 +374,21 @@ impl Replies {
         ready
     }
 
-    fn pass(&self, frame: &Frame, forward: bool, cx: &mut Context<'_>) {
+    fn pass(&self, frame: FrameRef<'_>, forward: bool, cx: &mut Context<'_>) {
         if forward {
-            cx.out.extend_from_slice(&frame.bytes);
+            cx.out.extend_from_slice(frame.bytes);
         }
     }
 
-    fn on_error(&mut self, frame: &Frame, cx: &mut Context<'_>) {
+    fn on_error(&mut self, frame: FrameRef<'_>, cx: &mut Context<'_>) {
         let Some(head) = self.queue.front() else {
-            cx.out.extend_from_slice(&frame.bytes);
+            cx.out.extend_from_slice(frame.bytes);
             return;
         };
         if head.kind == Kind::Query {
             self.query_failed = true;
             if head.forward {
-                cx.out.extend_from_slice(&frame.bytes);
+                cx.out.extend_from_slice(frame.bytes);
             } else {
                 tracing::warn!("replaying the session's settings failed on a server connection");
                 cx.conn.settings = None;
@@ -407,7 +407,7 @@ impl Replies {
         match &head.rename {
             Some((server, client)) if be::rename_in_error(cx.out, frame.body(), server, client) => {
             }
-            _ => cx.out.extend_from_slice(&frame.bytes),
+            _ => cx.out.extend_from_slice(frame.bytes),
         }
         // The server now skips everything up to the next Sync.
         while let Some(e) = self.queue.front() {
@@ -419,7 +419,7 @@ impl Replies {
         }
     }
 
-    fn on_ready(&mut self, status: TxnStatus, frame: &Frame, cx: &mut Context<'_>) {
+    fn on_ready(&mut self, status: TxnStatus, frame: FrameRef<'_>, cx: &mut Context<'_>) {
         while let Some(e) = self.queue.pop_front() {
             if !e.ends_with_ready() {
                 undo(e, cx);
@@ -427,7 +427,7 @@ impl Replies {
             }
             self.ready_owed = self.ready_owed.saturating_sub(1);
             if e.forward {
-                cx.out.extend_from_slice(&frame.bytes);
+                cx.out.extend_from_slice(frame.bytes);
             }
             if !self.query_failed && apply(&e, status, cx) == Applied::InTransaction {
                 self.settings_unknown = true;
@@ -509,7 +509,7 @@ mod tests {
     //! Reply accounting fed with server messages, no socket.
 
     use super::*;
-    use crate::protocol::codec::decode_frame;
+    use crate::protocol::codec::{Frame, decode_frame};
 
     fn frame(bytes: BytesMut) -> Frame {
         let mut buf = bytes;
@@ -558,7 +558,7 @@ mod tests {
                 settings: &mut self.settings,
                 out: &mut self.out,
             };
-            self.replies.on_frame(frame, &mut cx)
+            self.replies.on_frame(frame.view(), &mut cx)
         }
 
         fn tags(&mut self) -> Vec<u8> {

@@ -406,6 +406,9 @@ impl Topology {
     /// weight) wins. The primary takes part with `primary_reads` as its
     /// weight. `None` when no replica is eligible.
     pub fn pick_reader(&self, req: &ReadRequest<'_>, rng: &mut impl Rng) -> Option<Pick<'_>> {
+        if self.nodes.len() < 2 {
+            return None; // the primary alone: no replica to weigh
+        }
         // On the stack for the usual handful of nodes: this runs per read.
         let mut candidates: smallvec::SmallVec<[(&Arc<Node>, f64); 8]> = smallvec::SmallVec::new();
         candidates.extend(self.allowed_readers(req).filter_map(|n| {

@@ -56,7 +56,7 @@ use crate::config::PoolMode;
 use crate::pins::PinReason;
 use crate::pool::{NodePool, PoolError, Pooled};
 use crate::protocol::backend::{self as be, TxnStatus};
-use crate::protocol::codec::{self, Frame, MAX_MESSAGE_LEN};
+use crate::protocol::codec::{self, Frame, FrameRef, MAX_MESSAGE_LEN};
 use crate::protocol::frontend as fe;
 use crate::router::Target;
 use crate::state::State;
@@ -301,8 +301,9 @@ pub struct Session<'s> {
     batch: Batch,
     /// The first replies (ParseComplete, RowDescription...) of a read that
     /// may still be sent elsewhere, held back until it is known to run
-    /// where it is (kept across batches for its capacity).
-    held_back: Vec<Frame>,
+    /// where it is: whole messages, as they came (kept across batches for
+    /// its capacity).
+    held_back: BytesMut,
     /// While a connection is held: the read in flight, while it can still
     /// be sent elsewhere (kept out of [`Held`], which moves between phases).
     retry: Option<Retry>,
@@ -421,7 +422,7 @@ impl<'s> Session<'s> {
             phase: Phase::Idle,
             spare: Vec::new(),
             batch: Batch::default(),
-            held_back: Vec::new(),
+            held_back: BytesMut::new(),
             retry: None,
             next: None,
             replies: Replies::default(),
@@ -508,7 +509,7 @@ impl<'s> Session<'s> {
                 settings: &mut self.settings,
                 out: &mut sink,
             };
-            self.replies.on_frame(&frame, &mut cx);
+            self.replies.on_frame(frame.view(), &mut cx);
         }
         for (name, value) in self.replies.take_captured() {
             match params.iter_mut().find(|(n, _)| *n == name) {
@@ -759,8 +760,10 @@ impl<'s> Session<'s> {
                     continue;
                 }
             }
-            let frame = match held.conn.buffered_frame() {
-                Ok(Some(f)) => f,
+            // The message is looked at where it lies in the read buffer,
+            // lent out meanwhile: no frame is made of it.
+            let len = match held.conn.buffered_frame_len() {
+                Ok(Some(len)) => len,
                 Ok(None) => {
                     if held.hold(&self.replies) == Hold::Nothing {
                         self.end_of_transaction().await?;
@@ -770,79 +773,100 @@ impl<'s> Session<'s> {
                 }
                 Err(e) => return self.backend_failed(route::Failure::Wire(e)).await,
             };
-            if frame.tag == be::ERROR_RESPONSE_TAG && self.replies.is_empty() {
-                // An error nothing was asked for: the server ends this
-                // connection on its own (a shutdown, pg_terminate_backend,
-                // an idle timeout) after the client had all its answers.
-                // Relayed, it would break the client's protocol; the
-                // connection is dropped instead (an open transaction on it
-                // fails at the client's next statement).
-                held.conn.mark_broken();
-                tracing::debug!(parent: &self.span, "the server ended an idle connection");
-                continue;
+            let mut rbuf = held.conn.lend_read_buffer();
+            let step = self.on_backend_frame(FrameRef::whole(&rbuf[..len]));
+            bytes::Buf::advance(&mut rbuf, len);
+            if let Some(held) = self.held() {
+                held.conn.restore_read_buffer(rbuf);
             }
-            if let Some(retry) = &self.retry {
-                if retry.write {
-                    if let Some(refusal) = fenced_refusal(&frame)
-                        && !self.settings.read_only()
-                    {
-                        // The primary refuses writes as read-only and ran
-                        // nothing: a switchover fenced it (maybe through
-                        // another proxy). Held until the new primary is known.
-                        return self.refused_by_fenced_primary(refusal).await;
-                    }
-                    if frame.tag == be::ERROR_RESPONSE_TAG
-                        && let Some(code) = shutdown_code(&frame)
-                        && !self.settings.read_only()
-                        && !self
-                            .held_back
-                            .iter()
-                            .any(|f| f.tag == be::NOTICE_RESPONSE_TAG)
-                    {
-                        // The primary ended this connection before any of
-                        // the write's replies: an autocommit statement
-                        // commits before its CommandComplete, and the
-                        // backend takes the termination only at its next
-                        // interrupt check, so nothing of it committed. (A
-                        // warning first, such as "the transaction has
-                        // already committed locally" from a cancelled
-                        // synchronous-replication wait, may mean it did:
-                        // then the client gets the error.)
-                        return self.primary_went_away(code).await;
-                    }
-                } else if let Some(code) = shutdown_code(&frame) {
-                    // The node is going away (shut down, crashed, restarting)
-                    // and nothing of this read reached the client: retry it.
+            match step {
+                Step::Next => {}
+                Step::Fenced(refusal) => return self.refused_by_fenced_primary(refusal).await,
+                Step::PrimaryGone(code) => return self.primary_went_away(code).await,
+                Step::ShuttingDown(code) => {
                     return self
                         .backend_failed(route::Failure::ShuttingDown(code))
                         .await;
                 }
-                if !self.retry.as_ref().is_some_and(|r| r.write)
-                    && let Some(why) = standby_refusal(&frame)
-                {
-                    // A replica cannot run it because it is a standby, and
-                    // nothing of it reached the client: the primary runs it.
-                    return self.refused_by_standby(why).await;
-                }
-                if self.held_back.is_empty() && self.replies.head_swallowed() {
-                    // The proxy's own (a settings replay, a parse in front):
-                    // nothing of the client's read yet.
-                    self.on_reply(&frame);
-                    continue;
-                }
-                if is_preamble(&frame) && self.retry.as_ref().is_some_and(|r| r.hold_back) {
-                    // Held back until the read is known to run here (an
-                    // error may still come before its first row).
-                    self.held_back.push(frame);
-                    continue;
-                }
-                self.settle_retry();
+                Step::StandbyRefused(why) => return self.refused_by_standby(why).await,
             }
-            self.on_reply(&frame);
             if self.cwbuf.len() >= FLUSH_AT {
                 self.flush().await?;
             }
         }
+    }
+
+    /// Takes one server message of the held connection (the connection's
+    /// read buffer is lent out meanwhile): relayed and accounted, held
+    /// back, or what the session must do about it.
+    fn on_backend_frame(&mut self, frame: FrameRef<'_>) -> Step {
+        if frame.tag == be::ERROR_RESPONSE_TAG && self.replies.is_empty() {
+            // An error nothing was asked for: the server ends this
+            // connection on its own (a shutdown, pg_terminate_backend,
+            // an idle timeout) after the client had all its answers.
+            // Relayed, it would break the client's protocol; the
+            // connection is dropped instead (an open transaction on it
+            // fails at the client's next statement).
+            if let Some(held) = self.held() {
+                held.conn.mark_broken();
+            }
+            tracing::debug!(parent: &self.span, "the server ended an idle connection");
+            return Step::Next;
+        }
+        if let Some(retry) = &self.retry {
+            if retry.write {
+                if let Some(refusal) = fenced_refusal(frame)
+                    && !self.settings.read_only()
+                {
+                    // The primary refuses writes as read-only and ran
+                    // nothing: a switchover fenced it (maybe through
+                    // another proxy). Held until the new primary is known.
+                    return Step::Fenced(refusal);
+                }
+                if frame.tag == be::ERROR_RESPONSE_TAG
+                    && let Some(code) = shutdown_code(frame)
+                    && !self.settings.read_only()
+                    && !held_frames(&self.held_back).any(|f| f.tag == be::NOTICE_RESPONSE_TAG)
+                {
+                    // The primary ended this connection before any of
+                    // the write's replies: an autocommit statement
+                    // commits before its CommandComplete, and the
+                    // backend takes the termination only at its next
+                    // interrupt check, so nothing of it committed. (A
+                    // warning first, such as "the transaction has
+                    // already committed locally" from a cancelled
+                    // synchronous-replication wait, may mean it did:
+                    // then the client gets the error.)
+                    return Step::PrimaryGone(code);
+                }
+            } else if let Some(code) = shutdown_code(frame) {
+                // The node is going away (shut down, crashed, restarting)
+                // and nothing of this read reached the client: retry it.
+                return Step::ShuttingDown(code);
+            }
+            if !self.retry.as_ref().is_some_and(|r| r.write)
+                && let Some(why) = standby_refusal(frame)
+            {
+                // A replica cannot run it because it is a standby, and
+                // nothing of it reached the client: the primary runs it.
+                return Step::StandbyRefused(why);
+            }
+            if self.held_back.is_empty() && self.replies.head_swallowed() {
+                // The proxy's own (a settings replay, a parse in front):
+                // nothing of the client's read yet.
+                self.on_reply(frame);
+                return Step::Next;
+            }
+            if is_preamble(frame) && self.retry.as_ref().is_some_and(|r| r.hold_back) {
+                // Held back until the read is known to run here (an
+                // error may still come before its first row).
+                self.held_back.extend_from_slice(frame.bytes);
+                return Step::Next;
+            }
+            self.settle_retry();
+        }
+        self.on_reply(frame);
+        Step::Next
     }
 
     /// The read in flight runs where it is (a reply that is not a
@@ -854,16 +878,17 @@ impl<'s> Session<'s> {
             self.batch.recycle(std::mem::take(&mut settled.frames));
             self.retry = None;
         }
-        let mut early = std::mem::take(&mut self.held_back);
-        for frame in early.drain(..) {
-            self.on_reply(&frame);
+        let early = std::mem::take(&mut self.held_back);
+        for frame in held_frames(&early) {
+            self.on_reply(frame);
         }
         self.held_back = early;
+        self.held_back.clear();
     }
 
     /// Accounts one server message of the held connection: what the client
     /// gets, what the session learns.
-    fn on_reply(&mut self, frame: &Frame) {
+    fn on_reply(&mut self, frame: FrameRef<'_>) {
         let Phase::Held(held) = &mut self.phase else {
             return;
         };
@@ -1118,7 +1143,7 @@ fn cut_for_log(sql: &str) -> (&str, bool) {
 /// crash_shutdown, 57P03 cannot_connect_now; on SIGQUIT PostgreSQL sends
 /// 57P02 as a warning).
 #[inline]
-fn shutdown_code(frame: &Frame) -> Option<String> {
+fn shutdown_code(frame: FrameRef<'_>) -> Option<String> {
     if !matches!(frame.tag, be::ERROR_RESPONSE_TAG | be::NOTICE_RESPONSE_TAG) {
         return None;
     }
@@ -1130,7 +1155,7 @@ fn shutdown_code(frame: &Frame) -> Option<String> {
 /// Replies that come before a statement's first row and may be followed by
 /// its error: held back while the statement may still run elsewhere.
 #[inline]
-fn is_preamble(frame: &Frame) -> bool {
+fn is_preamble(frame: FrameRef<'_>) -> bool {
     matches!(
         frame.tag,
         be::PARSE_COMPLETE_TAG
@@ -1149,7 +1174,7 @@ fn is_preamble(frame: &Frame) -> bool {
 /// Hot-standby conflicts (40001, 40P01) are not refusals: the primary
 /// would not help.
 #[inline]
-fn standby_refusal(frame: &Frame) -> Option<String> {
+fn standby_refusal(frame: FrameRef<'_>) -> Option<String> {
     if frame.tag != be::ERROR_RESPONSE_TAG {
         return None;
     }
@@ -1163,12 +1188,38 @@ fn standby_refusal(frame: &Frame) -> Option<String> {
 
 /// The SQLSTATE and message of an ErrorResponse with which a primary
 /// refuses a write because it is read-only (25006): what a fence does.
-fn fenced_refusal(frame: &Frame) -> Option<(String, String)> {
+fn fenced_refusal(frame: FrameRef<'_>) -> Option<(String, String)> {
     if frame.tag != be::ERROR_RESPONSE_TAG {
         return None;
     }
     let (code, message) = be::error_code_and_message(frame.body())?;
     (code == crate::protocol::sqlstate::READ_ONLY_SQL_TRANSACTION).then_some((code, message))
+}
+
+/// The whole messages in `buf`, one after another, as they were buffered
+/// (by [`Session::on_backend_frame`], which measured them).
+fn held_frames(buf: &[u8]) -> impl Iterator<Item = FrameRef<'_>> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let len = codec::peek_frame_len(rest, MAX_MESSAGE_LEN).ok()??;
+        let (frame, after) = rest.split_at(len);
+        rest = after;
+        Some(FrameRef::whole(frame))
+    })
+}
+
+/// What a server message asks of the session, beyond relaying it.
+enum Step {
+    /// Nothing more: on to the next message.
+    Next,
+    /// A fenced primary refused the write in flight (code, message).
+    Fenced((String, String)),
+    /// The primary is going away before the write in flight ran (SQLSTATE).
+    PrimaryGone(String),
+    /// The node is going away before the read in flight answered (SQLSTATE).
+    ShuttingDown(String),
+    /// A standby refused the read in flight.
+    StandbyRefused(String),
 }
 
 /// What ended a wait of the session loop.
