@@ -116,6 +116,72 @@ impl<T> MaybeTls<T> {
     }
 }
 
+impl<T: AsyncWrite + Unpin> MaybeTls<T> {
+    /// Writes all of `bytes`. Plain TCP writes while the socket is known
+    /// writable and waits for the reactor only when it is not: no
+    /// `WriteAll` future and no task budget per write (issue 17; the
+    /// session loop takes its budget once a turn instead).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: how much was written is lost.
+    pub async fn write_all_now(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        let MaybeTls::Plain(tcp) = self else {
+            return self.write_all(bytes).await;
+        };
+        while !bytes.is_empty() {
+            match tcp.try_write(bytes) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => tcp.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<T: AsyncRead + Unpin> MaybeTls<T> {
+    /// [`poll_fill`] on this stream. Plain TCP reads straight into `buf`
+    /// while the socket is known readable, and asks the reactor only when
+    /// it is not: no `ReadBuf` and no task budget per read that finds
+    /// bytes (issue 17). As tokio's own `poll_read` does, a read that does
+    /// not fill the buffer's room counts as draining the socket (its
+    /// readiness is cleared), so the next poll waits without a syscall.
+    pub fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<Result<(), WireError>> {
+        let MaybeTls::Plain(tcp) = self else {
+            return poll_fill(self, cx, buf);
+        };
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(8192);
+        }
+        let room = buf.capacity() - buf.len();
+        loop {
+            let mut read = 0;
+            let outcome = tcp.try_io(tokio::io::Interest::READABLE, || {
+                read = tcp.try_read_buf(buf)?;
+                if read > 0 && read < room {
+                    // (WouldBlock, with the bytes kept: try_io then clears
+                    // the readiness this read used up)
+                    return Err(std::io::ErrorKind::WouldBlock.into());
+                }
+                Ok(())
+            });
+            match outcome {
+                _ if read > 0 => return Poll::Ready(Ok(())),
+                Ok(()) => return Poll::Ready(Err(WireError::Closed)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::task::ready!(tcp.poll_read_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    }
+}
+
 fn upgrading() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::NotConnected,

@@ -6,7 +6,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::PoolError;
@@ -275,7 +274,7 @@ impl BackendConn {
     /// # Errors
     /// The connection failed.
     pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes).await
+        self.stream.write_all_now(bytes).await
     }
 
     /// Its id (unique in the proxy).
@@ -296,7 +295,7 @@ impl BackendConn {
     /// Polls for more bytes from the node (bytes read are kept in the
     /// buffer); ready with an error when the connection failed or closed.
     pub fn poll_fill(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), WireError>> {
-        wire::poll_fill(&mut self.stream, cx, &mut self.rbuf)
+        self.stream.poll_fill(cx, &mut self.rbuf)
     }
 
     /// Runs a simple query of the proxy's own and waits for its

@@ -88,7 +88,10 @@ async fn status(proxy: &Proxy) -> serde_json::Value {
     serde_json::from_str(&answer.body).unwrap()
 }
 
-/// Waits until the proxy's primary is `name` and writes are not held.
+/// Waits until the proxy's Patroni view names `name` the leader, its
+/// primary is `name` and writes are not held. (The configuration's
+/// primary alone is not following: a proxy that has not read Patroni yet
+/// shows it too.)
 async fn follows(proxy: &Proxy, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -99,7 +102,10 @@ async fn follows(proxy: &Proxy, name: &str) {
             .iter()
             .find(|n| n["role"] == "primary")
             .map(|n| n["name"].as_str().unwrap().to_owned());
-        if primary.as_deref() == Some(name) && s["writes_held"] == false {
+        if primary.as_deref() == Some(name)
+            && s["patroni"]["view"]["leader"] == name
+            && s["writes_held"] == false
+        {
             return;
         }
         assert!(

@@ -61,7 +61,7 @@ use crate::protocol::frontend as fe;
 use crate::router::Target;
 use crate::state::State;
 use crate::topology::{InFlight, Node};
-use crate::wire::{self, WireError};
+use crate::wire::WireError;
 
 /// Nodes a read may be tried on before the client is told it failed.
 const MAX_READ_TRIES: usize = 3;
@@ -654,6 +654,10 @@ impl<'s> Session<'s> {
 
     async fn serve(&mut self) -> Result<(), SessionError> {
         loop {
+            // The task's budget, once a turn: the plain-TCP reads and
+            // writes below take none of it, and a session whose sockets
+            // stay ready must still let the worker's other sessions run.
+            tokio::task::consume_budget().await;
             self.drain_backend().await?;
             if !self.drain_client().await? {
                 return Ok(());
@@ -689,8 +693,7 @@ impl<'s> Session<'s> {
                     return Poll::Ready(Woke::Server(read));
                 }
                 if reading_client
-                    && let Poll::Ready(read) =
-                        wire::poll_fill(&mut *self.client, cx, &mut self.crbuf)
+                    && let Poll::Ready(read) = self.client.poll_fill(cx, &mut self.crbuf)
                 {
                     return Poll::Ready(Woke::Client(read));
                 }
@@ -814,42 +817,12 @@ impl<'s> Session<'s> {
             return Step::Next;
         }
         if let Some(retry) = &self.retry {
-            if retry.write {
-                if let Some(refusal) = fenced_refusal(frame)
-                    && !self.settings.read_only()
-                {
-                    // The primary refuses writes as read-only and ran
-                    // nothing: a switchover fenced it (maybe through
-                    // another proxy). Held until the new primary is known.
-                    return Step::Fenced(refusal);
-                }
-                if frame.tag == be::ERROR_RESPONSE_TAG
-                    && let Some(code) = shutdown_code(frame)
-                    && !self.settings.read_only()
-                    && !held_frames(&self.held_back).any(|f| f.tag == be::NOTICE_RESPONSE_TAG)
-                {
-                    // The primary ended this connection before any of
-                    // the write's replies: an autocommit statement
-                    // commits before its CommandComplete, and the
-                    // backend takes the termination only at its next
-                    // interrupt check, so nothing of it committed. (A
-                    // warning first, such as "the transaction has
-                    // already committed locally" from a cancelled
-                    // synchronous-replication wait, may mean it did:
-                    // then the client gets the error.)
-                    return Step::PrimaryGone(code);
-                }
-            } else if let Some(code) = shutdown_code(frame) {
-                // The node is going away (shut down, crashed, restarting)
-                // and nothing of this read reached the client: retry it.
-                return Step::ShuttingDown(code);
-            }
-            if !self.retry.as_ref().is_some_and(|r| r.write)
-                && let Some(why) = standby_refusal(frame)
+            // (Only an ErrorResponse or NoticeResponse can refuse or end
+            // the statement in flight.)
+            if matches!(frame.tag, be::ERROR_RESPONSE_TAG | be::NOTICE_RESPONSE_TAG)
+                && let Some(step) = self.refusal(frame, retry.write)
             {
-                // A replica cannot run it because it is a standby, and
-                // nothing of it reached the client: the primary runs it.
-                return Step::StandbyRefused(why);
+                return step;
             }
             if self.held_back.is_empty() && self.replies.head_swallowed() {
                 // The proxy's own (a settings replay, a parse in front):
@@ -869,6 +842,45 @@ impl<'s> Session<'s> {
         Step::Next
     }
 
+    /// What an ErrorResponse or NoticeResponse to the statement in flight
+    /// (which may still be sent elsewhere; `write`: a write) asks of the
+    /// session, if anything beyond relaying it.
+    fn refusal(&self, frame: FrameRef<'_>, write: bool) -> Option<Step> {
+        if write {
+            if let Some(refusal) = fenced_refusal(frame)
+                && !self.settings.read_only()
+            {
+                // The primary refuses writes as read-only and ran nothing:
+                // a switchover fenced it (maybe through another proxy).
+                // Held until the new primary is known.
+                return Some(Step::Fenced(refusal));
+            }
+            if frame.tag == be::ERROR_RESPONSE_TAG
+                && let Some(code) = shutdown_code(frame)
+                && !self.settings.read_only()
+                && !held_frames(&self.held_back).any(|f| f.tag == be::NOTICE_RESPONSE_TAG)
+            {
+                // The primary ended this connection before any of the
+                // write's replies: an autocommit statement commits before
+                // its CommandComplete, and the backend takes the
+                // termination only at its next interrupt check, so nothing
+                // of it committed. (A warning first, such as "the
+                // transaction has already committed locally" from a
+                // cancelled synchronous-replication wait, may mean it did:
+                // then the client gets the error.)
+                return Some(Step::PrimaryGone(code));
+            }
+            return None;
+        }
+        if let Some(code) = shutdown_code(frame) {
+            // The node is going away (shut down, crashed, restarting) and
+            // nothing of this read reached the client: retry it.
+            return Some(Step::ShuttingDown(code));
+        }
+        // A replica cannot run it because it is a standby, and nothing of
+        // it reached the client: the primary runs it.
+        standby_refusal(frame).map(Step::StandbyRefused)
+    }
     /// The read in flight runs where it is (a reply that is not a
     /// preamble came): it can no longer be sent elsewhere, and the replies
     /// held back go to the client.
@@ -1081,9 +1093,13 @@ impl<'s> Session<'s> {
     }
 
     async fn flush(&mut self) -> Result<(), SessionError> {
-        wire::flush(&mut *self.client, &mut self.cwbuf)
-            .await
-            .map_err(|e| SessionError::Client(WireError::Io(e)))?;
+        if !self.cwbuf.is_empty() {
+            self.client
+                .write_all_now(&self.cwbuf)
+                .await
+                .map_err(|e| SessionError::Client(WireError::Io(e)))?;
+            self.cwbuf.clear();
+        }
         if self.cwbuf.capacity() > IDLE_BUFFER_LIMIT {
             self.cwbuf = BytesMut::new();
         }
