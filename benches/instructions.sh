@@ -3,7 +3,8 @@
 # same for the same binary and inputs whatever else the machine does):
 # a local primary and two replicas, one proxy under valgrind, pgbench -S
 # through it in each protocol mode. With BASELINE=<another pgsplit binary>
-# the same is counted for it, for a before/after comparison.
+# the same is counted for it, for a before/after comparison;
+# PRIMARY_ONLY=1 gives the counted proxy only the primary (as PgBouncer).
 #
 #   TRANSACTIONS=2000 BASELINE=/tmp/old/target/release/pgsplit benches/instructions.sh
 set -euo pipefail
@@ -39,7 +40,9 @@ if [ -n "${ROWS:-}" ]; then
 fi
 count() { # binary label
   local port; port=$(free_port)
-  { echo "listen: 127.0.0.1:$port"; echo "auth: { method: trust, users: [ { name: postgres } ] }"; nodes
+  { echo "listen: 127.0.0.1:$port"; echo "auth: { method: trust, users: [ { name: postgres } ] }"
+    # PRIMARY_ONLY=1: the proxy is given only the primary, as PgBouncer is
+    if [ -n "${PRIMARY_ONLY:-}" ]; then echo "nodes:"; echo "  - { name: pg1, host: 127.0.0.1, port: $P1, role: primary }"; else nodes; fi
     echo "pool: { mode: transaction, size: 4 }"; echo "workers: 1"; } > "$DIR/$2.yaml"
   for mode in $MODES; do
     valgrind --tool=callgrind --callgrind-out-file="$DIR/$2.$mode.out" "$1" run -c "$DIR/$2.yaml" > "$DIR/$2.log" 2>&1 &
