@@ -66,12 +66,17 @@ pub fn poll_fill<R: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<Result<(), WireError>> {
-    if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(8192);
-    }
+    make_room(buf);
     match std::task::ready!(tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf))? {
         0 => Poll::Ready(Err(WireError::Closed)),
         _ => Poll::Ready(Ok(())),
+    }
+}
+
+/// Room for a read: at least 4 KiB free at the end of `buf`.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(8192);
     }
 }
 
@@ -155,9 +160,7 @@ impl<T: AsyncRead + Unpin> MaybeTls<T> {
         let MaybeTls::Plain(tcp) = self else {
             return poll_fill(self, cx, buf);
         };
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(8192);
-        }
+        make_room(buf);
         let room = buf.capacity() - buf.len();
         loop {
             let mut read = 0;

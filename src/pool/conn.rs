@@ -190,28 +190,13 @@ impl BackendConn {
         self.broken
     }
 
-    /// A complete frame already buffered, if any.
-    ///
-    /// # Errors
-    /// The node sent bytes that are not the protocol.
-    pub fn buffered_frame(&mut self) -> Result<Option<Frame>, WireError> {
-        Ok(codec::decode_frame(&mut self.rbuf, MAX_MESSAGE_LEN)?)
-    }
-
     /// The size of the first buffered message once all of it is here
     /// (room is made for the rest of one that is not).
     ///
     /// # Errors
     /// Its length is not the protocol's.
     pub fn buffered_frame_len(&mut self) -> Result<Option<usize>, WireError> {
-        let Some(len) = codec::peek_frame_len(&self.rbuf, MAX_MESSAGE_LEN)? else {
-            return Ok(None);
-        };
-        if self.rbuf.len() < len {
-            self.rbuf.reserve(len - self.rbuf.len());
-            return Ok(None);
-        }
-        Ok(Some(len))
+        Ok(codec::complete_frame_len(&mut self.rbuf, MAX_MESSAGE_LEN)?)
     }
 
     /// Lends out what is buffered, so that a message in it can be looked
@@ -233,7 +218,7 @@ impl BackendConn {
     /// what is buffered to `out` as they are, in one copy, without making
     /// a frame of each; returns the bytes moved. Stops at any other
     /// message, an incomplete one or a length that is not the protocol
-    /// (which [`BackendConn::buffered_frame`] then reports).
+    /// (which [`BackendConn::buffered_frame_len`] then reports).
     pub fn relay_rows(&mut self, out: &mut BytesMut) -> usize {
         let end = rows_end(&self.rbuf);
         self.move_front(out, end)

@@ -87,14 +87,6 @@ impl<'a> FrameRef<'a> {
     pub fn body(&self) -> &'a [u8] {
         &self.bytes[5..]
     }
-
-    /// An owned copy.
-    pub fn to_frame(self) -> Frame {
-        Frame {
-            tag: self.tag,
-            bytes: Bytes::copy_from_slice(self.bytes),
-        }
-    }
 }
 
 /// The untagged first message of a client connection.
@@ -197,6 +189,23 @@ pub fn take_cstr<'a>(body: &mut &'a [u8]) -> Option<&'a str> {
 /// # Errors
 /// A length below 4 or above `max`.
 pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, ProtocolError> {
+    let Some(len) = complete_frame_len(buf, max)? else {
+        return Ok(None);
+    };
+    let tag = buf[0];
+    Ok(Some(Frame {
+        tag,
+        bytes: buf.split_to(len).freeze(),
+    }))
+}
+
+/// The total size (tag included) of the frame at the front of `buf`, once
+/// all of it has arrived; room is reserved for the rest of one that has
+/// not.
+///
+/// # Errors
+/// A length below 4 or above `max`.
+pub fn complete_frame_len(buf: &mut BytesMut, max: usize) -> Result<Option<usize>, ProtocolError> {
     let Some(len) = peek_frame_len(buf, max)? else {
         return Ok(None);
     };
@@ -204,11 +213,7 @@ pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Pro
         buf.reserve(len - buf.len());
         return Ok(None);
     }
-    let tag = buf[0];
-    Ok(Some(Frame {
-        tag,
-        bytes: buf.split_to(len).freeze(),
-    }))
+    Ok(Some(len))
 }
 
 /// The total size (tag included) of the frame at the front of `buf`, once
