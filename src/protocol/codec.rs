@@ -89,6 +89,109 @@ impl<'a> FrameRef<'a> {
     }
 }
 
+/// Whole messages back to back in one buffer, as they arrived: a batch of
+/// a client's messages, kept without a reference-counted handle each.
+#[derive(Debug, Default)]
+pub struct Frames {
+    bytes: BytesMut,
+    count: usize,
+}
+
+impl Frames {
+    /// Appends one whole frame (tag, length and body, as
+    /// [`peek_frame_len`] measured it).
+    pub fn push(&mut self, frame: &[u8]) {
+        debug_assert_eq!(peek_frame_len(frame, usize::MAX), Ok(Some(frame.len())));
+        self.bytes.extend_from_slice(frame);
+        self.count += 1;
+    }
+
+    /// How many messages.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// No messages.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes of all the messages.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Bytes the buffer holds without growing.
+    pub fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    /// Makes room for `additional` more bytes.
+    pub fn reserve(&mut self, additional: usize) {
+        self.bytes.reserve(additional);
+    }
+
+    /// Forgets the messages, keeping the buffer.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.count = 0;
+    }
+
+    /// The messages, in order.
+    pub fn iter(&self) -> FrameIter<'_> {
+        FrameIter::new(&self.bytes)
+    }
+
+    /// The first message.
+    pub fn first(&self) -> Option<FrameRef<'_>> {
+        self.iter().next()
+    }
+
+    /// The first message as a frame of its own (the rest are dropped).
+    pub fn into_first(mut self) -> Option<Frame> {
+        let len = self.first()?.bytes.len();
+        Some(Frame {
+            tag: self.bytes[0],
+            bytes: self.bytes.split_to(len).freeze(),
+        })
+    }
+}
+
+impl<'a> IntoIterator for &'a Frames {
+    type Item = FrameRef<'a>;
+    type IntoIter = FrameIter<'a>;
+
+    fn into_iter(self) -> FrameIter<'a> {
+        self.iter()
+    }
+}
+
+/// The whole messages in a buffer that holds only whole messages (a
+/// [`Frames`], or bytes kept one measured frame after another).
+#[derive(Debug, Clone)]
+pub struct FrameIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> FrameIter<'a> {
+    /// The frames of `buf`, which holds whole frames only; an incomplete
+    /// tail ends the iteration.
+    pub fn new(buf: &'a [u8]) -> FrameIter<'a> {
+        FrameIter { rest: buf }
+    }
+}
+
+impl<'a> Iterator for FrameIter<'a> {
+    type Item = FrameRef<'a>;
+
+    fn next(&mut self) -> Option<FrameRef<'a>> {
+        let len = peek_frame_len(self.rest, usize::MAX).ok()??;
+        let (frame, after) = self.rest.split_at_checked(len)?;
+        self.rest = after;
+        Some(FrameRef::whole(frame))
+    }
+}
+
 /// The untagged first message of a client connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartupPacket {
@@ -240,6 +343,26 @@ pub fn peek_frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ProtocolE
 mod tests {
     use super::*;
     use bytes::BufMut;
+
+    #[test]
+    fn frames_keep_whole_messages_in_order() {
+        let mut frames = Frames::default();
+        assert!(frames.is_empty() && frames.first().is_none());
+        let parse = [b'P', 0, 0, 0, 8, b's', 0, 0, 0];
+        let sync = [b'S', 0, 0, 0, 4];
+        frames.push(&parse[..9]);
+        frames.push(&sync);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames.byte_len(), 14);
+        let seen: Vec<_> = frames.iter().map(|f| (f.tag, f.bytes.len())).collect();
+        assert_eq!(seen, [(b'P', 9), (b'S', 5)]);
+        assert_eq!(frames.first().unwrap().body(), &parse[5..9]);
+        let first = frames.into_first().unwrap();
+        assert_eq!((first.tag, &first.bytes[..]), (b'P', &parse[..9]));
+        // an incomplete tail is not a frame
+        assert_eq!(FrameIter::new(&[b'S', 0, 0, 0, 4, b'Q', 0, 0]).count(), 1);
+        assert_eq!(FrameIter::new(&[b'Q', 0, 0, 0, 9, b'x']).count(), 0);
+    }
 
     fn startup_bytes(params: &[(&str, &str)]) -> Vec<u8> {
         let mut body = Vec::new();

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::protocol::ProtocolError;
-use crate::protocol::codec::Frame;
+use crate::protocol::codec::{FrameRef, Frames};
 use crate::protocol::frontend as fe;
 use crate::router::{Reason, Route, Router, Target};
 
@@ -18,48 +18,47 @@ use crate::router::contains_ignoring_case;
 #[derive(Debug, Default)]
 pub struct Batch {
     /// The messages, as the client sent them.
-    pub frames: Vec<Frame>,
-    bytes: usize,
+    pub frames: Frames,
 }
 
 impl Batch {
     /// Bytes gathered.
     pub fn len(&self) -> usize {
-        self.bytes
+        self.frames.byte_len()
     }
 
-    /// Adds a message. Returns true when it ends the batch.
-    pub fn push(&mut self, frame: Frame) -> bool {
+    /// Adds a whole message (copied out of the read buffer: a small
+    /// message costs less copied than split off). Returns true when it
+    /// ends the batch.
+    pub fn push(&mut self, frame: FrameRef<'_>) -> bool {
         if self.frames.capacity() == 0 {
-            self.frames.reserve(8); // one allocation for a whole P/B/D/E/S batch
+            // one allocation for a whole P/B/D/E/S batch of a short statement
+            self.frames.reserve(512);
         }
-        let boundary = matches!(
+        self.frames.push(frame.bytes);
+        matches!(
             frame.tag,
             fe::QUERY_TAG | fe::SYNC_TAG | fe::FLUSH_TAG | fe::FUNCTION_CALL_TAG
-        );
-        self.bytes += frame.bytes.len();
-        self.frames.push(frame);
-        boundary
+        )
     }
 
-    /// Gives back a taken batch's vector once its messages are done with,
+    /// Gives back a taken batch's buffer once its messages are done with,
     /// so the next batch reuses its allocation.
-    pub fn recycle(&mut self, mut frames: Vec<Frame>) {
-        if self.frames.capacity() == 0 && frames.capacity() <= MAX_KEPT_FRAMES {
+    pub fn recycle(&mut self, mut frames: Frames) {
+        if self.frames.capacity() == 0 && frames.capacity() <= MAX_KEPT_BYTES {
             frames.clear();
             self.frames = frames;
         }
     }
 
     /// Takes the gathered messages, leaving the batch empty.
-    pub fn take(&mut self) -> Vec<Frame> {
-        self.bytes = 0;
+    pub fn take(&mut self) -> Frames {
         std::mem::take(&mut self.frames)
     }
 }
 
-/// The largest message vector a batch keeps for reuse.
-const MAX_KEPT_FRAMES: usize = 64;
+/// The largest message buffer a batch keeps for reuse.
+const MAX_KEPT_BYTES: usize = 64 * 1024;
 
 /// What routing learns from a batch.
 #[derive(Debug, Clone)]
@@ -112,7 +111,7 @@ impl Plan {
 /// # Errors
 /// A malformed Query, Parse, Bind or Describe.
 pub fn plan(
-    frames: &[Frame],
+    frames: &Frames,
     statements: &Statements,
     router: &Router,
 ) -> Result<Plan, ProtocolError> {

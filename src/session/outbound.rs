@@ -16,7 +16,7 @@ use super::state::{Settings, Statement, Statements};
 use crate::pool::ConnState;
 use crate::protocol::ProtocolError;
 use crate::protocol::backend as be;
-use crate::protocol::codec::Frame;
+use crate::protocol::codec::{FrameRef, Frames};
 use crate::protocol::frontend as fe;
 use crate::protocol::sqlstate;
 use crate::router::{Reason, Route};
@@ -55,7 +55,7 @@ impl Translation<'_> {
     /// A malformed client message.
     pub fn translate(
         &mut self,
-        frames: &[Frame],
+        frames: &Frames,
         command: Option<&Tracked>,
         fresh: bool,
     ) -> Result<Outbound, ProtocolError> {
@@ -72,11 +72,11 @@ impl Translation<'_> {
     pub fn translate_into(
         &mut self,
         out: &mut Outbound,
-        frames: &[Frame],
+        frames: &Frames,
         command: Option<&Tracked>,
         fresh: bool,
     ) -> Result<(), ProtocolError> {
-        let size: usize = frames.iter().map(|f| f.bytes.len()).sum();
+        let size = frames.byte_len();
         out.bytes.clear();
         out.bytes.reserve(size + 64);
         out.expects.clear();
@@ -182,7 +182,7 @@ impl Translation<'_> {
                 }
                 fe::QUERY_TAG => self.query(out, frame, command),
                 fe::FUNCTION_CALL_TAG => forward(out, frame, Kind::Query),
-                _ => out.bytes.extend_from_slice(&frame.bytes),
+                _ => out.bytes.extend_from_slice(frame.bytes),
             }
         }
         Ok(())
@@ -345,7 +345,7 @@ impl Translation<'_> {
         Some((statement.server_name.clone(), client_name))
     }
 
-    fn query(&mut self, out: &mut Outbound, frame: &Frame, command: Option<&Tracked>) {
+    fn query(&mut self, out: &mut Outbound, frame: FrameRef<'_>, command: Option<&Tracked>) {
         let command = command.map(|c| &c.command);
         if let Some(Command::Deallocate { name }) = command
             && self.statements.get(name).is_some()
@@ -358,7 +358,7 @@ impl Translation<'_> {
             out.expects.push(Expect::new(Kind::Sync));
             return;
         }
-        out.bytes.extend_from_slice(&frame.bytes);
+        out.bytes.extend_from_slice(frame.bytes);
         // A simple query replaces the unnamed statement.
         self.conn.unnamed = None;
         let mut e = Expect::new(Kind::Query);
@@ -386,8 +386,8 @@ pub struct Tracked {
     pub sql: String,
 }
 
-fn forward(out: &mut Outbound, frame: &Frame, kind: Kind) {
-    out.bytes.extend_from_slice(&frame.bytes);
+fn forward(out: &mut Outbound, frame: FrameRef<'_>, kind: Kind) {
+    out.bytes.extend_from_slice(frame.bytes);
     out.expects.push(Expect::new(kind));
 }
 
@@ -407,11 +407,11 @@ mod tests {
     use crate::protocol::codec::decode_frame;
 
     /// Frames from raw message bytes.
-    pub(crate) fn frames(bytes: &[u8]) -> Vec<Frame> {
+    pub(crate) fn frames(bytes: &[u8]) -> Frames {
         let mut buf = BytesMut::from(bytes);
-        let mut out = Vec::new();
+        let mut out = Frames::default();
         while let Some(f) = decode_frame(&mut buf, 1 << 20).unwrap() {
-            out.push(f);
+            out.push(&f.bytes);
         }
         out
     }

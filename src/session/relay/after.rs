@@ -15,7 +15,7 @@ use super::{Held, Phase, PinGuard, Session};
 use crate::config::ReadYourWrites;
 use crate::pins::PinReason;
 use crate::protocol::backend::{self as be, TxnStatus};
-use crate::protocol::codec::Frame;
+use crate::protocol::codec::Frames;
 use crate::protocol::frontend as fe;
 use crate::router::Reason;
 
@@ -234,8 +234,14 @@ impl Session<'_> {
     /// connections hold theirs. The cost: an error in the statement (a
     /// missing table) is reported at its first execution, not at prepare.
     /// Statements sqlparser cannot parse still go to a node at once.
-    pub(super) fn prepare_lazily(&mut self, frames: &[Frame], plan: &Plan) -> bool {
-        let [parse, sync] = frames else { return false };
+    pub(super) fn prepare_lazily(&mut self, frames: &Frames, plan: &Plan) -> bool {
+        if frames.len() != 2 {
+            return false;
+        }
+        let mut two = frames.iter();
+        let (Some(parse), Some(sync)) = (two.next(), two.next()) else {
+            return false;
+        };
         if parse.tag != fe::PARSE_TAG
             || sync.tag != fe::SYNC_TAG
             || plan.route.reason == Reason::ParseError

@@ -56,7 +56,7 @@ use crate::config::PoolMode;
 use crate::pins::PinReason;
 use crate::pool::{NodePool, PoolError, Pooled};
 use crate::protocol::backend::{self as be, TxnStatus};
-use crate::protocol::codec::{self, Frame, FrameRef, MAX_MESSAGE_LEN};
+use crate::protocol::codec::{self, Frame, FrameIter, FrameRef, Frames, MAX_MESSAGE_LEN};
 use crate::protocol::frontend as fe;
 use crate::router::Target;
 use crate::state::State;
@@ -166,7 +166,7 @@ struct Retry {
     /// A write on the primary: sent again only after a fenced primary's
     /// refusal, never after a lost connection (it may have committed).
     write: bool,
-    frames: Vec<Frame>,
+    frames: Frames,
     plan: Plan,
     tried: Vec<Arc<str>>,
     /// Client statement names the batch added (forgotten before resending).
@@ -309,7 +309,7 @@ pub struct Session<'s> {
     retry: Option<Retry>,
     /// While a connection is held: a batch waiting for it to finish (the
     /// batch needs another node).
-    next: Option<(Vec<Frame>, Plan)>,
+    next: Option<(Frames, Plan)>,
     replies: Replies,
     /// The translated batch, kept across batches for its buffers' capacity.
     outbound: super::outbound::Outbound,
@@ -484,7 +484,7 @@ impl<'s> Session<'s> {
             parse_routes: &[],
             session: self.pid,
         }
-        .translate(&[], None, true)
+        .translate(&Frames::default(), None, true)
         .map_err(SessionError::ClientProtocol)?;
         if out.expects.is_empty() {
             return Ok(params);
@@ -858,7 +858,7 @@ impl<'s> Session<'s> {
             if frame.tag == be::ERROR_RESPONSE_TAG
                 && let Some(code) = shutdown_code(frame)
                 && !self.settings.read_only()
-                && !held_frames(&self.held_back).any(|f| f.tag == be::NOTICE_RESPONSE_TAG)
+                && !FrameIter::new(&self.held_back).any(|f| f.tag == be::NOTICE_RESPONSE_TAG)
             {
                 // The primary ended this connection before any of the
                 // write's replies: an autocommit statement commits before
@@ -891,7 +891,7 @@ impl<'s> Session<'s> {
             self.retry = None;
         }
         let early = std::mem::take(&mut self.held_back);
-        for frame in held_frames(&early) {
+        for frame in FrameIter::new(&early) {
             self.on_reply(frame);
         }
         self.held_back = early;
@@ -978,7 +978,7 @@ impl<'s> Session<'s> {
                     },
                 ));
             }
-            let Some(frame) = codec::decode_frame(&mut self.crbuf, self.max_message)
+            let Some(len) = codec::complete_frame_len(&mut self.crbuf, self.max_message)
                 .map_err(SessionError::ClientProtocol)?
             else {
                 if self.crbuf.is_empty() && self.crbuf.capacity() > IDLE_BUFFER_LIMIT {
@@ -987,14 +987,15 @@ impl<'s> Session<'s> {
                 }
                 return Ok(true);
             };
-            match frame.tag {
+            match self.crbuf[0] {
                 fe::TERMINATE_TAG => return Ok(false),
                 fe::COPY_DATA_TAG | fe::COPY_DONE_TAG | fe::COPY_FAIL_TAG => {
                     // COPY FROM STDIN data goes straight to the connection
                     // running the COPY; outside COPY it is dropped, as
                     // PostgreSQL itself ignores it.
+                    let frame = self.crbuf.split_to(len);
                     if let Some(held) = self.held()
-                        && let Err(e) = held.conn.send(&frame.bytes).await
+                        && let Err(e) = held.conn.send(&frame).await
                     {
                         self.backend_failed(route::Failure::Wire(e.into())).await?;
                     }
@@ -1002,7 +1003,9 @@ impl<'s> Session<'s> {
                 _ => {
                     // A huge batch without a Sync (a driver's bulk insert) is
                     // sent on in pieces; the rest follows on the same connection.
-                    if self.batch.push(frame) || self.batch.len() > MAX_BATCH {
+                    let ends = self.batch.push(FrameRef::whole(&self.crbuf[..len]));
+                    bytes::Buf::advance(&mut self.crbuf, len);
+                    if ends || self.batch.len() > MAX_BATCH {
                         self.dispatch().await?;
                     }
                 }
@@ -1027,12 +1030,15 @@ impl<'s> Session<'s> {
             if self.prepare_lazily(&frames, &plan) {
                 return Ok(());
             }
-            if plan.is_read_only_begin() && frames.len() == 1 && frames[0].tag == fe::QUERY_TAG {
+            if plan.is_read_only_begin()
+                && frames.len() == 1
+                && frames.first().is_some_and(|f| f.tag == fe::QUERY_TAG)
+            {
                 // Answered here; the BEGIN goes in front of the first
                 // statement, to the node that statement needs.
                 be::command_complete(&mut self.cwbuf, "BEGIN");
                 be::ready_for_query(&mut self.cwbuf, TxnStatus::InTransaction);
-                let begin = frames.into_iter().next().expect("one frame");
+                let begin = frames.into_first().expect("one frame");
                 self.phase = Phase::Deferred { begin };
                 return Ok(());
             }
@@ -1132,7 +1138,7 @@ impl<'s> Session<'s> {
 
 /// Logs the SQL of a batch at trace level, truncated (never at any other
 /// level: statements can carry personal data).
-fn trace_sql(frames: &[Frame]) {
+fn trace_sql(frames: &Frames) {
     for frame in frames {
         let sql = match frame.tag {
             fe::QUERY_TAG => fe::query_text(frame.body()).ok(),
@@ -1210,18 +1216,6 @@ fn fenced_refusal(frame: FrameRef<'_>) -> Option<(String, String)> {
     }
     let (code, message) = be::error_code_and_message(frame.body())?;
     (code == crate::protocol::sqlstate::READ_ONLY_SQL_TRANSACTION).then_some((code, message))
-}
-
-/// The whole messages in `buf`, one after another, as they were buffered
-/// (by [`Session::on_backend_frame`], which measured them).
-fn held_frames(buf: &[u8]) -> impl Iterator<Item = FrameRef<'_>> {
-    let mut rest = buf;
-    std::iter::from_fn(move || {
-        let len = codec::peek_frame_len(rest, MAX_MESSAGE_LEN).ok()??;
-        let (frame, after) = rest.split_at(len);
-        rest = after;
-        Some(FrameRef::whole(frame))
-    })
 }
 
 /// What a server message asks of the session, beyond relaying it.

@@ -21,7 +21,7 @@ use super::{
 use crate::cancel::CancelTarget;
 use crate::pool::{PoolError, Pooled};
 use crate::protocol::backend::{self as be, Severity, TxnStatus};
-use crate::protocol::codec::Frame;
+use crate::protocol::codec::{Frame, Frames};
 use crate::protocol::frontend as fe;
 use crate::protocol::sqlstate;
 use crate::router::{Reason, Route, Target};
@@ -157,7 +157,7 @@ impl Session<'_> {
     /// `tried` names nodes a read already failed on.
     pub(super) async fn route_batch(
         &mut self,
-        frames: Vec<Frame>,
+        frames: Frames,
         plan: Plan,
         tried: Vec<Arc<str>>,
     ) -> Result<(), SessionError> {
@@ -210,7 +210,7 @@ impl Session<'_> {
     /// (a retried read).
     async fn route_fresh(
         &mut self,
-        frames: Vec<Frame>,
+        frames: Frames,
         plan: Plan,
         mut tried: Vec<Arc<str>>,
         delivered: usize,
@@ -445,7 +445,7 @@ impl Session<'_> {
     /// another session's value.
     async fn route_to_own_sequences(
         &mut self,
-        frames: Vec<Frame>,
+        frames: Frames,
         plan: Plan,
         begin: Option<Frame>,
     ) -> Result<(), SessionError> {
@@ -497,7 +497,7 @@ impl Session<'_> {
     /// replies the client already has).
     async fn send(
         &mut self,
-        frames: Vec<Frame>,
+        frames: Frames,
         plan: Plan,
         begin: Option<Frame>,
         tried: Vec<Arc<str>>,
@@ -582,7 +582,7 @@ impl Session<'_> {
         held.dirtied |= route.dirties;
         let now = *held.timing.get_or_insert_with(std::time::Instant::now);
         held.xact_started.get_or_insert(now);
-        let received: usize = frames.iter().map(|f| f.bytes.len()).sum();
+        let received = frames.byte_len();
         crate::pool::PoolStats::add(&held.conn.pool().stats.received, received as u64);
         self.retry = None;
         held.open_batch = plan.syncs == 0;
