@@ -34,7 +34,19 @@ fn take_name<'a>(body: &mut &'a [u8]) -> Option<&'a [u8]> {
 /// backslash could be cut differently by an encoding whose second bytes
 /// include it (SJIS, BIG5, GBK): the caller treats it as unreadable.
 pub fn sql_text(sql: &[u8]) -> Cow<'_, str> {
-    // from_utf8 is the faster check for the common case.
+    if sql.is_ascii() {
+        // SAFETY: ASCII bytes are UTF-8. (The common case, checked a word
+        // at a time: about a third of what from_utf8 spends on it.)
+        return Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(sql) });
+    }
+    non_ascii_text(sql)
+}
+
+/// [`sql_text`] of bytes that are not all ASCII (kept out of line, so the
+/// parsers that call `sql_text` stay small enough to inline).
+#[cold]
+#[inline(never)]
+fn non_ascii_text(sql: &[u8]) -> Cow<'_, str> {
     match std::str::from_utf8(sql) {
         Ok(text) => Cow::Borrowed(text),
         Err(_) => String::from_utf8_lossy(sql),

@@ -167,7 +167,15 @@ impl Replies {
     /// [`Replies::extend`], leaving `expects` empty with its capacity.
     pub fn append(&mut self, expects: &mut Vec<Expect>) {
         self.ready_owed += expects.iter().filter(|e| e.ends_with_ready()).count();
-        self.queue.extend(expects.drain(..));
+        if self.queue.is_empty() {
+            // The usual case, a batch on a connection that owes nothing:
+            // the two buffers trade places, nothing is moved (an empty
+            // queue becomes a vector without moving anything either).
+            let spent = std::mem::replace(&mut self.queue, VecDeque::from(std::mem::take(expects)));
+            *expects = Vec::from(spent);
+        } else {
+            self.queue.extend(expects.drain(..));
+        }
     }
 
     /// ReadyForQuery messages still owed.
