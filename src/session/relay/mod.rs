@@ -72,8 +72,18 @@ const MAX_WRITE_TRIES: usize = 3;
 const FLUSH_AT: usize = 64 * 1024;
 /// A batch without a boundary is sent on once it reaches this size.
 const MAX_BATCH: usize = 1 << 20;
-/// Message types a client may send after startup.
-const KNOWN_TAGS: &[u8] = b"QPBDECSHXdcfF";
+/// Message types a client may send after startup, as a table by type
+/// byte (one load a message; `contains` on the list is a memchr call).
+const KNOWN_TAGS: [bool; 256] = {
+    let mut table = [false; 256];
+    let tags = b"QPBDECSHXdcfF";
+    let mut i = 0;
+    while i < tags.len() {
+        table[tags[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 /// Buffers above this are dropped once empty, so idle clients stay small.
 const IDLE_BUFFER_LIMIT: usize = 64 * 1024;
 /// How long a write waits for a switchover to release it.
@@ -970,7 +980,7 @@ impl<'s> Session<'s> {
             if self
                 .crbuf
                 .first()
-                .is_some_and(|tag| !KNOWN_TAGS.contains(tag))
+                .is_some_and(|&tag| !KNOWN_TAGS[usize::from(tag)])
             {
                 return Err(SessionError::ClientProtocol(
                     crate::protocol::ProtocolError::Malformed {
