@@ -338,6 +338,9 @@ impl Router {
             static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new(Last::EMPTY) };
         }
         let edits = self.edits.load(Ordering::Acquire);
+        if let Some(route) = LAST.with_borrow(|last| last.same_text(self.id, edits, sql)) {
+            return (route, true);
+        }
         let hit = KEY.with_borrow_mut(|buf| {
             let key = if write_cache_key(sql, buf) {
                 buf.as_str()
@@ -353,7 +356,7 @@ impl Router {
                 None => {
                     let hit = self.cache.get(key).ok_or_else(|| Box::<str>::from(key));
                     if let Ok(route) = hit {
-                        LAST.with_borrow_mut(|last| last.keep(self.id, edits, key, route));
+                        LAST.with_borrow_mut(|last| last.keep(self.id, edits, key, sql, route));
                     }
                     hit
                 }
@@ -417,11 +420,14 @@ impl Router {
 static NEXT_ROUTER: AtomicU64 = AtomicU64::new(1);
 
 /// A thread's last cache hit: which router (and which of its edits)
-/// answered, for which key.
+/// answered, for which key, and the text it was asked about.
 struct Last {
     router: u64,
     edits: u64,
     key: String,
+    /// The statement whose key was `key`: a driver's unnamed Parse sends
+    /// the same text again and again, which then needs no key at all.
+    text: String,
     route: Route,
 }
 
@@ -431,15 +437,23 @@ impl Last {
         router: 0,
         edits: 0,
         key: String::new(),
+        text: String::new(),
         route: Route::primary(Reason::Unknown),
     };
 
-    fn keep(&mut self, router: u64, edits: u64, key: &str, route: Route) {
+    fn keep(&mut self, router: u64, edits: u64, key: &str, text: &str, route: Route) {
         self.router = router;
         self.edits = edits;
         self.key.clear();
         self.key.push_str(key);
+        self.text.clear();
+        self.text.push_str(text);
         self.route = route;
+    }
+
+    /// The route kept for exactly `text`, by this router as it is.
+    fn same_text(&self, router: u64, edits: u64, text: &str) -> Option<Route> {
+        (self.router == router && self.edits == edits && self.text == text).then_some(self.route)
     }
 }
 

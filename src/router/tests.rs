@@ -737,6 +737,16 @@ fn a_threads_last_answer_is_its_routers_and_follows_a_learned_refusal() {
     );
     let (route, _) = a.classify_cached(&sql.replace("= 1", "= 9"));
     assert_eq!(route.reason, StandbyRefused);
+    // The same text again (a driver's unnamed Parse) is answered by its
+    // text alone, and still follows what the router learns.
+    let c = router();
+    let repeated = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+    let first = c.classify_cached(repeated);
+    assert_eq!((first.0.target, first.1), (Target::Replica, false));
+    assert_eq!(c.classify_cached(repeated), (first.0, true));
+    assert!(c.mark_standby_refused(repeated));
+    assert_eq!(c.classify_cached(repeated).0.reason, StandbyRefused);
+    assert!(!b.classify_cached(repeated).1, "another router's answer");
 }
 
 #[test]
