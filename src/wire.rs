@@ -73,6 +73,19 @@ pub fn poll_fill<R: AsyncRead + Unpin>(
     }
 }
 
+/// Puts a buffer that was lent out with `std::mem::take` back in `slot`.
+/// The placeholder the take left owns no memory and is not dropped (a
+/// drop saved per server message); one that does (nothing should have
+/// used it meanwhile) is dropped as usual.
+#[inline]
+pub fn put_back_lent(slot: &mut BytesMut, lent: BytesMut) {
+    let placeholder = std::mem::replace(slot, lent);
+    debug_assert!(placeholder.is_empty(), "nothing is buffered while lent");
+    if placeholder.capacity() == 0 {
+        std::mem::forget(placeholder);
+    }
+}
+
 /// Room for a read: at least 4 KiB free at the end of `buf`.
 fn make_room(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < 4096 {

@@ -210,8 +210,7 @@ impl BackendConn {
     /// Takes back what [`BackendConn::lend_read_buffer`] lent, the
     /// messages used since cut off its front.
     pub fn restore_read_buffer(&mut self, rbuf: BytesMut) {
-        debug_assert!(self.rbuf.is_empty(), "nothing is read while lent");
-        self.rbuf = rbuf;
+        crate::wire::put_back_lent(&mut self.rbuf, rbuf);
     }
 
     /// Moves the complete DataRow and CopyData messages at the front of

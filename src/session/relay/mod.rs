@@ -904,7 +904,7 @@ impl<'s> Session<'s> {
         for frame in FrameIter::new(&early) {
             self.on_reply(frame);
         }
-        self.held_back = early;
+        crate::wire::put_back_lent(&mut self.held_back, early);
         self.held_back.clear();
     }
 

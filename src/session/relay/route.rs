@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use super::super::SessionError;
 use super::super::batch::Plan;
 use super::super::choose::{Choice, Wants, choose};
-use super::super::outbound::Translation;
+use super::super::outbound::{Outbound, Translation};
 use super::super::replies::{Expect, Kind, Replies};
 use super::{
     Held, Hold, MAX_READ_TRIES, MAX_WRITE_TRIES, Phase, PinGuard, Retry, Session, WRITE_HOLD_LIMIT,
@@ -586,7 +586,8 @@ impl Session<'_> {
         crate::pool::PoolStats::add(&held.conn.pool().stats.received, received as u64);
         self.retry = None;
         held.open_batch = plan.syncs == 0;
-        let mut out = std::mem::take(&mut self.outbound);
+        // Written in place: the session's buffers, reused batch to batch.
+        let out = &mut self.outbound;
         Translation {
             conn: &mut held.conn.proto,
             statements: &mut self.statements,
@@ -594,7 +595,7 @@ impl Session<'_> {
             parse_routes: &plan.parse_routes,
             session: self.pid,
         }
-        .translate_into(&mut out, &frames, plan.command.as_deref(), fresh)
+        .translate_into(out, &frames, plan.command.as_deref(), fresh)
         .map_err(SessionError::ClientProtocol)?;
         if may_call_nextval {
             held.conn.proto.sequence_owner = Some(self.pid);
@@ -621,8 +622,8 @@ impl Session<'_> {
         let sent = held.conn.send(&out.bytes).await;
         self.replies.append(&mut out.expects);
         let added = std::mem::take(&mut out.added);
-        if out.bytes.capacity() <= OUTBOUND_KEEP {
-            self.outbound = out;
+        if out.bytes.capacity() > OUTBOUND_KEEP {
+            *out = Outbound::default();
         }
         let delivered = if retry > 0 {
             self.replies.leading_synthetics() + retry - 1
