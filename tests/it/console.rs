@@ -185,8 +185,28 @@ async fn every_show_has_pgbouncers_columns_and_true_numbers() {
         );
     }
 
-    // SHOW POOLS: the app pools, in transaction mode, nothing checked out now.
-    let (names, pools) = table(&ops, "SHOW POOLS").await;
+    // SHOW POOLS: the app pools, in transaction mode, nothing checked out
+    // once the last write's session has read the WAL position for
+    // read-your-writes (on its connection, after the client had its
+    // answer: that connection may still be out for a moment).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (names, pools) = loop {
+        let (names, pools) = table(&ops, "SHOW POOLS").await;
+        let out = pools
+            .iter()
+            .find(|r| {
+                r["database"].as_deref() == Some("app") && r["node"].as_deref() == Some("pg1")
+            })
+            .map(|r| int(r, "sv_active"));
+        if out == Some(0) {
+            break (names, pools);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the primary's connection never came back: {pools:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     for c in [
         "database",
         "user",
