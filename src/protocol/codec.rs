@@ -106,6 +106,22 @@ impl Frames {
         self.count += 1;
     }
 
+    /// Takes one whole frame as it is, without a copy, into an empty
+    /// `Frames` (a large message split off the read buffer); gives it
+    /// back when there are messages already.
+    ///
+    /// # Errors
+    /// The frame, untouched, when `self` is not empty.
+    pub fn adopt(&mut self, frame: BytesMut) -> Result<(), BytesMut> {
+        if self.count > 0 {
+            return Err(frame);
+        }
+        debug_assert_eq!(peek_frame_len(&frame, usize::MAX), Ok(Some(frame.len())));
+        self.bytes = frame;
+        self.count = 1;
+        Ok(())
+    }
+
     /// How many messages.
     pub fn len(&self) -> usize {
         self.count
@@ -359,6 +375,11 @@ mod tests {
         assert_eq!(frames.first().unwrap().body(), &parse[5..9]);
         let first = frames.into_first().unwrap();
         assert_eq!((first.tag, &first.bytes[..]), (b'P', &parse[..9]));
+        // a large message is taken as it is, into empty frames only
+        let mut big = Frames::default();
+        assert!(big.adopt(BytesMut::from(&sync[..])).is_ok());
+        assert!(big.adopt(BytesMut::from(&sync[..])).is_err());
+        assert_eq!(big.len(), 1);
         // an incomplete tail is not a frame
         assert_eq!(FrameIter::new(&[b'S', 0, 0, 0, 4, b'Q', 0, 0]).count(), 1);
         assert_eq!(FrameIter::new(&[b'Q', 0, 0, 0, 9, b'x']).count(), 0);

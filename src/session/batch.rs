@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use bytes::BytesMut;
+
 use crate::protocol::ProtocolError;
 use crate::protocol::codec::{FrameRef, Frames};
 use crate::protocol::frontend as fe;
@@ -36,10 +38,18 @@ impl Batch {
             self.frames.reserve(512);
         }
         self.frames.push(frame.bytes);
-        matches!(
-            frame.tag,
-            fe::QUERY_TAG | fe::SYNC_TAG | fe::FLUSH_TAG | fe::FUNCTION_CALL_TAG
-        )
+        is_boundary(frame.tag)
+    }
+
+    /// Adds a whole message split off the read buffer: without a copy when
+    /// it starts the batch (a large message), copied otherwise. Returns
+    /// true when it ends the batch.
+    pub fn adopt(&mut self, frame: BytesMut) -> bool {
+        let ends = is_boundary(frame[0]);
+        if let Err(frame) = self.frames.adopt(frame) {
+            self.frames.push(&frame);
+        }
+        ends
     }
 
     /// Gives back a taken batch's buffer once its messages are done with,
@@ -55,6 +65,14 @@ impl Batch {
     pub fn take(&mut self) -> Frames {
         std::mem::take(&mut self.frames)
     }
+}
+
+/// Whether a message of this type ends a batch.
+fn is_boundary(tag: u8) -> bool {
+    matches!(
+        tag,
+        fe::QUERY_TAG | fe::SYNC_TAG | fe::FLUSH_TAG | fe::FUNCTION_CALL_TAG
+    )
 }
 
 /// The largest message buffer a batch keeps for reuse.

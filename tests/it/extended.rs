@@ -447,6 +447,58 @@ async fn large_results_arrive_whole_and_in_order_in_both_protocols() {
     proxy.stop().await;
 }
 
+/// Client messages far larger than one read: a simple Query that starts
+/// its batch (taken off the read buffer without a copy), a large Parse
+/// followed by its Bind, and a small Parse with a large parameter (copied
+/// into the batch) reach the node whole, run where they should, and the
+/// session goes on.
+#[tokio::test]
+async fn large_client_messages_arrive_whole_in_both_protocols() {
+    let proxy = default_proxy().await;
+    let client = app(&proxy).await;
+    let big = "x".repeat(300_000);
+    // simple Query of ~300 kB: a read, on a replica
+    let sql = format!("SELECT length('{big}'), inet_server_port()::int");
+    let messages = client.simple_query(&sql).await.unwrap();
+    let row = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .expect("a row");
+    assert_eq!(row.get(0), Some("300000"));
+    let port: u16 = row.get(1).unwrap().parse().unwrap();
+    assert!(replica_ports().contains(&port), "a read: {port}");
+    // a large Parse, then its Bind/Execute/Sync in the same batch
+    let row = client
+        .query_one(
+            &format!("SELECT length('{big}') + $1::int, inet_server_port()::int"),
+            &[&1i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 300_001);
+    assert!(replica_ports().contains(&u16::try_from(row.get::<_, i32>(1)).unwrap()));
+    // a small Parse with a ~300 kB parameter: a write, on the primary
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS large_messages (t text)")
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            "INSERT INTO large_messages VALUES ($1) RETURNING length(t), inet_server_port()::int",
+            &[&big],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 300_000);
+    assert_eq!(u16::try_from(row.get::<_, i32>(1)).unwrap(), primary_port());
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    proxy.stop().await;
+}
+
 /// A migration changes a table under a prepared `SELECT *`: PostgreSQL
 /// fails the next Bind of the old statement with 0A000 ("cached plan must
 /// not change result type"), and a driver prepares the text again (pgjdbc
