@@ -348,8 +348,7 @@ impl Router {
                 sql
             };
             let last = LAST.with_borrow(|last| {
-                (last.router == self.id && last.edits == edits && last.key == key)
-                    .then_some(last.route)
+                (last.is_of(self.id, edits) && last.key == key).then_some(last.route)
             });
             let hit = match last {
                 Some(route) => Ok(route),
@@ -451,12 +450,16 @@ impl Last {
         self.route = route;
     }
 
+    /// Whether it was kept by this router as it is now.
+    fn is_of(&self, router: u64, edits: u64) -> bool {
+        self.router == router && self.edits == edits
+    }
+
     /// The route kept for exactly `text`, by this router as it is.
     fn same_text(&self, router: u64, edits: u64, text: &str) -> Option<Route> {
         // The last bytes first: a statement sent with other literals
         // mostly differs near its end, and is told apart without a memcmp.
-        (self.router == router
-            && self.edits == edits
+        (self.is_of(router, edits)
             && self.text.len() == text.len()
             && self.text.as_bytes().last_chunk::<8>() == text.as_bytes().last_chunk::<8>()
             && self.text == text)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::protocol::ProtocolError;
-use crate::protocol::codec::{FrameRef, Frames};
+use crate::protocol::codec::Frames;
 use crate::protocol::frontend as fe;
 use crate::router::{Reason, Route, Router, Target};
 
@@ -29,25 +29,24 @@ impl Batch {
         self.frames.byte_len()
     }
 
-    /// Adds a whole message (copied out of the read buffer: a small
-    /// message costs less copied than split off). Returns true when it
-    /// ends the batch.
-    pub fn push(&mut self, frame: FrameRef<'_>) -> bool {
-        if self.frames.capacity() == 0 {
-            // one allocation for a whole P/B/D/E/S batch of a short statement
-            self.frames.reserve(512);
-        }
-        self.frames.push(frame.bytes);
-        is_boundary(frame.tag)
-    }
-
-    /// Adds a whole message split off the read buffer: without a copy when
-    /// it starts the batch (a large message), copied otherwise. Returns
-    /// true when it ends the batch.
-    pub fn adopt(&mut self, frame: BytesMut) -> bool {
-        let ends = is_boundary(frame[0]);
-        if let Err(frame) = self.frames.adopt(frame) {
-            self.frames.push(&frame);
+    /// Takes the whole message at the front of `buf` (`len` bytes, as
+    /// [`codec::complete_frame_len`](crate::protocol::codec::complete_frame_len)
+    /// measured it). A small one is copied (cheaper than splitting it
+    /// off); a large one that starts the batch is split off without a
+    /// copy. Returns true when it ends the batch.
+    pub fn take_from(&mut self, buf: &mut BytesMut, len: usize) -> bool {
+        let ends = is_boundary(buf[0]);
+        if len >= LARGE_MESSAGE {
+            if let Err(frame) = self.frames.adopt(buf.split_to(len)) {
+                self.frames.push(&frame);
+            }
+        } else {
+            if self.frames.capacity() == 0 {
+                // one allocation for a whole P/B/D/E/S batch of a short statement
+                self.frames.reserve(512);
+            }
+            self.frames.push(&buf[..len]);
+            bytes::Buf::advance(buf, len);
         }
         ends
     }
@@ -74,6 +73,9 @@ fn is_boundary(tag: u8) -> bool {
         fe::QUERY_TAG | fe::SYNC_TAG | fe::FLUSH_TAG | fe::FUNCTION_CALL_TAG
     )
 }
+
+/// A client message from this size on starts its batch without a copy.
+const LARGE_MESSAGE: usize = 64 * 1024;
 
 /// The largest message buffer a batch keeps for reuse.
 const MAX_KEPT_BYTES: usize = 64 * 1024;

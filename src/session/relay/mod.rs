@@ -84,8 +84,6 @@ const KNOWN_TAGS: [bool; 256] = {
     }
     table
 };
-/// A client message from this size on starts its batch without a copy.
-const LARGE_MESSAGE: usize = 64 * 1024;
 /// Buffers above this are dropped once empty, so idle clients stay small.
 const IDLE_BUFFER_LIMIT: usize = 64 * 1024;
 /// How long a write waits for a switchover to release it.
@@ -1015,15 +1013,7 @@ impl<'s> Session<'s> {
                 _ => {
                     // A huge batch without a Sync (a driver's bulk insert) is
                     // sent on in pieces; the rest follows on the same connection.
-                    let ends = if len >= LARGE_MESSAGE && self.batch.len() == 0 {
-                        // Split off, not copied: it is copied once more
-                        // into the server's buffer.
-                        self.batch.adopt(self.crbuf.split_to(len))
-                    } else {
-                        let ends = self.batch.push(FrameRef::whole(&self.crbuf[..len]));
-                        bytes::Buf::advance(&mut self.crbuf, len);
-                        ends
-                    };
+                    let ends = self.batch.take_from(&mut self.crbuf, len);
                     if ends || self.batch.len() > MAX_BATCH {
                         self.dispatch().await?;
                     }
